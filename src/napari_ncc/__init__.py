@@ -1,0 +1,10 @@
+"""napari-ncc: where do two images agree, pixel by pixel?
+
+Register two images, then map their local normalized cross-correlation (NCC).
+Importing this package imports neither napari nor Qt.
+"""
+
+from ._ncc import local_ncc
+
+__version__ = "0.1.0"
+__all__ = ["local_ncc"]

@@ -1,0 +1,224 @@
+"""Compiled kernels of the local NCC: one fused pass per 2D plane, no padded copies.
+
+The window sums of the five moments (a, b, a*a, b*b, a*b) are kept as running sums: a ring
+buffer of the ``2*ry + 1`` centred rows under the window feeds column accumulators (one add
+and one subtract per row, vectorised along x), and a running sum along x turns those into
+window sums. The cost per pixel is therefore independent of the radius. The Gaussian kernel
+uses the same structure with explicit separable weights (its cost does grow with the radius).
+
+Everything is accumulated in float64 after subtracting a per-block centre. For integer data
+of up to 16 bits the sums are exact integers, so a flat window has a variance of exactly 0.
+
+All kernels are serial and release the GIL (``nogil=True``); callers parallelise over row
+strips or Dask chunks with threads. Compiled code is cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": False}
+
+
+@njit(**_JIT)
+def _gather_row(src, j, xmap, centre, out):
+    """Centred values of source row ``j`` read through ``xmap`` (``-1``: constant 0)."""
+    if j < 0:
+        for x in range(xmap.shape[0]):
+            out[x] = -centre
+        return
+    row = src[j]
+    for x in range(xmap.shape[0]):
+        i = xmap[x]
+        if i >= 0:
+            out[x] = row[i] - centre
+        else:
+            out[x] = -centre
+
+
+@njit(**_JIT)
+def _finalize_row(s0, s1, s2, s3, s4, scale, floor_a, floor_b, fill, out_row):
+    """Pearson correlation from window sums; ``fill`` where either window is flat."""
+    for x in range(out_row.shape[0]):
+        ma = s0[x] * scale
+        mb = s1[x] * scale
+        va = s2[x] * scale - ma * ma
+        vb = s3[x] * scale - mb * mb
+        cov = s4[x] * scale - ma * mb
+        den = np.sqrt(max(va * vb, 1e-300))
+        r = cov / den
+        r = min(max(r, -1.0), 1.0)
+        flat = (va <= floor_a) | (vb <= floor_b)
+        out_row[x] = fill if flat else r
+
+
+@njit(**_JIT)
+def ncc2d_box(a, b, ymap, xmap, ry, rx, ca, cb, floor_a, floor_b, fill, out):
+    """Box-window NCC of a 2D plane.
+
+    Parameters
+    ----------
+    a, b : 2D arrays
+        Source planes (any real dtype, any strides).
+    ymap, xmap : 1D int64 arrays
+        Index maps (see ``_borders.border_index_map``) of length ``H + 2*ry`` and ``W + 2*rx``.
+    ry, rx : int
+        Window radii.
+    ca, cb : float
+        Centres subtracted from ``a`` and ``b`` before accumulating.
+    floor_a, floor_b : float
+        A window whose variance is ``<=`` its floor is flat.
+    fill : float
+        Value written where either window is flat.
+    out : 2D float32 array of shape ``(H, W)``
+        Written in place.
+    """
+    height, width = out.shape
+    ny = 2 * ry + 1
+    nx = 2 * rx + 1
+    wp = width + 2 * rx
+    ring_a = np.empty((ny, wp))
+    ring_b = np.empty((ny, wp))
+    new_a = np.empty(wp)
+    new_b = np.empty(wp)
+    c0 = np.zeros(wp)
+    c1 = np.zeros(wp)
+    c2 = np.zeros(wp)
+    c3 = np.zeros(wp)
+    c4 = np.zeros(wp)
+    s0 = np.empty(width)
+    s1 = np.empty(width)
+    s2 = np.empty(width)
+    s3 = np.empty(width)
+    s4 = np.empty(width)
+    scale = 1.0 / (ny * nx)
+
+    for k in range(ny):
+        ra = ring_a[k]
+        rb = ring_b[k]
+        _gather_row(a, ymap[k], xmap, ca, ra)
+        _gather_row(b, ymap[k], xmap, cb, rb)
+        for x in range(wp):
+            va = ra[x]
+            vb = rb[x]
+            c0[x] += va
+            c1[x] += vb
+            c2[x] += va * va
+            c3[x] += vb * vb
+            c4[x] += va * vb
+
+    for y in range(height):
+        if y > 0:
+            # The row leaving the window (padded y - 1) and the one entering (y + 2*ry)
+            # share a ring slot.
+            slot = (y - 1) % ny
+            oa = ring_a[slot]
+            ob = ring_b[slot]
+            _gather_row(a, ymap[y + 2 * ry], xmap, ca, new_a)
+            _gather_row(b, ymap[y + 2 * ry], xmap, cb, new_b)
+            for x in range(wp):
+                na = new_a[x]
+                nb = new_b[x]
+                pa = oa[x]
+                pb = ob[x]
+                c0[x] += na - pa
+                c1[x] += nb - pb
+                c2[x] += na * na - pa * pa
+                c3[x] += nb * nb - pb * pb
+                c4[x] += na * nb - pa * pb
+                oa[x] = na
+                ob[x] = nb
+
+        t0 = 0.0
+        t1 = 0.0
+        t2 = 0.0
+        t3 = 0.0
+        t4 = 0.0
+        for x in range(nx):
+            t0 += c0[x]
+            t1 += c1[x]
+            t2 += c2[x]
+            t3 += c3[x]
+            t4 += c4[x]
+        s0[0] = t0
+        s1[0] = t1
+        s2[0] = t2
+        s3[0] = t3
+        s4[0] = t4
+        for x in range(1, width):
+            t0 += c0[x + nx - 1] - c0[x - 1]
+            t1 += c1[x + nx - 1] - c1[x - 1]
+            t2 += c2[x + nx - 1] - c2[x - 1]
+            t3 += c3[x + nx - 1] - c3[x - 1]
+            t4 += c4[x + nx - 1] - c4[x - 1]
+            s0[x] = t0
+            s1[x] = t1
+            s2[x] = t2
+            s3[x] = t3
+            s4[x] = t4
+        _finalize_row(s0, s1, s2, s3, s4, scale, floor_a, floor_b, fill, out[y])
+
+
+@njit(**_JIT)
+def ncc2d_weighted(a, b, ymap, xmap, wy, wx, ca, cb, floor_a, floor_b, fill, out):
+    """Separable weighted-window NCC of a 2D plane (weights ``wy``, ``wx`` each sum to 1).
+
+    Same arguments as :func:`ncc2d_box`, with the radii given by ``len(wy) // 2`` and
+    ``len(wx) // 2``.
+    """
+    height, width = out.shape
+    ny = wy.shape[0]
+    nx = wx.shape[0]
+    wp = width + nx - 1
+    ring_a = np.empty((ny, wp))
+    ring_b = np.empty((ny, wp))
+    c = np.empty((5, wp))
+    s = np.empty((5, width))
+
+    for k in range(ny - 1):
+        _gather_row(a, ymap[k], xmap, ca, ring_a[k])
+        _gather_row(b, ymap[k], xmap, cb, ring_b[k])
+
+    for y in range(height):
+        k = y + ny - 1
+        _gather_row(a, ymap[k], xmap, ca, ring_a[k % ny])
+        _gather_row(b, ymap[k], xmap, cb, ring_b[k % ny])
+        c[:] = 0.0
+        for j in range(ny):
+            w = wy[j]
+            ra = ring_a[(y + j) % ny]
+            rb = ring_b[(y + j) % ny]
+            for x in range(wp):
+                va = ra[x]
+                vb = rb[x]
+                c[0, x] += w * va
+                c[1, x] += w * vb
+                c[2, x] += w * va * va
+                c[3, x] += w * vb * vb
+                c[4, x] += w * va * vb
+        s[:] = 0.0
+        for i in range(nx):
+            w = wx[i]
+            for m in range(5):
+                for x in range(width):
+                    s[m, x] += w * c[m, x + i]
+        _finalize_row(s[0], s[1], s[2], s[3], s[4], 1.0, floor_a, floor_b, fill, out[y])
+
+
+@njit(**_JIT)
+def value_range(a):
+    """Minimum, maximum and number of non-finite values of an array, in one pass."""
+    flat = a.ravel()
+    lo = np.inf
+    hi = -np.inf
+    bad = 0
+    for i in range(flat.shape[0]):
+        v = float(flat[i])
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
+        if not np.isfinite(v):
+            bad += 1
+    return lo, hi, bad

@@ -1,0 +1,492 @@
+"""Local normalized cross-correlation (NCC) of two images: the NumPy core.
+
+Nothing here knows of napari or Dask. :func:`plan_ncc` validates arguments once (the lazy
+layer uses it too), :func:`ncc_block` computes the map of a block whose border values are
+read through index maps, and :func:`local_ncc` is the in-memory entry point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+from . import _kernels
+from ._borders import border_index_map, canonical_mode
+
+WINDOWS = ("box", "gaussian")
+
+#: A window is flat when its standard deviation is at most this fraction of the block's
+#: half-range (max |x - centre|) -- below that, float64 running sums cannot resolve it.
+FLAT_RTOL = 1e-6
+
+#: Rows per independent strip: bounds the drift of running sums and feeds the threads.
+_STRIP_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class NCCPlan:
+    """Validated arguments of a local NCC computation.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Shape of both images.
+    axes : tuple of int
+        Windowed axes, non-negative and increasing.
+    radius : tuple of int
+        Window half-width along each of `axes`.
+    window : {"box", "gaussian"}
+        Window weights.
+    mode : str
+        Canonical ``scipy.ndimage`` border mode.
+    fill_value : float
+        Value written where either window is flat.
+    """
+
+    shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    radius: tuple[int, ...]
+    window: str
+    mode: str
+    fill_value: float
+
+    @property
+    def depth(self) -> dict[int, int]:
+        """Halo needed on every axis (the radius on windowed axes, else 0)."""
+        return {
+            ax: self.radius[self.axes.index(ax)] if ax in self.axes else 0
+            for ax in range(len(self.shape))
+        }
+
+
+def check_image(image, name: str) -> None:
+    """Raise a clear error if `image` cannot be an NCC input.
+
+    Checks that it has a real numeric dtype (bool, integer or float), at least one
+    dimension and no empty axis.
+    """
+    dtype = getattr(image, "dtype", None)
+    dtype = np.asarray(image).dtype if dtype is None else np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} has unsupported dtype {dtype}; expected a real numeric dtype "
+            "(bool, integer or float)"
+        )
+    shape = tuple(image.shape)
+    if len(shape) == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
+    if 0 in shape:
+        raise ValueError(f"{name} is empty (shape {shape})")
+
+
+def _normalize_axes(axes, ndim: int) -> tuple[int, ...]:
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, Integral) and not isinstance(axes, bool):
+        axes = (axes,)
+    try:
+        axes = tuple(axes)
+    except TypeError:
+        raise TypeError(f"axes must be an int or a sequence of ints, got {axes!r}") from None
+    if not axes:
+        raise ValueError("axes must name at least one axis")
+    normalized = []
+    for ax in axes:
+        if isinstance(ax, bool) or not isinstance(ax, Integral):
+            raise TypeError(f"axes must contain integers, got {ax!r}")
+        if not -ndim <= ax < ndim:
+            raise ValueError(f"axis {ax} is out of range for a {ndim}-D image")
+        ax = int(ax) % ndim
+        if ax in normalized:
+            raise ValueError(f"axes contains axis {ax} more than once: {axes}")
+        normalized.append(ax)
+    return tuple(normalized)
+
+
+def _normalize_radius(radius, axes: tuple[int, ...]) -> tuple[int, ...]:
+    def as_int(r):
+        if isinstance(r, bool) or not isinstance(r, Integral):
+            raise TypeError(f"radius must be an integer or a sequence of integers, got {radius!r}")
+        return int(r)
+
+    if isinstance(radius, Sequence) or isinstance(radius, np.ndarray):
+        values = tuple(as_int(r) for r in radius)
+        if len(values) != len(axes):
+            raise ValueError(
+                f"radius has {len(values)} values but {len(axes)} axes are windowed "
+                f"(axes={axes}); give one radius per windowed axis or a single int"
+            )
+    else:
+        values = (as_int(radius),) * len(axes)
+    if any(r < 0 for r in values):
+        raise ValueError(f"radius must be >= 0, got {radius!r}")
+    if not any(values):
+        raise ValueError(
+            "radius must be >= 1 on at least one axis (a 1-pixel window has no variance)"
+        )
+    return values
+
+
+def plan_ncc(
+    shape0: Sequence[int],
+    shape1: Sequence[int],
+    radius=3,
+    *,
+    window: str = "box",
+    mode: str = "reflect",
+    fill_value: float = 0.0,
+    axes=None,
+) -> NCCPlan:
+    """Validate the arguments of :func:`local_ncc` for images of the given shapes.
+
+    Returns
+    -------
+    plan : NCCPlan
+        Normalised arguments: windowed axes sorted, a radius per windowed axis, and
+        windowed axes with a radius of 0 dropped.
+
+    Raises
+    ------
+    ValueError, TypeError
+        With a message naming the offending argument.
+    """
+    shape0, shape1 = tuple(shape0), tuple(shape1)
+    if len(shape0) != len(shape1):
+        raise ValueError(
+            "image0 and image1 must have the same number of dimensions, "
+            f"got {len(shape0)} and {len(shape1)} (shapes {shape0} and {shape1})"
+        )
+    if shape0 != shape1:
+        raise ValueError(f"image0 and image1 must have the same shape, got {shape0} and {shape1}")
+    if window not in WINDOWS:
+        raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
+    mode = canonical_mode(mode)
+    if isinstance(fill_value, bool) or not isinstance(fill_value, Real):
+        raise TypeError(f"fill_value must be a real number (or nan), got {fill_value!r}")
+    axes = _normalize_axes(axes, len(shape0))
+    radius = _normalize_radius(radius, axes)
+    for ax, r in zip(axes, radius, strict=True):
+        if r >= shape0[ax]:
+            raise ValueError(
+                f"radius {r} is too large for axis {ax} of length {shape0[ax]}: the window "
+                f"({2 * r + 1} pixels) must be centred inside the image, so radius must be "
+                f"< {shape0[ax]}"
+            )
+    kept = sorted((ax, r) for ax, r in zip(axes, radius, strict=True) if r > 0)
+    return NCCPlan(
+        shape=shape0,
+        axes=tuple(ax for ax, _ in kept),
+        radius=tuple(r for _, r in kept),
+        window=window,
+        mode=mode,
+        fill_value=float(fill_value),
+    )
+
+
+def gaussian_weights(radius: int) -> np.ndarray:
+    """Normalised 1D Gaussian window of half-width `radius`, with ``sigma = radius / 2``.
+
+    Truncated at the radius (two standard deviations), like
+    ``skimage.metrics.structural_similarity(gaussian_weights=True)`` at its default
+    7-pixel window (radius 3, sigma 1.5).
+    """
+    if radius == 0:
+        return np.ones(1)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / (radius / 2.0)) ** 2)
+    return w / w.sum()
+
+
+def _as_kernel_input(image: np.ndarray) -> np.ndarray:
+    # numba has no float16 arithmetic and treats bool as a separate type; widen both.
+    if image.dtype == np.float16:
+        return image.astype(np.float32)
+    if image.dtype == np.bool_:
+        return image.view(np.uint8)
+    return image
+
+
+def _centre_and_floor(image: np.ndarray, name: str, plan: NCCPlan, exact: bool):
+    """Centre subtracted before accumulating, and the flat-window variance floor."""
+    if exact:
+        # <= 16-bit integers, box window: sums are exact integers, a flat window has a
+        # variance of exactly 0, and any other has n**2 * var >= n - 1.
+        n = math.prod(2 * r + 1 for r in plan.radius)
+        return 0.0, 0.5 / n**2
+    lo, hi, bad = _kernels.value_range(image)
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN or infinite values")
+    if plan.mode == "constant":
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    centre = 0.5 * (lo + hi)
+    if image.dtype.kind in "biu":
+        centre = float(round(centre))
+    half_range = max(hi - centre, centre - lo)
+    return centre, (FLAT_RTOL * half_range) ** 2
+
+
+def _is_exact(dtype: np.dtype, plan: NCCPlan) -> bool:
+    return plan.window == "box" and dtype.kind in "biu" and dtype.itemsize <= 2
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="napari-ncc"
+        )
+    return _POOL
+
+
+def ncc_block(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    plan: NCCPlan,
+    index_maps: Sequence[np.ndarray],
+    *,
+    n_threads: int = 1,
+    engine: str = "compiled",
+) -> np.ndarray:
+    """NCC map of a block whose windows read border values through index maps.
+
+    Parameters
+    ----------
+    image0, image1 : ndarray
+        Source blocks of equal shape.
+    plan : NCCPlan
+        Validated arguments (see :func:`plan_ncc`).
+    index_maps : sequence of 1D int arrays
+        One per windowed axis in ``plan.axes``: source indices into the block for each
+        padded position, ``-1`` for the constant border (see
+        :func:`~napari_ncc._borders.border_index_map`). The output has
+        ``len(map) - 2 * radius`` positions along that axis.
+    n_threads : int
+        Threads to split the work over (the kernels release the GIL).
+    engine : {"compiled", "numpy"}
+        The numba kernels, or the pure NumPy fallback (used for 3+ windowed axes).
+
+    Returns
+    -------
+    ncc : ndarray of float32
+    """
+    a = _as_kernel_input(np.asarray(image0))
+    b = _as_kernel_input(np.asarray(image1))
+    exact = _is_exact(a.dtype, plan) and _is_exact(b.dtype, plan)
+    ca, floor_a = _centre_and_floor(a, "image0", plan, exact)
+    cb, floor_b = _centre_and_floor(b, "image1", plan, exact)
+    out_shape = list(a.shape)
+    maps = [np.ascontiguousarray(m, dtype=np.int64) for m in index_maps]
+    for ax, r, m in zip(plan.axes, plan.radius, maps, strict=True):
+        out_shape[ax] = len(m) - 2 * r
+    out = np.empty(out_shape, dtype=np.float32)
+    k = len(plan.axes)
+    if engine == "numpy" or k > 2:
+        out[...] = _ncc_numpy(a, b, plan, maps, (ca, cb), (floor_a, floor_b))
+        return out
+    if engine != "compiled":
+        raise ValueError(f"unknown engine {engine!r}")
+
+    # Windowed axes last; every other axis is a batch of independent planes.
+    ndim = a.ndim
+    batch_axes = [ax for ax in range(ndim) if ax not in plan.axes]
+    order = batch_axes + list(plan.axes)
+    a_t = a.transpose(order)
+    b_t = b.transpose(order)
+    o_t = out.transpose(order)
+    if k == 1:
+        # A 1D window is a 2D plane (rows = every other axis) with no vertical extent.
+        rows = math.prod(a_t.shape[:-1])
+        a_t = a_t.reshape(rows, a_t.shape[-1])
+        b_t = b_t.reshape(rows, b_t.shape[-1])
+        o_2d = np.empty((rows, o_t.shape[-1]), dtype=np.float32)
+        ymap = np.arange(rows, dtype=np.int64)
+        radii = (0, plan.radius[0])
+        planes = [(a_t, b_t, o_2d, ymap, maps[0])]
+    else:
+        radii = plan.radius
+        planes = [
+            (a_t[idx], b_t[idx], o_t[idx], maps[0], maps[1]) for idx in np.ndindex(*a_t.shape[:-2])
+        ]
+
+    tasks = []
+    for pa, pb, po, ymap, xmap in planes:
+        height = po.shape[0]
+        n_strips = max(n_threads if len(planes) < n_threads else 1, -(-height // _STRIP_ROWS))
+        n_strips = min(n_strips, height)
+        bounds = np.linspace(0, height, n_strips + 1).astype(int)
+        for y0, y1 in itertools.pairwise(bounds):
+            tasks.append((pa, pb, ymap[y0 : y1 + 2 * radii[0]], xmap, po[y0:y1]))
+
+    def run(task):
+        pa, pb, ymap, xmap, po = task
+        if plan.window == "box":
+            _kernels.ncc2d_box(
+                pa,
+                pb,
+                ymap,
+                xmap,
+                radii[0],
+                radii[1],
+                ca,
+                cb,
+                floor_a,
+                floor_b,
+                plan.fill_value,
+                po,
+            )
+        else:
+            _kernels.ncc2d_weighted(
+                pa,
+                pb,
+                ymap,
+                xmap,
+                gaussian_weights(radii[0]),
+                gaussian_weights(radii[1]),
+                ca,
+                cb,
+                floor_a,
+                floor_b,
+                plan.fill_value,
+                po,
+            )
+
+    if n_threads > 1 and len(tasks) > 1:
+        list(_pool().map(run, tasks))
+    else:
+        for task in tasks:
+            run(task)
+    if k == 1:
+        o_t[...] = o_2d.reshape(o_t.shape)
+    return out
+
+
+def _ncc_numpy(a, b, plan, maps, centres, floors) -> np.ndarray:
+    """Pure NumPy NCC (any number of windowed axes): padded moments, separable sums."""
+    moments = []
+    for image, centre in ((a, centres[0]), (b, centres[1])):
+        x = image.astype(np.float64) - centre
+        for ax, m in zip(plan.axes, maps, strict=True):
+            x = np.take(x, np.where(m < 0, 0, m), axis=ax)
+            outside = [slice(None)] * x.ndim
+            outside[ax] = m < 0
+            x[tuple(outside)] = -centre
+        moments.append(x)
+    xa, xb = moments
+    sums = [xa, xb, xa * xa, xb * xb, xa * xb]
+    for ax, r in zip(plan.axes, plan.radius, strict=True):
+        n = 2 * r + 1
+        if plan.window == "box":
+            for i, s in enumerate(sums):
+                c = np.cumsum(s, axis=ax)
+                head = np.take(c, [n - 1], axis=ax)
+                rest = np.take(c, np.arange(n, c.shape[ax]), axis=ax) - np.take(
+                    c, np.arange(0, c.shape[ax] - n), axis=ax
+                )
+                sums[i] = np.concatenate([head, rest], axis=ax)
+        else:
+            w = gaussian_weights(r)
+            length = sums[0].shape[ax] - 2 * r
+            for i, s in enumerate(sums):
+                sums[i] = sum(
+                    w[j] * np.take(s, np.arange(j, j + length), axis=ax) for j in range(n)
+                )
+    scale = 1.0 / math.prod(2 * r + 1 for r in plan.radius) if plan.window == "box" else 1.0
+    ma, mb = sums[0] * scale, sums[1] * scale
+    va = sums[2] * scale - ma * ma
+    vb = sums[3] * scale - mb * mb
+    cov = sums[4] * scale - ma * mb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.clip(cov / np.sqrt(np.maximum(va * vb, 1e-300)), -1.0, 1.0)
+    flat = (va <= floors[0]) | (vb <= floors[1])
+    return np.where(flat, plan.fill_value, r).astype(np.float32)
+
+
+def local_ncc(
+    image0,
+    image1,
+    radius: int | Sequence[int] = 3,
+    *,
+    window: str = "box",
+    mode: str = "reflect",
+    fill_value: float = 0.0,
+    axes: int | Sequence[int] | None = None,
+) -> np.ndarray:
+    """Local normalized cross-correlation (Pearson correlation of patches) of two images.
+
+    For every pixel, the Pearson correlation coefficient of the two patches of
+    ``2 * radius + 1`` pixels per windowed axis centred on it.
+
+    Parameters
+    ----------
+    image0, image1 : array_like
+        Images of the same shape, any real dtype (bool, integer, float). Not modified.
+    radius : int or sequence of int, optional
+        Window half-width, one for all windowed axes or one per axis in `axes`. A radius
+        of 0 along an axis means the window does not extend along it; at least one must
+        be >= 1, and each must be smaller than its axis.
+    window : {"box", "gaussian"}, optional
+        Uniform weights, or Gaussian weights with ``sigma = radius / 2`` truncated at the
+        radius (see :func:`gaussian_weights`).
+    mode : str, optional
+        How windows read beyond the border, as in ``scipy.ndimage`` filters: "reflect"
+        (the default, ``numpy.pad(mode="symmetric")``), "mirror", "nearest", "wrap" or
+        "constant" (zeros), and their "grid-" aliases.
+    fill_value : float, optional
+        Written where the correlation is undefined because either patch is flat: its
+        standard deviation is zero or below ``FLAT_RTOL`` (1e-6) times the image's
+        half-range. ``np.nan`` works too.
+    axes : int or sequence of int, optional
+        Axes the window spans (all by default). Other axes are independent: for example
+        ``axes=(-2, -1)`` gives a per-plane 2D map through a time series.
+
+    Returns
+    -------
+    ncc : ndarray of float32
+        Same shape as the inputs, values in [-1, 1] (or `fill_value`).
+
+    Notes
+    -----
+    The moments are accumulated as running sums in float64 after subtracting the
+    image's mid-range, so the cost per pixel does not depend on the radius and data with
+    a large offset and a small local variance (such as uint16 at 30000 +- 10) keep full
+    accuracy; for integer data of up to 16 bits the sums are exact.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_ncc import local_ncc
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.random((64, 64))
+    >>> b = 2 * a + 1
+    >>> m = local_ncc(a, b, radius=3)
+    >>> bool(np.allclose(m, 1.0, atol=1e-5))
+    True
+    """
+    image0 = np.asarray(image0)
+    image1 = np.asarray(image1)
+    check_image(image0, "image0")
+    check_image(image1, "image1")
+    plan = plan_ncc(
+        image0.shape,
+        image1.shape,
+        radius,
+        window=window,
+        mode=mode,
+        fill_value=fill_value,
+        axes=axes,
+    )
+    maps = [
+        border_index_map(plan.shape[ax], 0, plan.shape[ax], r, plan.mode)
+        for ax, r in zip(plan.axes, plan.radius, strict=True)
+    ]
+    return ncc_block(image0, image1, plan, maps, n_threads=os.cpu_count() or 1)
