@@ -208,17 +208,18 @@ def ncc2d_weighted(a, b, ymap, xmap, wy, wx, ca, cb, floor_a, floor_b, fill, out
 
 @njit(**_JIT)
 def value_range(a):
-    """Minimum, maximum and number of non-finite values of an array, in one pass."""
+    """Minimum, maximum and sum of an array (any shape) in float64, in one pass.
+
+    The sum is only there to detect NaN and infinity cheaply: it is finite iff they are absent
+    (short of float64 overflow).
+    """
     flat = a.ravel()
     lo = np.inf
     hi = -np.inf
-    bad = 0
+    total = 0.0
     for i in range(flat.shape[0]):
-        v = float(flat[i])
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
-        if not np.isfinite(v):
-            bad += 1
-    return lo, hi, bad
+        v = np.float64(flat[i])
+        lo = min(lo, v)
+        hi = max(hi, v)
+        total += v
+    return lo, hi, total

@@ -213,16 +213,35 @@ def _as_kernel_input(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _centre_and_floor(image: np.ndarray, name: str, plan: NCCPlan, exact: bool):
+def _value_range(image: np.ndarray, name: str, n_threads: int) -> tuple[float, float]:
+    """Minimum and maximum of `image`, raising if it holds NaN or infinity."""
+    if n_threads > 1 and image.ndim and image.shape[0] > 1 and image.size > 1 << 20:
+        pieces = np.array_split(image, min(n_threads, image.shape[0]), axis=0)
+        parts = list(_pool().map(_kernels.value_range, pieces))
+    else:
+        parts = [_kernels.value_range(image)]
+    lo = min(p[0] for p in parts)
+    hi = max(p[1] for p in parts)
+    if not np.isfinite(sum(p[2] for p in parts)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            raise ValueError(
+                f"{name} contains {bad} NaN or infinite values; the NCC needs finite data "
+                "(replace them, e.g. with np.nan_to_num, or mask them afterwards)"
+            )
+    return lo, hi
+
+
+def _centre_and_floor(
+    image: np.ndarray, name: str, plan: NCCPlan, exact: bool, n_threads: int = 1
+):
     """Centre subtracted before accumulating, and the flat-window variance floor."""
     if exact:
         # <= 16-bit integers, box window: sums are exact integers, a flat window has a
         # variance of exactly 0, and any other has n**2 * var >= n - 1.
         n = math.prod(2 * r + 1 for r in plan.radius)
         return 0.0, 0.5 / n**2
-    lo, hi, bad = _kernels.value_range(image)
-    if bad:
-        raise ValueError(f"{name} contains {bad} NaN or infinite values")
+    lo, hi = _value_range(image, name, n_threads)
     if plan.mode == "constant":
         lo, hi = min(lo, 0.0), max(hi, 0.0)
     centre = 0.5 * (lo + hi)
@@ -282,8 +301,8 @@ def ncc_block(
     a = _as_kernel_input(np.asarray(image0))
     b = _as_kernel_input(np.asarray(image1))
     exact = _is_exact(a.dtype, plan) and _is_exact(b.dtype, plan)
-    ca, floor_a = _centre_and_floor(a, "image0", plan, exact)
-    cb, floor_b = _centre_and_floor(b, "image1", plan, exact)
+    ca, floor_a = _centre_and_floor(a, "image0", plan, exact, n_threads)
+    cb, floor_b = _centre_and_floor(b, "image1", plan, exact, n_threads)
     out_shape = list(a.shape)
     maps = [np.ascontiguousarray(m, dtype=np.int64) for m in index_maps]
     for ax, r, m in zip(plan.axes, plan.radius, maps, strict=True):
