@@ -223,3 +223,81 @@ def value_range(a):
         hi = max(hi, v)
         total += v
     return lo, hi, total
+
+
+@njit(**_JIT)
+def _add_plane_moments(a, b, j, ymap, xmap, ca, cb, sign, moments, row_a, row_b):
+    """``moments += sign * (a, b, a*a, b*b, a*b)`` of source plane ``j`` (padded rows)."""
+    for y in range(ymap.shape[0]):
+        jy = ymap[y] if j >= 0 else -1
+        pa = a[max(j, 0)]
+        pb = b[max(j, 0)]
+        _gather_row(pa, jy, xmap, ca, row_a)
+        _gather_row(pb, jy, xmap, cb, row_b)
+        m0 = moments[0, y]
+        m1 = moments[1, y]
+        m2 = moments[2, y]
+        m3 = moments[3, y]
+        m4 = moments[4, y]
+        for x in range(row_a.shape[0]):
+            va = row_a[x]
+            vb = row_b[x]
+            m0[x] += sign * va
+            m1[x] += sign * vb
+            m2[x] += sign * (va * va)
+            m3[x] += sign * (vb * vb)
+            m4[x] += sign * (va * vb)
+
+
+@njit(**_JIT)
+def ncc3d_box(a, b, zmap, ymap, xmap, rz, ry, rx, ca, cb, floor_a, floor_b, fill, out):
+    """Box-window NCC of a 3D volume: running sums over planes, then rows, then columns.
+
+    Same arguments as :func:`ncc2d_box` with one more axis (``zmap``, ``rz``).
+    """
+    depth, height, width = out.shape
+    nz = 2 * rz + 1
+    ny = 2 * ry + 1
+    nx = 2 * rx + 1
+    hp = height + 2 * ry
+    wp = width + 2 * rx
+    moments = np.zeros((5, hp, wp))
+    row_a = np.empty(wp)
+    row_b = np.empty(wp)
+    c = np.empty((5, wp))
+    s = np.empty((5, width))
+    scale = 1.0 / (nz * ny * nx)
+    for k in range(nz):
+        _add_plane_moments(a, b, zmap[k], ymap, xmap, ca, cb, 1.0, moments, row_a, row_b)
+    for z in range(depth):
+        if z > 0:
+            _add_plane_moments(
+                a, b, zmap[z + 2 * rz], ymap, xmap, ca, cb, 1.0, moments, row_a, row_b
+            )
+            _add_plane_moments(a, b, zmap[z - 1], ymap, xmap, ca, cb, -1.0, moments, row_a, row_b)
+        c[:] = 0.0
+        for k in range(ny):
+            for m in range(5):
+                mk = moments[m, k]
+                cm = c[m]
+                for x in range(wp):
+                    cm[x] += mk[x]
+        for y in range(height):
+            if y > 0:
+                for m in range(5):
+                    new = moments[m, y + 2 * ry]
+                    old = moments[m, y - 1]
+                    cm = c[m]
+                    for x in range(wp):
+                        cm[x] += new[x] - old[x]
+            for m in range(5):
+                cm = c[m]
+                sm = s[m]
+                t = 0.0
+                for x in range(nx):
+                    t += cm[x]
+                sm[0] = t
+                for x in range(1, width):
+                    t += cm[x + nx - 1] - cm[x - 1]
+                    sm[x] = t
+            _finalize_row(s[0], s[1], s[2], s[3], s[4], scale, floor_a, floor_b, fill, out[z, y])

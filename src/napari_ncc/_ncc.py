@@ -292,12 +292,15 @@ def ncc_block(
     n_threads : int
         Threads to split the work over (the kernels release the GIL).
     engine : {"compiled", "numpy"}
-        The numba kernels, or the pure NumPy fallback (used for 3+ windowed axes).
+        The numba kernels, or the pure NumPy fallback (used for 4+ windowed axes and for
+        Gaussian windows over 3 axes).
 
     Returns
     -------
     ncc : ndarray of float32
     """
+    if engine not in ("compiled", "numpy"):
+        raise ValueError(f"unknown engine {engine!r}; expected 'compiled' or 'numpy'")
     a = _as_kernel_input(np.asarray(image0))
     b = _as_kernel_input(np.asarray(image1))
     exact = _is_exact(a.dtype, plan) and _is_exact(b.dtype, plan)
@@ -309,74 +312,49 @@ def ncc_block(
         out_shape[ax] = len(m) - 2 * r
     out = np.empty(out_shape, dtype=np.float32)
     k = len(plan.axes)
-    if engine == "numpy" or k > 2:
+    if engine == "numpy" or k > 3 or (k == 3 and plan.window != "box"):
         out[...] = _ncc_numpy(a, b, plan, maps, (ca, cb), (floor_a, floor_b))
         return out
-    if engine != "compiled":
-        raise ValueError(f"unknown engine {engine!r}")
 
-    # Windowed axes last; every other axis is a batch of independent planes.
-    ndim = a.ndim
-    batch_axes = [ax for ax in range(ndim) if ax not in plan.axes]
+    # Windowed axes last; every other axis is a batch of independent planes or volumes.
+    batch_axes = [ax for ax in range(a.ndim) if ax not in plan.axes]
     order = batch_axes + list(plan.axes)
     a_t = a.transpose(order)
     b_t = b.transpose(order)
     o_t = out.transpose(order)
+    radii = plan.radius
     if k == 1:
         # A 1D window is a 2D plane (rows = every other axis) with no vertical extent.
         rows = math.prod(a_t.shape[:-1])
         a_t = a_t.reshape(rows, a_t.shape[-1])
         b_t = b_t.reshape(rows, b_t.shape[-1])
-        o_2d = np.empty((rows, o_t.shape[-1]), dtype=np.float32)
-        ymap = np.arange(rows, dtype=np.int64)
+        o_1d = np.empty((rows, o_t.shape[-1]), dtype=np.float32)
         radii = (0, plan.radius[0])
-        planes = [(a_t, b_t, o_2d, ymap, maps[0])]
+        maps = [np.arange(rows, dtype=np.int64), maps[0]]
+        items = [(a_t, b_t, o_1d)]
     else:
-        radii = plan.radius
-        planes = [
-            (a_t[idx], b_t[idx], o_t[idx], maps[0], maps[1]) for idx in np.ndindex(*a_t.shape[:-2])
-        ]
+        items = [(a_t[idx], b_t[idx], o_t[idx]) for idx in np.ndindex(*a_t.shape[:-k])]
 
+    # Split every plane/volume along its first windowed axis into strips, one task each.
     tasks = []
-    for pa, pb, po, ymap, xmap in planes:
-        height = po.shape[0]
-        n_strips = max(n_threads if len(planes) < n_threads else 1, -(-height // _STRIP_ROWS))
-        n_strips = min(n_strips, height)
-        bounds = np.linspace(0, height, n_strips + 1).astype(int)
+    for pa, pb, po in items:
+        length = po.shape[0]
+        n_strips = max(n_threads if len(items) < n_threads else 1, -(-length // _STRIP_ROWS))
+        bounds = np.linspace(0, length, min(n_strips, length) + 1).astype(int)
         for y0, y1 in itertools.pairwise(bounds):
-            tasks.append((pa, pb, ymap[y0 : y1 + 2 * radii[0]], xmap, po[y0:y1]))
+            strip_maps = [maps[0][y0 : y1 + 2 * radii[0]], *maps[1:]]
+            tasks.append((pa, pb, strip_maps, po[y0:y1]))
 
     def run(task):
-        pa, pb, ymap, xmap, po = task
-        if plan.window == "box":
-            _kernels.ncc2d_box(
-                pa,
-                pb,
-                ymap,
-                xmap,
-                radii[0],
-                radii[1],
-                ca,
-                cb,
-                floor_a,
-                floor_b,
-                plan.fill_value,
-                po,
-            )
+        pa, pb, m, po = task
+        if k == 3:
+            _kernels.ncc3d_box(pa, pb, *m, *radii, ca, cb, floor_a, floor_b, plan.fill_value, po)
+        elif plan.window == "box":
+            _kernels.ncc2d_box(pa, pb, *m, *radii, ca, cb, floor_a, floor_b, plan.fill_value, po)
         else:
+            weights = [gaussian_weights(r) for r in radii]
             _kernels.ncc2d_weighted(
-                pa,
-                pb,
-                ymap,
-                xmap,
-                gaussian_weights(radii[0]),
-                gaussian_weights(radii[1]),
-                ca,
-                cb,
-                floor_a,
-                floor_b,
-                plan.fill_value,
-                po,
+                pa, pb, *m, *weights, ca, cb, floor_a, floor_b, plan.fill_value, po
             )
 
     if n_threads > 1 and len(tasks) > 1:
@@ -385,7 +363,7 @@ def ncc_block(
         for task in tasks:
             run(task)
     if k == 1:
-        o_t[...] = o_2d.reshape(o_t.shape)
+        o_t[...] = o_1d.reshape(o_t.shape)
     return out
 
 
