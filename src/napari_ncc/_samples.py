@@ -98,8 +98,9 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> luminance(np.ones((2, 2, 3), dtype=np.uint8)).tolist()
-    [[1.0, 1.0], [1.0, 1.0]]
+    >>> gray = luminance(np.full((2, 2, 3), 200, dtype=np.uint8))
+    >>> gray.dtype, bool(np.allclose(gray, 200))
+    (dtype('float32'), True)
     """
     rgb = np.asarray(rgb)
     if rgb.ndim < 3 or rgb.shape[-1] not in (3, 4):
