@@ -74,10 +74,10 @@ def check_image(image, name: str) -> None:
     """
     dtype = getattr(image, "dtype", None)
     dtype = np.asarray(image).dtype if dtype is None else np.dtype(dtype)
-    if dtype.kind not in "biuf":
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
         raise TypeError(
             f"{name} has unsupported dtype {dtype}; expected a real numeric dtype "
-            "(bool, integer or float)"
+            "(bool, integer or float of at most 64 bits)"
         )
     shape = tuple(image.shape)
     if len(shape) == 0:
@@ -116,6 +116,8 @@ def _normalize_radius(radius, axes: tuple[int, ...]) -> tuple[int, ...]:
             raise TypeError(f"radius must be an integer or a sequence of integers, got {radius!r}")
         return int(r)
 
+    if isinstance(radius, np.ndarray) and radius.ndim == 0:
+        radius = radius[()]  # a NumPy scalar, like np.int64(3)
     if isinstance(radius, Sequence) or isinstance(radius, np.ndarray):
         values = tuple(as_int(r) for r in radius)
         if len(values) != len(axes):
