@@ -4,7 +4,7 @@ Register two images, then map their local normalized cross-correlation (NCC).
 Importing this package imports neither napari nor Qt.
 """
 
-from ._ncc import local_ncc
+from ._lazy import local_ncc
 
 __version__ = "0.1.0"
 __all__ = ["local_ncc"]

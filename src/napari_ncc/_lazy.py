@@ -1,0 +1,709 @@
+"""Lazy, chunked local NCC and subpixel shift on Dask arrays: the lazy layer.
+
+Every output block of :func:`local_ncc` is computed by the core
+:func:`~napari_ncc._ncc.ncc_block` from a block of the inputs plus a halo as wide as the
+window radius, with border index maps from
+:func:`~napari_ncc._borders.border_index_map` converted from global to local indices, so
+border modes and chunk seams give exactly the numbers of the in-memory path.
+
+Where an input is backed by something that can be sliced (a zarr array, a TIFF file's zarr
+store, a memory map, a NumPy array), each output block reads its own halo straight from that
+source: no input chunk is shared between tasks, so storing the map with plain Dask keeps a
+bounded number of blocks in memory whatever the image size. Computed Dask inputs go through
+``dask.array.overlap`` instead. A subpixel shift of the moving image is applied inside the
+same per-block read, so read -> shift -> NCC -> store stays bounded too.
+
+All task functions are module-level and their arguments picklable, so the graphs run on
+``dask.distributed``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from numbers import Real
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from scipy import ndimage
+
+from ._borders import border_index_map
+from ._ncc import NCCPlan, check_image, ncc_block, plan_ncc
+from ._ncc import local_ncc as _local_ncc_numpy
+
+__all__ = ["local_ncc", "shift_lazy"]
+
+#: Output blocks read straight from a source are grown (by merging whole input chunks
+#: along the windowed axes) to about this many pixels: tiny chunks waste time on task
+#: overhead and halo re-reads, while the peak memory per thread stays ~ 20 bytes/pixel.
+BLOCK_PIXELS = 2**22
+
+#: Shift modes that only read pixels near the output position (so a block plus a margin
+#: holds everything its shifted values need).
+SHIFT_MODES = ("nearest", "constant", "grid-constant", "reflect", "mirror", "grid-mirror")
+
+#: Extra margin for spline orders > 1, whose prefilter is an IIR filter over the whole axis:
+#: its influence decays by a factor of at least ~0.43 (order 5) per pixel, ~1e-12 at 32.
+_SPLINE_MARGIN = 32
+
+
+# ---------------------------------------------------------------------------------------
+# Sources: what can be sliced directly
+# ---------------------------------------------------------------------------------------
+
+
+class ChunkedSource:
+    """A sliceable view over in-memory chunks (a Dask array of NumPy blocks).
+
+    ``da.from_array(numpy_array)`` and persisted arrays hold their chunks as NumPy arrays in
+    the graph; this reassembles any box from them without copying the whole array.
+
+    Parameters
+    ----------
+    blocks : dict
+        Block index (tuple of int) -> ndarray.
+    chunks : tuple of tuple of int
+        Dask chunks of the array.
+    dtype : numpy dtype
+    """
+
+    def __init__(self, blocks: dict, chunks: tuple, dtype) -> None:
+        self.blocks = blocks
+        self.chunks = chunks
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(sum(c) for c in chunks)
+        self._starts = [np.cumsum((0, *c)) for c in chunks]
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        ranges = []
+        for ax, sl in enumerate(index):
+            start, stop, _ = sl.indices(self.shape[ax])
+            starts = self._starts[ax]
+            first = int(np.searchsorted(starts, start, side="right")) - 1
+            last = int(np.searchsorted(starts, stop, side="left")) - 1
+            ranges.append(
+                [
+                    (i, max(start, starts[i]) - starts[i], min(stop, starts[i + 1]) - starts[i])
+                    for i in range(first, max(first, last) + 1)
+                ]
+            )
+        pieces = np.empty([len(r) for r in ranges], dtype=object)
+        for combo in itertools.product(*(range(len(r)) for r in ranges)):
+            parts = [ranges[ax][c] for ax, c in enumerate(combo)]
+            block = self.blocks[tuple(p[0] for p in parts)]
+            pieces[combo] = block[tuple(slice(p[1], p[2]) for p in parts)]
+        if pieces.size == 1:
+            return np.asarray(pieces.flat[0])
+        return np.block(pieces.tolist())
+
+
+def _getters() -> tuple:
+    from dask.array import core
+
+    return tuple(
+        getattr(core, n) for n in ("getter", "getter_nofancy", "getter_inline") if hasattr(core, n)
+    )
+
+
+def _unwrap(value):
+    # dask may wrap literal data in a DataNode.
+    return getattr(value, "value", value) if type(value).__name__ == "DataNode" else value
+
+
+def find_source(array) -> tuple[str, object] | None:
+    """The sliceable object behind a Dask array, if its graph is a plain read of one.
+
+    Recognises ``da.from_zarr`` and ``da.from_array`` of a zarr array, a TIFF zarr store, a
+    memory map or any array-like (a single getter layer, plain slicing), and arrays whose
+    chunks are NumPy arrays held in the graph (``da.from_array`` of a NumPy array,
+    ``persist``).
+
+    Returns
+    -------
+    (key, source) or None
+        A graph key to hold the source under, and the source (sliced with tuples of
+        slices, returning NumPy arrays); None for a computed array.
+    """
+    if not isinstance(array, da.Array):
+        return None
+    graph = array.__dask_graph__()
+    layers = getattr(graph, "layers", None)
+    if layers is None or array.name not in layers:
+        return None
+    layer = layers[array.name]
+    try:
+        from dask.blockwise import Blockwise
+    except ImportError:  # pragma: no cover
+        Blockwise = ()
+    if isinstance(layer, Blockwise):
+        if len(layers) > 2:
+            return None
+        task = getattr(layer, "task", None)
+        if getattr(task, "func", None) not in _getters() or task.kwargs or len(task.args) != 2:
+            return None
+        if len(layer.indices) != 2 or layer.indices[0][1] is not None:
+            return None
+        ref = layer.indices[0][0]
+        dep = layer.io_deps.get(layer.indices[1][0]) if layer.io_deps else None
+        if dep is None or tuple(map(tuple, getattr(dep, "chunks", ()))) != array.chunks:
+            return None
+        key = getattr(ref, "key", None)
+        if key is not None:
+            other = layers.get(key)
+            if other is None or key not in other:
+                return None
+            source = _unwrap(other[key])
+        else:
+            source, key = ref, f"napari-ncc-source-{tokenize(array.name)}"
+        if (
+            not hasattr(source, "__getitem__")
+            or tuple(getattr(source, "shape", ())) != array.shape
+            or np.dtype(getattr(source, "dtype", object)) != array.dtype
+        ):
+            return None
+        return key, source
+    if isinstance(layer, MaterializedLayer) and len(layers) == 1:
+        blocks = {}
+        for idx in itertools.product(*(range(n) for n in array.numblocks)):
+            value = _unwrap(layer.get((array.name, *idx)))
+            expected = tuple(c[i] for c, i in zip(array.chunks, idx, strict=True))
+            if not isinstance(value, np.ndarray) or value.shape != expected:
+                return None
+            if value.dtype != array.dtype:
+                return None
+            blocks[idx] = value
+        source = ChunkedSource(blocks, array.chunks, array.dtype)
+        return f"napari-ncc-source-{tokenize(array.name)}", source
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a region (with an optional subpixel shift) from a source
+# ---------------------------------------------------------------------------------------
+
+
+def _shift_dtype(dtype) -> np.dtype:
+    """Interpolated values are floats: float64 stays, anything else becomes float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _shift_margin(s: float, order: int) -> int:
+    if s == 0:
+        return 0
+    return math.ceil(abs(s)) + 1 + (_SPLINE_MARGIN if order > 1 else 0)
+
+
+def _read_box(source, box, shape, shift=None, order=1, mode="nearest") -> np.ndarray:
+    """``source[box]``, or the box of ``ndimage.shift(source, shift)`` read with a margin."""
+    if shift is None:
+        return np.asarray(source[tuple(slice(a, b) for a, b in box)])
+    margins = [_shift_margin(s, order) for s in shift]
+    outer = [
+        (max(0, a - m), min(n, b + m)) for (a, b), m, n in zip(box, margins, shape, strict=True)
+    ]
+    region = np.asarray(source[tuple(slice(a, b) for a, b in outer)])
+    if region.dtype == np.float16:
+        region = region.astype(np.float32)
+    shifted = ndimage.shift(
+        region,
+        shift,
+        order=order,
+        mode=mode,
+        output=_shift_dtype(region.dtype),
+        prefilter=order > 1,
+    )
+    crop = tuple(slice(a - oa, b - oa) for (a, b), (oa, _) in zip(box, outer, strict=True))
+    return shifted[crop]
+
+
+def _read_runs(source, runs, shape, shift=None, order=1, mode="nearest") -> np.ndarray:
+    """Concatenation of the boxes given by a list of ``(start, stop)`` runs per axis."""
+    pieces = np.empty([len(r) for r in runs], dtype=object)
+    for combo in itertools.product(*(range(len(r)) for r in runs)):
+        box = [runs[ax][c] for ax, c in enumerate(combo)]
+        pieces[combo] = _read_box(source, box, shape, shift, order, mode)
+    if pieces.size == 1:
+        return pieces.flat[0]
+    return np.block(pieces.tolist())
+
+
+def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous ``(start, stop)`` runs of sorted unique indices."""
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    first = np.concatenate(([0], breaks))
+    last = np.concatenate((breaks - 1, [len(indices) - 1]))
+    return [(int(indices[f]), int(indices[e]) + 1) for f, e in zip(first, last, strict=True)]
+
+
+def _block_reads(plan: NCCPlan, box) -> tuple[list, list]:
+    """Runs to read per axis and the local index maps of the windowed axes."""
+    runs, maps = [], []
+    for ax, (start, stop) in enumerate(box):
+        if ax not in plan.axes:
+            runs.append([(start, stop)])
+            continue
+        r = plan.radius[plan.axes.index(ax)]
+        index = border_index_map(plan.shape[ax], start, stop, r, plan.mode)
+        needed = np.unique(index[index >= 0])
+        runs.append(_runs(needed))
+        maps.append(np.where(index >= 0, np.searchsorted(needed, index), -1))
+    return runs, maps
+
+
+def ncc_source_block(source0, source1, plan: NCCPlan, box, shift=None, order=1) -> np.ndarray:
+    """NCC map of one output block, reading it and its halo straight from the sources.
+
+    Parameters
+    ----------
+    source0, source1 : sliceable
+        Full-size images (zarr arrays, memory maps, ...), sliced with tuples of slices.
+    plan : NCCPlan
+    box : sequence of (start, stop)
+        The output block, per axis, in global coordinates.
+    shift : sequence of float, optional
+        Subpixel shift applied to `source1` (``scipy.ndimage.shift`` convention) as it is
+        read, with ``mode="nearest"``.
+    order : int
+        Interpolation order of the shift.
+    """
+    runs, maps = _block_reads(plan, box)
+    block0 = _read_runs(source0, runs, plan.shape)
+    block1 = _read_runs(source1, runs, plan.shape, shift, order, "nearest")
+    return ncc_block(block0, block1, plan, maps, n_threads=1)
+
+
+def shift_source_block(source, box, shape, shift, order, mode) -> np.ndarray:
+    """One block of ``ndimage.shift(source, shift)``, read with a margin from the source."""
+    return _read_box(source, box, shape, shift, order, mode)
+
+
+# ---------------------------------------------------------------------------------------
+# Fallback for computed inputs: dask overlap, then global -> local index maps
+# ---------------------------------------------------------------------------------------
+
+
+def _overlap_boundary(plan: NCCPlan) -> dict[int, str]:
+    # Only "wrap" reads across the image; every other mode reads within radius of the edge,
+    # which the un-padded ("none") overlap already holds.
+    kind = "periodic" if plan.mode == "wrap" else "none"
+    return {ax: (kind if ax in plan.axes else "none") for ax in range(len(plan.shape))}
+
+
+def ncc_overlap_block(block0, block1, plan: NCCPlan, chunks, block_id=None) -> np.ndarray:
+    """NCC map of one block of ``dask.array.overlap`` output (see :func:`local_ncc`)."""
+    maps = []
+    for ax, r in zip(plan.axes, plan.radius, strict=True):
+        starts = np.cumsum((0, *chunks[ax]))
+        start, stop = int(starts[block_id[ax]]), int(starts[block_id[ax] + 1])
+        index = border_index_map(plan.shape[ax], start, stop, r, plan.mode)
+        if plan.mode == "wrap":
+            local = np.arange(len(index), dtype=np.int64)
+        else:
+            local = np.where(index >= 0, index - max(0, start - r), -1)
+        maps.append(local)
+    return ncc_block(block0, block1, plan, maps, n_threads=1)
+
+
+def shift_overlap_block(block, shape, chunks, shift, order, mode, block_id=None) -> np.ndarray:
+    """One block of a shift of a computed Dask array, from its overlapped block."""
+    box, inner = [], []
+    for ax, s in enumerate(shift):
+        starts = np.cumsum((0, *chunks[ax]))
+        start, stop = int(starts[block_id[ax]]), int(starts[block_id[ax] + 1])
+        lo = max(0, start - _shift_margin(s, order))
+        inner.append(slice(start - lo, stop - lo))
+        box.append((start, stop))
+    if block.dtype == np.float16:
+        block = block.astype(np.float32)
+    shifted = ndimage.shift(
+        block, shift, order=order, mode=mode, output=_shift_dtype(block.dtype), prefilter=order > 1
+    )
+    return shifted[tuple(inner)]
+
+
+# ---------------------------------------------------------------------------------------
+# Chunk planning
+# ---------------------------------------------------------------------------------------
+
+
+def _merge_chunks(chunks: tuple[int, ...], min_len: int) -> tuple[int, ...]:
+    """Merge consecutive chunks so that each is at least `min_len` (or the whole axis)."""
+    merged: list[int] = []
+    current = 0
+    for c in chunks:
+        current += c
+        if current >= min_len:
+            merged.append(current)
+            current = 0
+    if current:
+        if merged:
+            merged[-1] += current
+        else:
+            merged.append(current)
+    return tuple(merged)
+
+
+def _source_chunks(chunks: tuple, plan: NCCPlan, min_len: Sequence[int] | None = None) -> tuple:
+    """Output chunks of the direct-read path: input chunks merged to ~BLOCK_PIXELS."""
+    other = math.prod(max(chunks[ax]) for ax in range(len(chunks)) if ax not in plan.axes)
+    k = len(plan.axes)
+    target = max(1, math.ceil((BLOCK_PIXELS / max(other, 1)) ** (1.0 / k)))
+    out = list(chunks)
+    for ax in plan.axes:
+        out[ax] = _merge_chunks(chunks[ax], target)
+    return tuple(out)
+
+
+def _overlap_chunks(chunks: tuple, depth: dict[int, int]) -> tuple:
+    """Chunks at least as long as the overlap depth (dask's overlap needs it)."""
+    return tuple(
+        _merge_chunks(c, depth.get(ax, 0)) if depth.get(ax, 0) else c
+        for ax, c in enumerate(chunks)
+    )
+
+
+def _normalize_output_chunks(chunks, shape) -> tuple:
+    return da.core.normalize_chunks(chunks, shape=shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Graph building
+# ---------------------------------------------------------------------------------------
+
+
+def _boxes(chunks: tuple):
+    """Block index and global ``(start, stop)`` box of every block."""
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    for idx in itertools.product(*(range(len(c)) for c in chunks)):
+        yield idx, tuple((int(s[i]), int(s[i + 1])) for s, i in zip(starts, idx, strict=True))
+
+
+def _as_source(image) -> tuple[str, object] | None:
+    if isinstance(image, da.Array):
+        return find_source(image)
+    return f"napari-ncc-source-{uuid.uuid4().hex}", image
+
+
+def _check_shift(shift, ndim: int, name: str = "moving_shift") -> tuple[float, ...]:
+    try:
+        values = tuple(shift)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a sequence of {ndim} numbers (one per axis), got {shift!r}"
+        ) from None
+    if len(values) != ndim:
+        raise ValueError(
+            f"{name} must have one value per axis ({ndim}), got {len(values)}: {shift!r}"
+        )
+    out = []
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, Real | np.integer | np.floating):
+            raise TypeError(f"{name} must contain real numbers, got {s!r}")
+        if not math.isfinite(float(s)):
+            raise ValueError(f"{name} must be finite, got {shift!r}")
+        out.append(float(s))
+    return tuple(out)
+
+
+def _check_order(order) -> int:
+    if isinstance(order, bool) or not isinstance(order, int | np.integer) or not 0 <= order <= 5:
+        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
+    return int(order)
+
+
+def _check_shift_mode(mode) -> str:
+    if mode not in SHIFT_MODES:
+        raise ValueError(
+            f"unsupported shift mode {mode!r}; expected one of {', '.join(SHIFT_MODES)} "
+            "(modes that read only near the edge, so each block can be shifted on its own)"
+        )
+    return mode
+
+
+def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
+    src0, src1 = _as_source(image0), _as_source(image1)
+    dask_inputs = [x for x in (image0, image1) if isinstance(x, da.Array)]
+    base_chunks = dask_inputs[0].chunks
+    token = tokenize(
+        "napari-ncc",
+        plan,
+        shift,
+        chunks,
+        *[
+            x.name if isinstance(x, da.Array) else (src[0] if src else None)
+            for x, src in ((image0, src0), (image1, src1))
+        ],
+    )
+    if src0 is not None and src1 is not None:
+        if chunks is not None:
+            out_chunks = _normalize_output_chunks(chunks, plan.shape)
+        else:
+            out_chunks = _source_chunks(base_chunks, plan)
+        name = f"local-ncc-{token}"
+        (key0, source0), (key1, source1) = src0, src1
+        dsk: dict = {key0: source0, key1: source1}
+        for idx, box in _boxes(out_chunks):
+            dsk[(name, *idx)] = (ncc_source_block, key0, key1, plan, box, shift, 1)
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
+        meta = np.empty((0,) * len(plan.shape), dtype=np.float32)
+        return da.Array(graph, name, out_chunks, dtype=np.float32, meta=meta)
+    # Computed input(s): dask overlap with un-padded (or periodic) borders.
+    arrays = [
+        x if isinstance(x, da.Array) else da.from_array(x, chunks=base_chunks)
+        for x in (image0, image1)
+    ]
+    if shift is not None:
+        arrays[1] = shift_lazy(arrays[1], shift, order=1, mode="nearest")
+    depth = plan.depth
+    target = chunks if chunks is not None else base_chunks
+    target = _normalize_output_chunks(target, plan.shape)
+    out_chunks = _overlap_chunks(target, depth)
+    arrays = [x.rechunk(out_chunks) for x in arrays]
+    boundary = _overlap_boundary(plan)
+    extended = [da.overlap.overlap(x, depth=depth, boundary=boundary) for x in arrays]
+    return da.map_blocks(
+        partial(ncc_overlap_block, plan=plan, chunks=out_chunks),
+        *extended,
+        chunks=out_chunks,
+        dtype=np.float32,
+        meta=np.empty((0,) * len(plan.shape), dtype=np.float32),
+        name=f"local-ncc-overlap-{token}",
+    )
+
+
+def local_ncc(
+    image0,
+    image1,
+    radius: int | Sequence[int] = 3,
+    *,
+    window: str = "box",
+    mode: str = "reflect",
+    fill_value: float = 0.0,
+    axes: int | Sequence[int] | None = None,
+    moving_shift: Sequence[float] | None = None,
+):
+    """Local normalized cross-correlation (Pearson correlation of patches) of two images.
+
+    For every pixel, the Pearson correlation coefficient of the two patches of
+    ``2 * radius + 1`` pixels per windowed axis centred on it. NumPy in, NumPy out; a Dask
+    array in (either input) gives a lazy Dask array out, computed chunk by chunk.
+
+    Parameters
+    ----------
+    image0, image1 : array_like or dask.array.Array
+        Images of the same shape, any real dtype (bool, integer, float). Not modified.
+        `image0` is the reference, `image1` the moving image.
+    radius : int or sequence of int, optional
+        Window half-width, one for all windowed axes or one per axis in `axes`. A radius
+        of 0 along an axis means the window does not extend along it; at least one must
+        be >= 1, and each must be smaller than its axis.
+    window : {"box", "gaussian"}, optional
+        Uniform weights, or Gaussian weights with ``sigma = radius / 2`` truncated at the
+        radius (see :func:`~napari_ncc._ncc.gaussian_weights`).
+    mode : str, optional
+        How windows read beyond the border, as in ``scipy.ndimage`` filters: "reflect"
+        (the default, ``numpy.pad(mode="symmetric")``), "mirror", "nearest", "wrap" or
+        "constant" (zeros), and their "grid-" aliases.
+    fill_value : float, optional
+        Written where the correlation is undefined because either patch is flat: its
+        standard deviation is zero or below ``FLAT_RTOL`` (1e-6) times the half-range of
+        the values (of the image in memory; of the block and its halo when lazy).
+        ``np.nan`` works too.
+    axes : int or sequence of int, optional
+        Axes the window spans (all by default). Other axes are independent: for example
+        ``axes=(-2, -1)`` gives a per-plane 2D map through a time series.
+    moving_shift : sequence of float, optional
+        Shift `image1` by this much per axis before correlating, with linear
+        interpolation and ``mode="nearest"``, as ``scipy.ndimage.shift(image1,
+        moving_shift, order=1, mode="nearest")`` (so that the shifted moving image matches
+        the reference). Lazily, each block is shifted as it is read.
+
+    Returns
+    -------
+    ncc : ndarray or dask.array.Array of float32
+        Same shape as the inputs, values in [-1, 1] (or `fill_value`). A Dask array when
+        either input is one: nothing is computed until asked.
+
+    Notes
+    -----
+    The moments are accumulated as running sums in float64 after subtracting the
+    mid-range of the values, so the cost per pixel does not depend on the radius and data
+    with a large offset and a small local variance (such as uint16 at 30000 +- 10) keep
+    full accuracy; for integer data of up to 16 bits the sums are exact.
+
+    Lazily, every output block is computed from the input block plus a halo of `radius`
+    pixels on each windowed axis, with the image-border modes applied exactly as in
+    memory, so the chunking never changes the result. Building the graph reads no pixel.
+    When the inputs are backed by something sliceable (``da.from_zarr``, a TIFF zarr
+    store, ``da.from_array`` of a NumPy array or memory map), each block reads its own
+    halo from the source, so storing the map (``to_zarr``, ``da.store``,
+    :func:`napari_ncc._io.write_ncc`) holds only a few blocks in memory whatever the
+    image size; output blocks are input chunks merged to about ``BLOCK_PIXELS`` pixels.
+    Computed Dask inputs are correlated through ``dask.array.overlap``. The graph is
+    picklable and runs on ``dask.distributed`` (``Client("tcp://host:port")``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_ncc import local_ncc
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.random((64, 64))
+    >>> b = 2 * a + 1
+    >>> m = local_ncc(a, b, radius=3)
+    >>> bool(np.allclose(m, 1.0, atol=1e-5))
+    True
+
+    Lazily, with Dask:
+
+    >>> import dask.array as da
+    >>> lazy = local_ncc(da.from_array(a, chunks=16), da.from_array(b, chunks=32), radius=3)
+    >>> lazy.dtype, lazy.shape
+    (dtype('float32'), (64, 64))
+    >>> bool(np.allclose(lazy.compute(), m, atol=1e-5))
+    True
+    """
+    return _local_ncc(
+        image0,
+        image1,
+        radius,
+        window=window,
+        mode=mode,
+        fill_value=fill_value,
+        axes=axes,
+        moving_shift=moving_shift,
+    )
+
+
+def _local_ncc(
+    image0,
+    image1,
+    radius=3,
+    *,
+    window="box",
+    mode="reflect",
+    fill_value=0.0,
+    axes=None,
+    moving_shift=None,
+    chunks=None,
+):
+    """:func:`local_ncc`, with the output chunks of the lazy path optionally given."""
+    lazy = isinstance(image0, da.Array) or isinstance(image1, da.Array)
+    if not lazy:
+        image0, image1 = np.asarray(image0), np.asarray(image1)
+    check_image(image0, "image0")
+    check_image(image1, "image1")
+    plan = plan_ncc(
+        image0.shape,
+        image1.shape,
+        radius,
+        window=window,
+        mode=mode,
+        fill_value=fill_value,
+        axes=axes,
+    )
+    shift = None if moving_shift is None else _check_shift(moving_shift, image0.ndim)
+    if shift is not None and not any(shift):
+        shift = None
+    if not lazy:
+        if shift is not None:
+            image1 = shift_lazy(image1, shift)
+        return _local_ncc_numpy(
+            image0, image1, radius, window=window, mode=mode, fill_value=fill_value, axes=axes
+        )
+    return _lazy_ncc(image0, image1, plan, shift, chunks)
+
+
+def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "nearest"):
+    """Shift an image by a (subpixel) amount, lazily for Dask arrays.
+
+    The result equals ``scipy.ndimage.shift(image, shift, order=order, mode=mode)``
+    computed in floating point: ``output[x] = image[x - shift]``.
+
+    Parameters
+    ----------
+    image : array_like or dask.array.Array
+        Image to shift. Not modified.
+    shift : sequence of float
+        Shift along each axis.
+    order : int, optional
+        Spline interpolation order, 0 to 5 (1: linear, the default).
+    mode : str, optional
+        Border mode: "nearest" (the default), "constant", "grid-constant", "reflect",
+        "mirror" or "grid-mirror" (see ``scipy.ndimage.shift``).
+
+    Returns
+    -------
+    shifted : ndarray or dask.array.Array
+        float64 for float64 input, float32 otherwise (integers are not rounded back).
+        A Dask array, chunked like `image`, when `image` is one.
+
+    Notes
+    -----
+    Each output chunk reads only its own region plus a margin of ``ceil(|shift|) + 1``
+    pixels from the source when the Dask array is backed by something sliceable (see
+    :func:`find_source`), and uses ``dask.array.overlap`` otherwise. Orders above 1
+    prefilter with a margin of 32 more pixels, which differs from the whole-image
+    prefilter by less than about 1e-10 relative.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> from napari_ncc._lazy import shift_lazy
+    >>> image = np.arange(12.0).reshape(3, 4)
+    >>> shift_lazy(image, (0, 0.5))[0]
+    array([0. , 0.5, 1.5, 2.5])
+    >>> shift_lazy(da.from_array(image, chunks=2), (0, 0.5)).compute()[0]
+    array([0. , 0.5, 1.5, 2.5])
+    """
+    lazy = isinstance(image, da.Array)
+    if not lazy:
+        image = np.asarray(image)
+    check_image(image, "image")
+    shift = _check_shift(shift, image.ndim, "shift")
+    order = _check_order(order)
+    mode = _check_shift_mode(mode)
+    out_dtype = _shift_dtype(image.dtype)
+    if not lazy:
+        if image.dtype == np.float16:
+            image = image.astype(np.float32)
+        return ndimage.shift(
+            image, shift, order=order, mode=mode, output=out_dtype, prefilter=order > 1
+        )
+    token = tokenize("napari-ncc-shift", image.name, shift, order, mode)
+    name = f"shift-{token}"
+    meta = np.empty((0,) * image.ndim, dtype=out_dtype)
+    if not any(shift) and order <= 1:
+        return image.astype(out_dtype)
+    found = find_source(image)
+    if found is not None:
+        key, source = found
+        dsk: dict = {key: source}
+        for idx, box in _boxes(image.chunks):
+            dsk[(name, *idx)] = (shift_source_block, key, box, image.shape, shift, order, mode)
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
+        return da.Array(graph, name, image.chunks, dtype=out_dtype, meta=meta)
+    depth = {ax: _shift_margin(s, order) for ax, s in enumerate(shift)}
+    chunks = _overlap_chunks(image.chunks, depth)
+    image = image.rechunk(chunks)
+    extended = da.overlap.overlap(image, depth=depth, boundary="none")
+    return da.map_blocks(
+        partial(
+            shift_overlap_block,
+            shape=image.shape,
+            chunks=chunks,
+            shift=shift,
+            order=order,
+            mode=mode,
+        ),
+        extended,
+        chunks=chunks,
+        dtype=out_dtype,
+        meta=meta,
+        name=name,
+    )
