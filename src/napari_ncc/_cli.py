@@ -23,6 +23,7 @@ import numpy as np
 
 from ._borders import MODES
 from ._ncc import WINDOWS
+from ._samples import SAMPLES
 
 log = logging.getLogger("napari_ncc.cli")
 
@@ -191,7 +192,7 @@ def _add_ncc_options(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("running")
     group.add_argument(
-        "--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)"
+        "--overwrite", action="store_true", help="replace existing output (default: refuse)"
     )
     group.add_argument(
         "-q",
@@ -296,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--sample",
         default="cell",
-        metavar="NAME",
-        help="which sample pair (default: cell; see the documentation for the others)",
+        choices=SAMPLES,
+        help="which sample pair: cell (a cell image and a displaced, locally deformed, noisy "
+        "copy; the default) or motorcycle (a stereo pair, as luminance)",
     )
     _add_ncc_options(demo)
     _add_run_options(demo)
@@ -450,6 +452,11 @@ def _report(result: dict, as_json: bool) -> None:
         print(json.dumps(result, indent=None, default=_jsonable))
         return
     reg = result.get("registration")
+    sample = result.get("sample_info")
+    if sample:
+        print(f"sample {sample['name']!r}: {sample['description']}")
+        if sample.get("shift") is not None:
+            print(f"known shift: {_format_shift(sample['shift'])}")
     if reg is None:
         print("registration: skipped (--no-register)")
     elif "shifts" in reg and reg.get("per_plane") is not None:
@@ -553,6 +560,8 @@ def compare(args) -> dict:
                 f"REFERENCE and MOVING must have the same shape, got {reference.shape} "
                 f"({ref_path.name}) and {moving.shape} ({mov_path.name})"
             )
+        if kind == "tiff":
+            _check_tiff_size(reference.shape, out)
         axes = _ncc_axes(reference.ndim, args.per_plane)
         registration = _register(reference, moving, args, args.per_plane)
         if registration is not None:
@@ -602,19 +611,22 @@ def compare(args) -> dict:
     }
 
 
-def _write_tiff(reference, moving, out: Path, ncc_args: dict, args, registration, progress):
-    """Compute the map in memory and write it to a TIFF file atomically."""
-    import tifffile
-
-    from ._lazy import local_ncc
-
-    nbytes = math.prod(reference.shape) * 4
+def _check_tiff_size(shape: tuple[int, ...], out: Path) -> None:
+    nbytes = math.prod(shape) * 4
     if nbytes > TIFF_MAX_BYTES:
         raise CLIError(
             f"the map would take {nbytes / 2**30:.1f} GiB in memory, more than the "
             f"{TIFF_MAX_BYTES / 2**30:.0f} GiB a TIFF output may hold: write a zarr store "
             f"instead (-o {out.with_suffix('.zarr')})"
         )
+
+
+def _write_tiff(reference, moving, out: Path, ncc_args: dict, args, registration, progress):
+    """Compute the map in memory and write it to a TIFF file atomically."""
+    import tifffile
+
+    from ._lazy import local_ncc
+
     lazy = local_ncc(reference, moving, **ncc_args)
     if args.chunks:
         lazy = lazy.rechunk(args.chunks)
@@ -660,7 +672,7 @@ def demo(args) -> dict:
                 "pass --overwrite to replace it, or choose another folder with -o"
             )
     try:
-        reference, moving, info = sample_pair(args.sample)
+        reference, moving, info = sample_pair(args.sample, grayscale=True)
     except (ValueError, KeyError) as error:
         raise CLIError(_one_line(error)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -695,7 +707,7 @@ def demo(args) -> dict:
         "mode": args.mode,
         "fill_value": args.fill_value,
         "registration": _registration_dict(registration, None),
-        "sample_info": json.loads(json.dumps(info, default=_jsonable_or_repr)),
+        "sample_info": {key: info[key] for key in ("name", "description", "shift") if key in info},
         "summary": summarize(ncc, args.fill_value, args.threshold),
         "written": {"map": str(map_path), "preview": str(preview_path)},
     }
@@ -705,13 +717,6 @@ def demo(args) -> dict:
         json.dumps({"napari_ncc_demo": True, **result}, indent=2, default=_jsonable) + "\n"
     )
     return result
-
-
-def _jsonable_or_repr(value):
-    try:
-        return _jsonable(value)
-    except TypeError:
-        return repr(value)
 
 
 def _is_demo_output(folder: Path) -> bool:

@@ -1,0 +1,157 @@
+"""Render the documentation's pictures into ``docs/images/``.
+
+Real napari, real plugin: the script opens the "cell" sample pair through the plugin's
+sample-data contribution, docks the NCC widget, runs it the way a user would and takes
+screenshots of the viewer. It also writes the command-line demo's preview picture.
+
+Run it under a virtual display (napari's canvas needs OpenGL, which Xvfb provides)::
+
+    xvfb-run -a -s "-screen 0 1400x1000x24" .venv/bin/python docs/make_screenshots.py
+
+The PNGs are quantised to a 256-colour palette so that each stays well under 300 KB;
+commit them with the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGES = Path(__file__).resolve().parent / "images"
+WINDOW_SIZE = (1200, 760)
+MAX_BYTES = 300_000
+
+
+def save_png(rgba: np.ndarray, path: Path) -> None:
+    """Save a screenshot as a palette PNG (small, and exact enough for the docs)."""
+    image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    small = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(path, format="PNG", optimize=True)
+    size = path.stat().st_size
+    print(f"wrote {path.relative_to(IMAGES.parent.parent)} ({size / 1000:.0f} KB)")
+    if size > MAX_BYTES:
+        print(f"  warning: {path.name} is over {MAX_BYTES / 1000:.0f} KB", file=sys.stderr)
+
+
+def demo_preview() -> None:
+    """The picture ``napari-ncc demo`` writes, made by the demo itself."""
+    from napari_ncc._cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        status = main(["demo", "-o", tmp, "--quiet"])
+        if status:
+            raise SystemExit(f"napari-ncc demo failed with status {status}")
+        rgb = np.asarray(Image.open(Path(tmp) / "preview.png").convert("RGB"))
+    save_png(rgb, IMAGES / "demo-preview.png")
+
+
+def wait_for(condition, app, timeout: float = 120.0) -> None:
+    """Let Qt process events until `condition()` holds (the widget works in a thread)."""
+    start = time.monotonic()
+    while not condition():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.monotonic() - start > timeout:
+            raise TimeoutError("the NCC layer did not appear in time")
+    for _ in range(20):  # let the canvas draw the new layer
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def find_widget(dock):
+    """The magicgui widget inside what ``add_plugin_dock_widget`` returned."""
+    for candidate in (dock, getattr(dock, "widget", None)):
+        if candidate is not None and hasattr(candidate, "reference"):
+            return candidate
+    raise RuntimeError(f"cannot find the NCC widget in {dock!r}")
+
+
+def napari_screenshots() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(title="napari-ncc")
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    viewer.open_sample("napari-ncc", "cell")
+    reference = viewer.layers["cell reference"]
+    moving = viewer.layers["cell moving"]
+    moving.visible = True
+    moving.opacity = 0.5
+    moving.colormap = "magenta"
+    reference.colormap = "green"
+    moving.blending = "additive"
+    viewer.reset_view()
+    wait_for(lambda: True, app)
+    save_png(viewer.screenshot(canvas_only=False, flash=False), IMAGES / "tutorial-sample.png")
+
+    try:
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-ncc", "NCC confidence")
+        widget = find_widget(widget)
+    except Exception as error:  # the plugin widget is missing: fall back to the public API
+        print(f"no plugin widget ({error}); adding the NCC layer directly", file=sys.stderr)
+        widget = None
+
+    moving.visible = False
+    moving.opacity = 1.0
+    moving.colormap = "gray"
+    moving.blending = "translucent"
+    reference.colormap = "gray"
+    if widget is not None:
+        widget.reference.value = reference
+        widget.moving.value = moving
+        widget.radius.value = 3
+        wait_for(lambda: True, app)
+        save_png(viewer.screenshot(canvas_only=False, flash=False), IMAGES / "tutorial-widget.png")
+        before = {layer.name for layer in viewer.layers}
+        widget()
+        wait_for(lambda: len(viewer.layers) > len(before), app)
+        ncc_layer = next(layer for layer in viewer.layers if layer.name not in before)
+    else:
+        from napari_ncc import ncc_confidence
+
+        confidence, registration = ncc_confidence(reference.data, moving.data, radius=3)
+        ncc_layer = viewer.add_image(
+            confidence,
+            name="NCC (radius 3)",
+            colormap="viridis",
+            contrast_limits=(-1, 1),
+            metadata={"shift": registration.shift},
+        )
+    for layer in viewer.layers:
+        if layer is not ncc_layer and layer is not reference:
+            layer.visible = False
+    ncc_layer.visible = True
+    viewer.layers.selection.active = ncc_layer
+    wait_for(lambda: True, app)
+    save_png(viewer.screenshot(canvas_only=False, flash=False), IMAGES / "napari-ncc-layer.png")
+
+    # Side by side: the reference and the map in a grid, to compare them at a glance.
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, 2)
+    for layer in viewer.layers:
+        layer.visible = layer is reference or layer is ncc_layer
+    wait_for(lambda: True, app)
+    save_png(viewer.screenshot(canvas_only=True, flash=False), IMAGES / "tutorial-grid.png")
+    viewer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-napari", action="store_true", help="only the demo preview")
+    args = parser.parse_args(argv)
+    IMAGES.mkdir(exist_ok=True)
+    demo_preview()
+    if not args.no_napari:
+        napari_screenshots()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""End-to-end tests of the ``napari-ncc`` command, run through the installed console script.
+
+Inputs are real files written here (TIFF with tifffile, zarr with zarr); the written maps
+are checked against the brute-force Pearson reference of ``tests/reference.py``, computed
+on the pair shifted by the shift the command printed (which is itself checked against the
+known displacement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+from scipy import ndimage
+from skimage import data
+
+from reference import brute_force_ncc
+
+#: The content of the moving image is displaced by this much (rows, columns) ...
+DISPLACEMENT = (2.6, -3.4)
+#: ... so the shift that registers it back onto the reference is minus that.
+TRUE_SHIFT = tuple(-d for d in DISPLACEMENT)
+SHAPE = (96, 112)
+
+
+def _console_script() -> str:
+    beside = Path(sys.executable).with_name("napari-ncc")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("napari-ncc")
+    if found is None:
+        pytest.skip("the napari-ncc console script is not installed")
+    return found
+
+
+CLI = _console_script()
+
+
+def run(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, status: int, *needles: str):
+    assert result.returncode == status, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    """A textured float32 image and a copy whose content moved by DISPLACEMENT."""
+    reference = data.camera()[100 : 100 + SHAPE[0], 200 : 200 + SHAPE[1]].astype(np.float32)
+    moving = ndimage.shift(reference, DISPLACEMENT, order=3, mode="nearest")
+    return reference, moving.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiff_pair(pair, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tiff")
+    paths = folder / "reference.tif", folder / "moving.tif"
+    for path, image in zip(paths, pair, strict=True):
+        tifffile.imwrite(path, image)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def zarr_pair(pair, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("zarr")
+    paths = folder / "reference.zarr", folder / "moving.zarr"
+    for path, image in zip(paths, pair, strict=True):
+        store = zarr.open_array(path, mode="w", shape=image.shape, chunks=(40, 48), dtype="f4")
+        store[...] = image
+    return paths
+
+
+def read_map(path: Path) -> np.ndarray:
+    if path.suffix in (".tif", ".tiff"):
+        return tifffile.imread(path)
+    return np.asarray(zarr.open_array(path, mode="r")[...])
+
+
+def interior(image: np.ndarray, margin: int) -> np.ndarray:
+    return image[margin:-margin, margin:-margin]
+
+
+# ------------------------------------------------------------------------------- compare
+
+
+@pytest.mark.parametrize("output", ["ncc.zarr", "ncc.tif"])
+def test_compare_tiff_inputs_matches_brute_force_ncc_of_the_registered_pair(
+    tiff_pair, pair, tmp_path, output
+):
+    out = tmp_path / output
+    result = run("compare", *tiff_pair, "-o", out, "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    shift = report["registration"]["shift"]
+    np.testing.assert_allclose(shift, TRUE_SHIFT, atol=0.15)
+
+    written = read_map(out)
+    assert written.shape == SHAPE and written.dtype == np.float32
+    reference, moving = pair
+    registered = ndimage.shift(moving.astype(np.float64), shift, order=1, mode="nearest")
+    expected = brute_force_ncc(reference, registered, 3)
+    # Away from the border strip the shift brought in, the map is the plain Pearson map.
+    margin = 3 + int(np.ceil(np.max(np.abs(shift)))) + 1
+    np.testing.assert_allclose(interior(written, margin), interior(expected, margin), atol=1e-4)
+    # The pair matches once registered, so most of it is confident.
+    assert report["summary"]["confident"] > 0.8
+    assert report["summary"]["mean"] == pytest.approx(
+        float(np.mean(written[written != 0])), abs=1e-4
+    )
+
+
+def test_compare_zarr_inputs_without_registration_is_the_map_of_the_raw_pair(
+    zarr_pair, pair, tmp_path
+):
+    out = tmp_path / "raw.zarr"
+    result = run(
+        "compare", *zarr_pair, "-o", out, "--no-register", "--radius", "2", "--window", "gaussian"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "registration: skipped" in result.stdout
+    expected = brute_force_ncc(*pair, 2, window="gaussian")
+    np.testing.assert_allclose(read_map(out), expected, atol=1e-4)
+    fraction = float(re.search(r"confident \(NCC > 0\.5\) ([\d.]+)%", result.stdout)[1])
+    assert fraction == pytest.approx(100 * np.mean(expected > 0.5), abs=0.05)
+
+
+def test_compare_prints_the_shift_in_text(zarr_pair, tmp_path):
+    result = run("compare", *zarr_pair, "-o", tmp_path / "ncc.zarr")
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^shift: y ([-+][\d.]+), x ([-+][\d.]+) px", result.stdout, re.M)
+    assert match, result.stdout
+    np.testing.assert_allclose([float(match[1]), float(match[2])], TRUE_SHIFT, atol=0.15)
+    # Not a terminal: log lines, no progress bar.
+    assert "registering" in result.stderr
+    assert "[#" not in result.stderr
+
+
+def test_compare_refuses_to_overwrite_unless_asked(zarr_pair, tmp_path):
+    out = tmp_path / "ncc.tif"
+    out.write_bytes(b"precious")
+    result = run("compare", *zarr_pair, "-o", out)
+    assert_one_line_error(result, 1, "already exists", "--overwrite")
+    assert out.read_bytes() == b"precious"
+
+    result = run("compare", *zarr_pair, "-o", out, "--overwrite", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert read_map(out).shape == SHAPE
+
+
+def test_missing_input_is_one_line(zarr_pair, tmp_path):
+    result = run("compare", tmp_path / "nope.tif", zarr_pair[1], "-o", tmp_path / "o.zarr")
+    assert_one_line_error(result, 1, "REFERENCE", "nope.tif", "does not exist")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_corrupt_input_is_one_line(zarr_pair, tmp_path):
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(b"II*\x00 this is not a TIFF")
+    result = run("compare", zarr_pair[0], bad, "-o", tmp_path / "o.zarr")
+    assert_one_line_error(result, 1, "MOVING", "corrupt.tif")
+
+
+@pytest.mark.parametrize(
+    ("radius", "status", "needle"),
+    [("0", 2, "must be an integer >= 1"), ("abc", 2, "'abc'"), ("200", 1, "radius 200")],
+)
+def test_bad_radius_is_one_line(zarr_pair, tmp_path, radius, status, needle):
+    result = run("compare", *zarr_pair, "-o", tmp_path / "o.zarr", "--radius", radius)
+    assert_one_line_error(result, status, needle)
+
+
+def test_bad_arguments_are_one_line(zarr_pair, tmp_path):
+    assert_one_line_error(run("compare", *zarr_pair), 2, "-o/--output")
+    result = run("compare", *zarr_pair, "-o", tmp_path / "o.png")
+    assert_one_line_error(result, 1, ".zarr", ".tif")
+    result = run("compare", *zarr_pair, "-o", tmp_path / "o.zarr", "--window", "hann")
+    assert_one_line_error(result, 2, "--window", "hann")
+
+
+def test_inputs_of_different_shapes_are_one_line(zarr_pair, tmp_path):
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((10, 10), np.float32))
+    result = run("compare", zarr_pair[0], small, "-o", tmp_path / "o.zarr")
+    assert_one_line_error(result, 1, "same shape", "(96, 112)", "(10, 10)")
+
+
+def test_tiff_output_is_refused_for_a_map_too_large_for_memory(tmp_path):
+    # 20000 x 20000 float32 is 1.5 GiB; zarr writes no chunk until asked, so it is free.
+    for name in ("a.zarr", "b.zarr"):
+        zarr.open_array(tmp_path / name, mode="w", shape=(20000, 20000), chunks=4096, dtype="f4")
+    result = run("compare", tmp_path / "a.zarr", tmp_path / "b.zarr", "-o", tmp_path / "o.tif")
+    assert_one_line_error(result, 1, "GiB", "o.zarr")
+
+
+def test_help_lists_every_option():
+    result = run("compare", "--help")
+    assert result.returncode == 0
+    for option in (
+        "--output",
+        "--radius",
+        "--window",
+        "--no-register",
+        "--per-plane",
+        "--chunks",
+        "--scheduler",
+        "--overwrite",
+        "--fill-value",
+        "--mode",
+        "--quiet",
+    ):
+        assert option in result.stdout
+    assert "demo" in run("--help").stdout
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+def test_demo_writes_the_map_and_a_preview(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "shift:" in result.stdout and "NCC map" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    ncc = read_map(out / "ncc.zarr")
+    assert ncc.shape == tuple(summary["shape"])
+    np.testing.assert_allclose(
+        summary["registration"]["shift"], summary["sample_info"]["shift"], atol=0.3
+    )
+    with Image.open(out / "preview.png") as picture:
+        width, height = picture.size
+        assert picture.mode == "RGB"
+    assert width > 3 * ncc.shape[1] and height > ncc.shape[0]
+
+    # A second run replaces the demo's own files ...
+    assert run("demo", "-o", out, "--quiet").returncode == 0
+    # ... but not someone else's.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "preview.png").write_bytes(b"mine")
+    result = run("demo", "-o", other)
+    assert_one_line_error(result, 1, "preview.png", "--overwrite")
+    assert (other / "preview.png").read_bytes() == b"mine"
