@@ -144,7 +144,10 @@ def find_source(array) -> tuple[str, object] | None:
         if len(layers) > 2:
             return None
         task = getattr(layer, "task", None)
-        if getattr(task, "func", None) not in _getters() or task.kwargs or len(task.args) != 2:
+        if getattr(task, "func", None) not in _getters() or len(task.args) != 2:
+            return None
+        # A lock means the source is not safe to read from several threads: fall back.
+        if task.kwargs.get("lock") or set(task.kwargs) - {"asarray", "lock"}:
             return None
         if len(layer.indices) != 2 or layer.indices[0][1] is not None:
             return None
@@ -331,8 +334,13 @@ def shift_overlap_block(block, shape, chunks, shift, order, mode, block_id=None)
 # ---------------------------------------------------------------------------------------
 
 
-def _merge_chunks(chunks: tuple[int, ...], min_len: int) -> tuple[int, ...]:
-    """Merge consecutive chunks so that each is at least `min_len` (or the whole axis)."""
+def _merge_chunks(chunks: tuple[int, ...], min_len: int, tail_min: int | None = None) -> tuple:
+    """Merge consecutive chunks so that each is at least `min_len` (or the whole axis).
+
+    A shorter last group is kept on its own if it has at least `tail_min` (default:
+    `min_len`) pixels, so regular chunks stay regular, and joins the previous one otherwise.
+    """
+    tail_min = min_len if tail_min is None else tail_min
     merged: list[int] = []
     current = 0
     for c in chunks:
@@ -341,21 +349,34 @@ def _merge_chunks(chunks: tuple[int, ...], min_len: int) -> tuple[int, ...]:
             merged.append(current)
             current = 0
     if current:
-        if merged:
+        if merged and current < tail_min:
             merged[-1] += current
         else:
             merged.append(current)
     return tuple(merged)
 
 
-def _source_chunks(chunks: tuple, plan: NCCPlan, min_len: Sequence[int] | None = None) -> tuple:
-    """Output chunks of the direct-read path: input chunks merged to ~BLOCK_PIXELS."""
+def _split_chunks(chunks: tuple[int, ...], max_len: int) -> tuple[int, ...]:
+    """Split chunks longer than `max_len` into equal pieces and a shorter last one."""
+    out: list[int] = []
+    for c in chunks:
+        if c <= max_len:
+            out.append(c)
+            continue
+        piece = -(-c // -(-c // max_len))
+        out.extend([piece] * (c // piece) + ([c % piece] if c % piece else []))
+    return tuple(out)
+
+
+def _source_chunks(chunks: tuple, plan: NCCPlan) -> tuple:
+    """Output chunks of the direct-read path: input chunks merged (or split) to blocks of
+    about BLOCK_PIXELS, so that seams follow the input chunks where they can."""
     other = math.prod(max(chunks[ax]) for ax in range(len(chunks)) if ax not in plan.axes)
     k = len(plan.axes)
     target = max(1, math.ceil((BLOCK_PIXELS / max(other, 1)) ** (1.0 / k)))
     out = list(chunks)
     for ax in plan.axes:
-        out[ax] = _merge_chunks(chunks[ax], target)
+        out[ax] = _split_chunks(_merge_chunks(chunks[ax], target, 1), 2 * target)
     return tuple(out)
 
 
