@@ -257,6 +257,16 @@ def test_mixed_dtypes(rng, dtype0, dtype1):
         assert_matches_reference(result, a, b, 2, window=window)
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">u2", ">i4", "<f4"])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_non_native_byte_order(rng, dtype, window):
+    """Big-endian data (FITS files, some TIFFs) is a real numeric dtype like any other."""
+    a, b = correlated_pair(rng, (14, 13), np.dtype(dtype).newbyteorder("="))
+    a, b = a.astype(dtype), b.astype(dtype)
+    result = local_ncc(a, b, 2, window=window)
+    assert_matches_reference(result, a, b, 2, window=window)
+
+
 def test_python_lists_are_accepted(rng):
     a, b = correlated_pair(rng, (9, 8))
     result = local_ncc(a.tolist(), b.tolist(), 2)
@@ -330,6 +340,16 @@ def test_ncc_block_threads(rng, n_threads, window):
     result = ncc_block(a, b, plan, full_maps(plan), n_threads=n_threads)
     assert_matches_reference(result, a, b, 3, window=window, axes=(1, 2))
 
+    a, b = correlated_pair(rng, (11, 8, 7))
+    plan = plan_ncc(a.shape, b.shape, (2, 1, 3), window=window)
+    result = ncc_block(a, b, plan, full_maps(plan), n_threads=n_threads)
+    assert_matches_reference(result, a, b, (2, 1, 3), window=window)
+
+    a, b = correlated_pair(rng, (2, 9, 3, 6))
+    plan = plan_ncc(a.shape, b.shape, 1, window=window, axes=(1, 2, 3))
+    result = ncc_block(a, b, plan, full_maps(plan), n_threads=n_threads)
+    assert_matches_reference(result, a, b, 1, window=window, axes=(1, 2, 3))
+
 
 # --- precision --------------------------------------------------------------------------
 
@@ -379,6 +399,28 @@ def test_flat_background_next_to_bright_texture(rng, dtype, window, fill_value):
             )
 
 
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
+def test_near_flat_windows_relative_to_the_range(rng, window, mode):
+    """Documented floor: a window whose std is below 1e-6 of the image's half-range is flat.
+
+    A texture of amplitude 1e-7 next to one of amplitude 1000 is flat (fill_value); one of
+    amplitude 0.1 is not, and is exact.
+    """
+    a = np.zeros((30, 40))
+    a[:, 20:] = rng.random((30, 20)) * 1000
+    a[:, :20] += rng.random((30, 20)) * 1e-7
+    b = rng.random((30, 40))
+    kwargs = {"window": window, "mode": mode, "fill_value": np.nan}
+    result = local_ncc(a, b, 2, **kwargs)
+    assert np.isnan(result[:, :17]).all()
+    expected = brute_force_ncc(a, b, 2, flat_rtol=1e-6, **kwargs)
+    np.testing.assert_allclose(result, expected, atol=ATOL)
+
+    a[:, :20] = rng.random((30, 20)) * 0.1
+    assert_matches_reference(local_ncc(a, b, 2, **kwargs), a, b, 2, **kwargs)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 @pytest.mark.parametrize("level", [0, 1, 30000, 65535])
 def test_flat_level_with_large_windows(rng, dtype, level):
@@ -423,6 +465,31 @@ def test_tall_image_split_into_strips(rng, window, mode):
         expected = expected[lo - clo : hi - clo]
         error = np.abs(result[lo:hi] - expected).max()
         assert error <= ATOL, f"rows {lo}:{hi}: max error {error:.3g}"
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_long_volume_split_into_strips(rng, window):
+    """A volume with more than 2048 planes along its first windowed axis."""
+    depth, radius = 4100, (2, 1, 1)
+    a, b = correlated_pair(rng, (depth, 3, 4), np.uint16, lo=100, hi=160)
+    result = local_ncc(a, b, radius, window=window, fill_value=np.nan)
+    for c in (0, 1367, 2048, 2050, 2733, 3075, depth - 1):
+        lo, hi = max(c - 6, 0), min(c + 6, depth)
+        clo, chi = max(lo - 2, 0), min(hi + 2, depth)
+        expected = brute_force_ncc(
+            a[clo:chi], b[clo:chi], radius, window=window, fill_value=np.nan
+        )
+        np.testing.assert_allclose(
+            result[lo:hi], expected[lo - clo : hi - clo], atol=ATOL, err_msg=f"planes {lo}:{hi}"
+        )
+
+
+@pytest.mark.parametrize("mode", ["reflect", "wrap", "constant"])
+def test_long_1d_signal(rng, mode):
+    a, b = correlated_pair(rng, (5000,), np.int16)
+    for window in WINDOWS:
+        result = local_ncc(a, b, 7, window=window, mode=mode)
+        assert_matches_reference(result, a, b, 7, window=window, mode=mode)
 
 
 # --- inputs are never modified; any memory layout works ---------------------------------
