@@ -1,0 +1,425 @@
+"""Multiscale NCC maps: the lazy levels napari shows for gigapixel and pyramidal images.
+
+What a coarse level is
+----------------------
+Level ``k`` of the NCC map is **the local NCC of level k of the two inputs, at the same
+radius** (in that level's pixels), with the registration shift divided by the level's
+downsampling factor. It is what the viewer shows at that zoom: one screen pixel covers one
+level-``k`` pixel, and the window covers ``2 * radius + 1`` screen pixels at every zoom, so
+the map reads the same however far one zooms out. It costs only the pixels on screen
+(plus a halo of ``radius``), whatever the size of the full-resolution image.
+
+The other candidate, the full-resolution map averaged down, would need every
+full-resolution chunk for the overview (a whole pass over a gigapixel image before the
+first frame) and would average a fine-scale quantity into a grey blur of local scores.
+Level 0 is exactly ``local_ncc`` of the full-resolution pair.
+
+Inputs with their own pyramid (OME-Zarr, pyramidal TIFF, napari multiscale layers) are used
+as they are. A single-scale input larger than :data:`MULTISCALE_MIN_SIDE` pixels a side gets
+a pyramid built once (:func:`build_pyramid`): its coarse levels need every full-resolution
+chunk once, so they are computed ahead, level ``k`` from level ``k - 1``, and cached
+(on disk, in a temporary zarr store), with progress.
+
+This module is the lazy floor: Dask in, lazy Dask out; nothing here imports napari.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._samples import LUMINANCE_WEIGHTS
+
+#: A single-scale input whose largest plane side exceeds this gets a multiscale NCC map.
+MULTISCALE_MIN_SIDE = 4096
+
+#: Each pyramid level halves the plane axes of the one before.
+PYRAMID_FACTOR = 2
+
+#: Pyramids stop at the first level whose largest plane side is at most this.
+PYRAMID_MIN_SIDE = 512
+
+#: Chunk side of the pyramid levels :func:`build_pyramid` writes.
+PYRAMID_CHUNK = 1024
+
+#: How napari shows an NCC map: ColorBrewer's colour-blind-safe PiYG (11 classes), from
+#: -1 (magenta) through 0 (white: no correlation, or a flat window) to +1 (green).
+#: A plain dict (napari builds its Colormap from it), so nothing here imports napari.
+NCC_COLORMAP = {
+    "name": "NCC PiYG",
+    "colors": [
+        "#8e0152",
+        "#c51b7d",
+        "#de77ae",
+        "#f1b6da",
+        "#fde0ef",
+        "#f7f7f7",
+        "#e6f5d0",
+        "#b8e186",
+        "#7fbc41",
+        "#4d9221",
+        "#276419",
+    ],
+}
+
+#: The NCC is a correlation coefficient: always show its whole range.
+NCC_CONTRAST_LIMITS = (-1.0, 1.0)
+
+
+def as_luminance(image: da.Array) -> da.Array:
+    """Lazy luminance (float32) of an RGB(A) Dask array with channels on the last axis.
+
+    Uses the ITU-R BT.709 weights of ``skimage.color.rgb2gray``; alpha is ignored.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> rgb = da.ones((4, 4, 3), dtype="uint8", chunks=2)
+    >>> gray = as_luminance(rgb)
+    >>> gray.shape, gray.dtype.name
+    ((4, 4), 'float32')
+    """
+    image = da.asarray(image)
+    if image.ndim < 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(
+            f"an RGB(A) image needs 3 or 4 channels on its last axis, got shape {image.shape}"
+        )
+    weights = np.asarray(LUMINANCE_WEIGHTS, dtype=np.float32)
+    channels = image[..., :3].rechunk({image.ndim - 1: 3})
+    return da.tensordot(channels.astype(np.float32), weights, axes=([image.ndim - 1], [0]))
+
+
+def level_factors(shapes: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+    """Downsampling factor of every level relative to level 0, per axis.
+
+    Examples
+    --------
+    >>> level_factors([(100, 80), (50, 40), (25, 20)])
+    [(1.0, 1.0), (2.0, 2.0), (4.0, 4.0)]
+    """
+    base = tuple(shapes[0])
+    return [tuple(b / s for b, s in zip(base, shape, strict=True)) for shape in shapes]
+
+
+def plane_axes(ndim: int) -> tuple[int, ...]:
+    """The axes a pyramid coarsens: the last two (the displayed plane), or the only one."""
+    return tuple(range(max(ndim - 2, 0), ndim))
+
+
+def needs_pyramid(shape: Sequence[int]) -> bool:
+    """Whether a single-scale image is large enough to deserve a multiscale NCC map."""
+    return max(shape[ax] for ax in plane_axes(len(shape))) > MULTISCALE_MIN_SIDE
+
+
+def pyramid_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """Shapes of the levels :func:`build_pyramid` makes for an image of `shape`.
+
+    Examples
+    --------
+    >>> pyramid_shapes((3000, 2000))
+    [(3000, 2000), (1500, 1000), (750, 500), (375, 250)]
+    """
+    shapes = [tuple(int(n) for n in shape)]
+    axes = plane_axes(len(shape))
+    while max(shapes[-1][ax] for ax in axes) > PYRAMID_MIN_SIDE:
+        nxt = list(shapes[-1])
+        for ax in axes:
+            nxt[ax] = max(nxt[ax] // PYRAMID_FACTOR, 1)
+        if any(nxt[ax] < PYRAMID_FACTOR for ax in axes):
+            break
+        shapes.append(tuple(nxt))
+    return shapes
+
+
+def _coarsen(level: da.Array) -> da.Array:
+    """One pyramid step: the mean of 2x2 pixel blocks of the plane axes, input dtype kept."""
+    axes = plane_axes(level.ndim)
+    chunks = {ax: max(PYRAMID_CHUNK, PYRAMID_FACTOR) for ax in axes}
+    level = level.rechunk(chunks)
+    factors = {ax: PYRAMID_FACTOR for ax in axes}
+    coarse = da.coarsen(np.mean, level.astype(np.float32), factors, trim_excess=True)
+    if level.dtype.kind in "biu":
+        info = np.iinfo(level.dtype) if level.dtype.kind != "b" else None
+        coarse = da.round(coarse)
+        if info is not None:
+            coarse = da.clip(coarse, info.min, info.max)
+        return coarse.astype(level.dtype)
+    return coarse.astype(np.promote_types(level.dtype, np.float32))
+
+
+def pyramid_blocks(shape: Sequence[int]) -> int:
+    """Number of blocks :func:`build_pyramid` writes for an image of `shape` (its progress
+    total)."""
+    total = 0
+    for level_shape in pyramid_shapes(shape)[1:]:
+        n = 1
+        for ax, length in enumerate(level_shape):
+            if ax in plane_axes(len(level_shape)):
+                n *= math.ceil(length / PYRAMID_CHUNK)
+            else:
+                n *= length
+        total += n
+    return total
+
+
+_CACHE_DIRS: list[str] = []
+
+
+@atexit.register
+def _remove_cache_dirs() -> None:
+    for path in _CACHE_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def iter_pyramid(
+    image: da.Array, directory: str | os.PathLike | None = None
+) -> Generator[tuple[int, int], None, list[da.Array]]:
+    """:func:`build_pyramid` as a generator: yields ``(done, total)`` after each block.
+
+    Its return value (``levels = yield from iter_pyramid(image)``) is the list of levels.
+    A napari worker thread forwards the yields to its progress bar.
+    """
+    import zarr
+
+    image = da.asarray(image)
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="napari-ncc-pyramid-")
+        _CACHE_DIRS.append(directory)
+    os.makedirs(directory, exist_ok=True)
+    total = pyramid_blocks(image.shape)
+    done = 0
+    levels = [image]
+    batch = max(2 * (os.cpu_count() or 1), 2)
+    for k in range(1, len(pyramid_shapes(image.shape))):
+        coarse = _coarsen(levels[-1])
+        chunks = tuple(
+            PYRAMID_CHUNK if ax in plane_axes(coarse.ndim) else 1 for ax in range(coarse.ndim)
+        )
+        coarse = coarse.rechunk(chunks)
+        store = zarr.open_array(
+            os.path.join(directory, f"level{k}.zarr"),
+            mode="w",
+            shape=coarse.shape,
+            chunks=chunks,
+            dtype=coarse.dtype,
+        )
+        indices = list(np.ndindex(*coarse.numblocks))
+        for start in range(0, len(indices), batch):
+            group = indices[start : start + batch]
+            values = dask.compute(*(coarse.blocks[idx] for idx in group))
+            for idx, value in zip(group, values, strict=True):
+                region = tuple(
+                    slice(i * c, i * c + n)
+                    for i, c, n in zip(idx, chunks, value.shape, strict=True)
+                )
+                store[region] = value
+                done += 1
+                yield done, total
+        levels.append(da.from_zarr(store))
+    return levels
+
+
+def build_pyramid(
+    image: da.Array,
+    directory: str | os.PathLike | None = None,
+    *,
+    progress: Callable[[int, int], object] | None = None,
+) -> list[da.Array]:
+    """Compute and cache the coarse levels of a single-scale image, reading it once.
+
+    Level ``k`` is the mean of ``2 x 2`` pixel blocks of level ``k - 1`` over the plane (last
+    two) axes, integer dtypes rounded back to their dtype, stopping at the first level whose
+    plane is at most :data:`PYRAMID_MIN_SIDE` pixels a side. Each level is written to a zarr
+    store (chunks of :data:`PYRAMID_CHUNK` per plane axis, one plane deep) and the next is
+    computed from it, so the full-resolution image is read exactly once, in blocks: memory
+    stays bounded by a few chunks whatever the image size.
+
+    Parameters
+    ----------
+    image : dask.array.Array or array_like
+        Level 0. Not copied: it stays the first level as it is.
+    directory : path, optional
+        Where the levels are stored (``level1.zarr``, ...). By default a temporary directory
+        removed when the Python process ends.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each block written (``total`` is
+        :func:`pyramid_blocks`).
+
+    Returns
+    -------
+    levels : list of dask.array.Array
+        ``[image, level1, level2, ...]``, the coarse ones backed by the stores.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> levels = build_pyramid(da.ones((1200, 1000), dtype="uint8", chunks=512))
+    >>> [level.shape for level in levels]
+    [(1200, 1000), (600, 500), (300, 250)]
+    """
+    steps = iter_pyramid(image, directory)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def _level_shift(shift, factors: Sequence[float]):
+    """A level-0 shift (one per axis, or one row per plane) in a level's pixels."""
+    if shift is None:
+        return None
+    return np.asarray(shift, dtype=np.float64) / np.asarray(factors, dtype=np.float64)
+
+
+def _per_plane(function, arrays, shifts: np.ndarray, plane_axis: int) -> da.Array:
+    """``function(*planes, shift)`` for every plane along `plane_axis`, stacked back."""
+    n_planes = arrays[0].shape[plane_axis]
+    if shifts.shape[0] != n_planes:
+        raise ValueError(
+            f"got {shifts.shape[0]} per-plane shifts for {n_planes} planes along axis {plane_axis}"
+        )
+    planes = []
+    for i in range(n_planes):
+        plane_shift = tuple(np.delete(shifts[i], plane_axis))
+        planes.append(function(*(da.take(a, i, axis=plane_axis) for a in arrays), plane_shift))
+    return da.stack(planes, axis=plane_axis)
+
+
+def ncc_levels(
+    reference_levels: Sequence[da.Array],
+    moving_levels: Sequence[da.Array],
+    radius: int = 3,
+    *,
+    shift=None,
+    window: str = "box",
+    mode: str = "reflect",
+    fill_value: float = 0.0,
+    axes=None,
+    plane_axis: int | None = None,
+) -> list[da.Array]:
+    """Lazy NCC map of every level of two pyramids (see the module notes for why).
+
+    Parameters
+    ----------
+    reference_levels, moving_levels : sequence of dask.array.Array
+        The two pyramids, level 0 first, with the same level shapes.
+    radius, window, mode, fill_value, axes
+        As in :func:`napari_ncc.local_ncc`, the same at every level. With `plane_axis`,
+        `axes` must leave out the plane axis (None: all the others).
+    shift : sequence of float or ndarray, optional
+        The registration shift in level-0 pixels (``scipy.ndimage.shift(moving, shift)``
+        registers moving onto reference), divided by each level's downsampling factor.
+        With `plane_axis`: an array of one shift (one value per axis) per plane.
+    plane_axis : int, optional
+        Correlate each plane along this axis on its own, with its own shift.
+
+    Returns
+    -------
+    levels : list of dask.array.Array
+        Float32, one per input level, computing nothing until sliced. Levels too small for
+        the window (an axis not longer than `radius`) are dropped from the end.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> image = da.from_array(rng.random((64, 64)), chunks=32)
+    >>> pyramid = [image, image[::2, ::2]]
+    >>> levels = ncc_levels(pyramid, pyramid, radius=2)
+    >>> [level.shape for level in levels], bool(np.allclose(levels[1].compute(), 1, atol=1e-5))
+    ([(64, 64), (32, 32)], True)
+    """
+    from ._lazy import local_ncc
+
+    if len(reference_levels) != len(moving_levels):
+        raise ValueError(
+            "reference and moving must have the same number of pyramid levels, got "
+            f"{len(reference_levels)} and {len(moving_levels)}"
+        )
+    shapes = [tuple(level.shape) for level in reference_levels]
+    for k, (ref, mov) in enumerate(zip(reference_levels, moving_levels, strict=True)):
+        if tuple(ref.shape) != tuple(mov.shape):
+            raise ValueError(
+                f"reference and moving must have the same shape at every level, got "
+                f"{tuple(ref.shape)} and {tuple(mov.shape)} at level {k}"
+            )
+    ndim = len(shapes[0])
+    if plane_axis is not None:
+        plane_axis = int(plane_axis) % ndim
+        if axes is None:
+            axes = tuple(ax for ax in range(ndim) if ax != plane_axis)
+        if plane_axis in [int(ax) % ndim for ax in np.atleast_1d(axes)]:
+            raise ValueError(f"axes {axes} must not include the plane axis {plane_axis}")
+    windowed = [int(ax) % ndim for ax in (range(ndim) if axes is None else np.atleast_1d(axes))]
+    radii = np.broadcast_to(np.asarray(radius), (len(windowed),))
+
+    def plane_ncc(ref, mov, plane_shift, plane_axes):
+        return local_ncc(
+            ref,
+            mov,
+            radius,
+            window=window,
+            mode=mode,
+            fill_value=fill_value,
+            axes=plane_axes,
+            moving_shift=plane_shift,
+        )
+
+    levels = []
+    for ref, mov, factors in zip(
+        reference_levels, moving_levels, level_factors(shapes), strict=True
+    ):
+        if levels and any(ref.shape[ax] <= r for ax, r in zip(windowed, radii, strict=True)):
+            break
+        ref, mov = da.asarray(ref), da.asarray(mov)
+        level_shift = _level_shift(shift, factors)
+        if plane_axis is not None and level_shift is not None and level_shift.ndim == 2:
+            # Axes of a plane: the level's windowed axes, renumbered without the plane axis.
+            plane_axes = tuple(ax - (ax > plane_axis) for ax in windowed)
+            levels.append(
+                _per_plane(
+                    lambda r, m, s, pa=plane_axes: plane_ncc(r, m, s, pa),
+                    (ref, mov),
+                    level_shift,
+                    plane_axis,
+                )
+            )
+        else:
+            flat_shift = None if level_shift is None else tuple(level_shift.reshape(-1))
+            levels.append(plane_ncc(ref, mov, flat_shift, axes))
+    return levels
+
+
+def registered_levels(
+    moving_levels: Sequence[da.Array], shift, *, plane_axis: int | None = None
+) -> list[da.Array]:
+    """The moving pyramid shifted onto the reference grid, lazily, level by level.
+
+    `shift` is in level-0 pixels (one per axis; with `plane_axis`, one row per plane),
+    divided by each level's factor. Linear interpolation, nearest-value borders, float32.
+    """
+    from ._lazy import shift_lazy
+
+    shapes = [tuple(level.shape) for level in moving_levels]
+    out = []
+    for level, factors in zip(moving_levels, level_factors(shapes), strict=True):
+        level = da.asarray(level)
+        level_shift = _level_shift(shift, factors)
+        if plane_axis is not None and level_shift.ndim == 2:
+            out.append(
+                _per_plane(lambda m, s: shift_lazy(m, s), (level,), level_shift, plane_axis)
+            )
+        else:
+            out.append(shift_lazy(level, tuple(level_shift.reshape(-1))))
+    return out

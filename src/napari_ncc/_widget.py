@@ -1,0 +1,370 @@
+"""The "NCC confidence" widget: pick two image layers, get a lazy confidence layer.
+
+A thin front end. Registration (:func:`napari_ncc._registration.register`) runs in a napari
+worker thread with a progress bar, so the viewer never freezes; the NCC layer it then adds
+is lazy (:func:`napari_ncc._multiscale.ncc_levels`): napari computes only the chunks on
+screen, at the zoom level in use.
+
+The layer
+---------
+- Data: the local NCC of the reference and the *registered* moving image, as a Dask array,
+  or a list of them (a multiscale layer) when the inputs are multiscale or larger than
+  :data:`~napari_ncc._multiscale.MULTISCALE_MIN_SIDE` pixels a side (see
+  :mod:`napari_ncc._multiscale` for what a coarse level is).
+- ``contrast_limits=(-1, 1)``, set explicitly so napari never scans the data, and a
+  diverging colormap (:data:`~napari_ncc._multiscale.NCC_COLORMAP`, ColorBrewer's
+  colour-blind-safe PiYG):
+  green where the images agree (NCC -> 1), white where the NCC is ~0 (no correlation, and
+  flat windows, which get the fill value 0), magenta where they are anti-correlated.
+  A diverging map keeps the sign visible: contrast inversion is information too.
+- The reference layer's scale and translate; ``metadata["napari_ncc"]`` records the
+  parameters, the shift and the registration quality.
+- Running again updates that layer in place (unless "new layer" is ticked). Since the
+  map is lazy, a new radius costs only the chunks on screen.
+"""
+
+import warnings
+import weakref
+
+import dask.array as da
+import numpy as np
+from magicgui.widgets import FunctionGui
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+
+from . import _multiscale
+
+WINDOWS = ("box", "gaussian")
+
+RADIUS_TOOLTIP = (
+    "Window half-width r in pixels: the NCC of each pixel compares the two (2r+1)-pixel "
+    "wide patches centred on it. Larger: smoother, more robust to noise, less detail."
+)
+
+
+def _radius_label(radius: int) -> str:
+    side = 2 * int(radius) + 1
+    return f"radius ({side}x{side} window)"
+
+
+def _plane_choices(layer: Image | None) -> list[tuple[str, int | None]]:
+    ndim = 2 if layer is None else layer.ndim
+    choices: list[tuple[str, int | None]] = [("no: one window over all axes", None)]
+    choices += [(f"yes: each plane along axis {ax}", ax) for ax in range(max(ndim - 2, 0))]
+    return choices
+
+
+def _levels(layer: Image) -> list[da.Array]:
+    """The layer's data as lazy levels (level 0 first), RGB reduced to luminance."""
+    data = list(layer.data) if layer.multiscale else [layer.data]
+    levels = []
+    for level in data:
+        level = level if isinstance(level, da.Array) else da.asarray(level)
+        levels.append(_multiscale.as_luminance(level) if layer.rgb else level)
+    return levels
+
+
+def _display_limits(layer: Image) -> tuple[float, float]:
+    if not layer.rgb:
+        return tuple(layer.contrast_limits)
+    dtype = np.dtype(layer.dtype)
+    return (0.0, float(np.iinfo(dtype).max)) if dtype.kind in "iu" else (0.0, 1.0)
+
+
+class _Job:
+    """What one run computes, in the worker thread (no Qt, no napari objects touched)."""
+
+    def __init__(self, reference, moving, params, build_pyramids: bool):
+        self.reference = reference
+        self.moving = moving
+        self.params = params
+        self.build_pyramids = build_pyramids
+
+    @property
+    def steps(self) -> int:
+        n = 2  # registration, map
+        if self.build_pyramids:
+            n += 2 * _multiscale.pyramid_blocks(self.reference[0].shape)
+        return n
+
+    def run(self):
+        """Generator for ``create_worker``: yields once per progress step."""
+        reference, moving, p = self.reference, self.moving, self.params
+        if self.build_pyramids:
+            reference = yield from _multiscale.iter_pyramid(reference[0])
+            moving = yield from _multiscale.iter_pyramid(moving[0])
+        registration = None
+        if p["register"]:
+            from ._registration import RegistrationWarning, register
+
+            with warnings.catch_warnings():
+                # Reported as a napari notification once the layer is shown.
+                warnings.simplefilter("ignore", RegistrationWarning)
+                registration = register(reference, moving, per_plane=p["per_plane"])
+        yield
+        shift = None if registration is None else _shift_of(registration, p["per_plane"])
+        axes = _window_axes(reference[0].ndim, p["per_plane"])
+        ncc = _multiscale.ncc_levels(
+            reference,
+            moving,
+            p["radius"],
+            shift=shift,
+            window=p["window"],
+            axes=axes,
+            plane_axis=p["per_plane"],
+        )
+        registered = None
+        if p["show_registered"]:
+            registered = (
+                moving
+                if shift is None
+                else _multiscale.registered_levels(moving, shift, plane_axis=p["per_plane"])
+            )
+        yield
+        return ncc, registered, registration
+
+
+def _weak(layer: Image) -> weakref.ref:
+    # napari hands plugins a proxy of the viewer whose layers are proxies too: a weak
+    # reference to a proxy dies at once, so refer to the layer itself.
+    return weakref.ref(getattr(layer, "__wrapped__", layer))
+
+
+def _window_axes(ndim: int, per_plane: int | None):
+    if per_plane is None:
+        return None
+    return tuple(ax for ax in range(ndim) if ax != per_plane)
+
+
+def _shift_of(registration, per_plane: int | None):
+    if per_plane is None:
+        return tuple(float(s) for s in registration.shift)
+    return np.asarray(registration.shifts, dtype=np.float64)
+
+
+class NCCConfidenceWidget(FunctionGui):
+    """The "NCC confidence" dock widget (the npe2 widget contribution).
+
+    Every field can be set from code, then the widget called::
+
+        widget = NCCConfidenceWidget(viewer)
+        widget.reference.value = viewer.layers["reference"]
+        widget.moving.value = viewer.layers["moving"]
+        widget.radius.value = 5
+        worker = widget()  # starts the worker; the layer appears when it is done
+
+    Calling it returns the napari worker (None when the inputs were refused, with a
+    notification saying why).
+    """
+
+    # napari passes the viewer to a parameter annotated with this string (or the class).
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        self._viewer = viewer
+        self._worker = None
+        self._ncc_ref = None
+        self._registered_ref = None
+        super().__init__(
+            self._run,
+            call_button="Run",
+            param_options={
+                "reference": {
+                    "tooltip": "The image the moving one is compared with (kept fixed)."
+                },
+                "moving": {
+                    "tooltip": "The image registered onto the reference, then compared with it."
+                },
+                "radius": {
+                    "min": 1,
+                    "max": 100,
+                    "label": _radius_label(3),
+                    "tooltip": RADIUS_TOOLTIP,
+                },
+                "window": {
+                    "choices": WINDOWS,
+                    "tooltip": "box: uniform weights; gaussian: sigma = radius / 2, truncated "
+                    "at the radius (smoother, more local).",
+                },
+                "register": {
+                    "label": "register first",
+                    "tooltip": "Estimate the subpixel translation that aligns moving onto "
+                    "reference, and correlate the registered moving image (recommended).",
+                },
+                "per_plane": {
+                    "label": "per plane",
+                    "widget_type": "ComboBox",
+                    "nullable": False,
+                    "choices": _plane_choices(None),
+                    "tooltip": "For stacks: register and correlate each plane along an axis on "
+                    "its own (windows over the other axes), instead of one nD window.",
+                },
+                "show_registered": {
+                    "label": "add registered moving",
+                    "tooltip": "Also add the registered moving image as a (lazy) layer.",
+                },
+                "new_layer": {
+                    "label": "new layer",
+                    "tooltip": "Add a new NCC layer instead of updating the last one in place.",
+                },
+            },
+        )
+        self.radius.changed.connect(self._update_radius_label)
+        self.reference.changed.connect(self._update_plane_choices)
+        self._update_plane_choices(self.reference.value)
+
+    def _update_radius_label(self, radius: int) -> None:
+        self.radius.label = _radius_label(radius)
+
+    def _update_plane_choices(self, layer) -> None:
+        self.per_plane.choices = _plane_choices(layer)
+
+    # --- layer bookkeeping -------------------------------------------------------------
+    def _tracked(self, ref) -> Image | None:
+        layer = ref() if ref is not None else None
+        return layer if layer is not None and layer in self._viewer.layers else None
+
+    @property
+    def ncc_layer(self) -> Image | None:
+        """The NCC layer this widget last wrote (None if it is not in the viewer)."""
+        return self._tracked(self._ncc_ref)
+
+    @property
+    def worker(self):
+        """The worker of the run in progress, or None."""
+        return self._worker
+
+    def _put_layer(self, ref, data, multiscale: bool, new: bool, **kwargs) -> Image:
+        """Update the tracked layer in place, or add a new one."""
+        layer = None if new else self._tracked(ref)
+        ndim = (data[0] if multiscale else data).ndim
+        if layer is not None and layer.multiscale == multiscale and layer.ndim == ndim:
+            layer.data = data
+            for key, value in kwargs.items():
+                if key not in ("name", "visible"):
+                    setattr(layer, key, value)
+            return layer
+        added = self._viewer.add_image(data, multiscale=multiscale, **kwargs)
+        if layer is not None:  # an incompatible old layer: the new one takes its place
+            index = self._viewer.layers.index(layer)
+            self._viewer.layers.remove(layer)
+            self._viewer.layers.move(self._viewer.layers.index(added), index)
+        return added
+
+    # --- run ---------------------------------------------------------------------------
+    def _run(
+        self,
+        reference: Image,
+        moving: Image,
+        radius: int = 3,
+        window: str = "box",
+        register: bool = True,
+        per_plane=None,  # (label, value) choices, None: one window over all axes
+        show_registered: bool = False,
+        new_layer: bool = False,
+    ):
+        if reference is None or moving is None:
+            show_error("NCC confidence: choose a reference and a moving image layer")
+            return None
+        ref_levels, mov_levels = _levels(reference), _levels(moving)
+        if ref_levels[0].shape != mov_levels[0].shape:
+            show_error(
+                "NCC confidence: reference and moving must have the same shape, got "
+                f"{ref_levels[0].shape} ({reference.name!r}) and {mov_levels[0].shape} "
+                f"({moving.name!r})"
+            )
+            return None
+        if len(ref_levels) != len(mov_levels) or any(
+            a.shape != b.shape for a, b in zip(ref_levels, mov_levels, strict=False)
+        ):
+            # Pyramids that do not match: start again from full resolution.
+            ref_levels, mov_levels = ref_levels[:1], mov_levels[:1]
+        if per_plane is not None and per_plane >= ref_levels[0].ndim - 1:
+            per_plane = None
+        build = len(ref_levels) == 1 and _multiscale.needs_pyramid(ref_levels[0].shape)
+        params = {
+            "radius": int(radius),
+            "window": window,
+            "register": bool(register),
+            "per_plane": per_plane,
+            "show_registered": bool(show_registered),
+        }
+        job = _Job(ref_levels, mov_levels, params, build)
+        if self._worker is not None:
+            self._worker.quit()
+        worker = create_worker(
+            job.run,
+            _progress={"total": job.steps, "desc": "NCC confidence"},
+            _ignore_errors=True,
+        )
+        names = (reference.name, moving.name)
+        display = {
+            "scale": tuple(reference.scale),
+            "translate": tuple(reference.translate),
+            "moving_colormap": "gray" if moving.rgb else moving.colormap,
+            "moving_limits": _display_limits(moving),
+        }
+        worker.returned.connect(
+            lambda result: self._show(worker, result, params, names, display, new_layer)
+        )
+        worker.errored.connect(lambda exc: self._failed(worker, exc))
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _failed(self, worker, exc: Exception) -> None:
+        if worker is self._worker:
+            self._worker = None
+        show_error(f"NCC confidence failed: {exc}")
+
+    def _show(self, worker, result, params, names, display, new_layer: bool) -> None:
+        if worker is not self._worker:  # superseded by a later run
+            return
+        self._worker = None
+        ncc, registered, registration = result
+        metadata = {
+            "napari_ncc": {
+                **params,
+                "reference": names[0],
+                "moving": names[1],
+                "levels": len(ncc),
+                "coarse_levels": "NCC of the coarsened inputs at the same radius",
+                "registration": None if registration is None else registration.to_dict(),
+            }
+        }
+        if registration is not None and not registration.reliable:
+            show_warning(
+                "NCC confidence: the registration is unreliable "
+                f"(quality {registration.quality:.2f}); the map may show misalignment"
+            )
+        multiscale = len(ncc) > 1
+        layer = self._put_layer(
+            self._ncc_ref,
+            ncc if multiscale else ncc[0],
+            multiscale,
+            new_layer,
+            name=f"NCC {names[0]} ~ {names[1]}",
+            colormap=_multiscale.NCC_COLORMAP,
+            contrast_limits=_multiscale.NCC_CONTRAST_LIMITS,
+            scale=display["scale"],
+            translate=display["translate"],
+            metadata=metadata,
+        )
+        self._ncc_ref = _weak(layer)
+        if registered is not None:
+            registered_layer = self._put_layer(
+                self._registered_ref,
+                registered if multiscale else registered[0],
+                multiscale,
+                new_layer,
+                name=f"{names[1]} registered",
+                colormap=display["moving_colormap"],
+                contrast_limits=display["moving_limits"],
+                scale=display["scale"],
+                translate=display["translate"],
+                metadata=metadata,
+                visible=False,
+            )
+            self._registered_ref = _weak(registered_layer)
+        # The NCC layer goes on top, selected.
+        self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
+        self._viewer.layers.selection.active = layer
