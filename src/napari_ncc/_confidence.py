@@ -1,0 +1,277 @@
+"""The whole job in one call: register, then map the local NCC on the registered image.
+
+:func:`ncc_confidence` registers the moving image onto the reference (or takes a
+registration it is given), computes the local normalized cross-correlation of the reference
+and the *registered* moving image, and writes `fill_value` wherever a window reaches pixels
+that were shifted in from outside the moving image, so that made-up data never looks
+confident. NumPy in, NumPy out; Dask in, lazy Dask out (Dask is imported only then).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from numbers import Integral
+
+import numpy as np
+
+from ._ncc import _normalize_axes, check_image, local_ncc, plan_ncc
+from ._registration import Registration, _is_dask
+from ._registration import register as _register
+
+__all__ = ["ncc_confidence"]
+
+
+def ncc_confidence(
+    reference,
+    moving,
+    radius: int | Sequence[int] = 3,
+    *,
+    register: bool = True,
+    window: str = "box",
+    mode: str = "reflect",
+    fill_value: float = 0.0,
+    axes: int | Sequence[int] | None = None,
+    per_plane: int | None = None,
+    reference_plane: int | None = None,
+    upsample_factor: int = 20,
+    registration: Registration | None = None,
+):
+    """Register `moving` onto `reference`, then map their local NCC.
+
+    Parameters
+    ----------
+    reference, moving : array_like or dask.array.Array
+        Images of the same shape (any real dtype). Not modified.
+    radius : int or sequence of int, optional
+        NCC window half-width (see :func:`napari_ncc.local_ncc`).
+    register : bool, optional
+        Register first (the default). False compares the images as they are.
+    window, mode : str, optional
+        NCC window ("box" or "gaussian") and image-border mode, as in
+        :func:`napari_ncc.local_ncc`.
+    fill_value : float, optional
+        Written where a window is flat and where it reaches pixels of the registered
+        image that did not come from inside the moving image.
+    axes : int or sequence of int, optional
+        Axes of the NCC window, and the axes registered (without `per_plane`). By default
+        all axes, except `per_plane` when it is given.
+    per_plane : int, optional
+        Register every plane along this axis separately (see
+        :func:`napari_ncc.register`); each plane is shifted by its own shift.
+    reference_plane : int, optional
+        With `per_plane`: register every plane to this plane of `reference` (drift
+        correction) and correlate every registered plane with it.
+    upsample_factor : int, optional
+        Passed to :func:`napari_ncc.register`.
+    registration : Registration, optional
+        Use this registration instead of estimating one (`register` is then ignored).
+
+    Returns
+    -------
+    ncc : ndarray or dask.array.Array of float32
+        The local NCC of `reference` and the registered `moving` image: values in
+        [-1, 1], `fill_value` where undefined. Lazy for Dask input.
+    registration : Registration or None
+        The registration used (None when ``register=False`` and none was given).
+
+    Notes
+    -----
+    A pixel of the registered image is valid when it interpolates the moving image
+    inside its bounds (:meth:`Registration.valid_region`). Along every windowed axis on
+    which the shift cuts the valid region, it is shrunk by the radius, so a window that
+    touches invalid pixels gets `fill_value`. Along a side the shift does not cut, the
+    image border is handled by `mode` as in :func:`napari_ncc.local_ncc`.
+
+    For Dask input, the registration reads the images as :func:`napari_ncc.register`
+    does (bounded memory), and the map is built lazily: each block of the moving image
+    is shifted as it is read (per plane: plane by plane), so storing the map holds only a
+    few blocks in memory.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import ndimage
+    >>> from skimage import data
+    >>> from napari_ncc import ncc_confidence
+    >>> reference = data.camera()[100:356, 100:356].astype(float)
+    >>> moving = ndimage.shift(data.camera().astype(float), (2, -3))[100:356, 100:356]
+    >>> ncc, reg = ncc_confidence(reference, moving, radius=3)
+    >>> np.round(reg.shift, 2)
+    array([-2.,  3.])
+    >>> float(np.median(ncc[10:-10, 10:-10])) > 0.99
+    True
+    >>> float(ncc[:, :4].max())  # shifted in from outside moving: fill_value
+    0.0
+    """
+    lazy = _is_dask(reference) or _is_dask(moving)
+    if not lazy:
+        reference = np.asarray(reference)
+        moving = np.asarray(moving)
+    check_image(reference, "reference")
+    check_image(moving, "moving")
+    ndim = len(reference.shape)
+    if len(moving.shape) != ndim:
+        raise ValueError(
+            "reference and moving must have the same number of dimensions, got "
+            f"{ndim} and {len(moving.shape)} (shapes {tuple(reference.shape)} and "
+            f"{tuple(moving.shape)})"
+        )
+    if tuple(reference.shape) != tuple(moving.shape):
+        raise ValueError(
+            "reference and moving must have the same shape, got "
+            f"{tuple(reference.shape)} and {tuple(moving.shape)}"
+        )
+    if per_plane is not None:
+        if isinstance(per_plane, bool) or not isinstance(per_plane, Integral):
+            raise TypeError(f"per_plane must be an axis index (int) or None, got {per_plane!r}")
+        if not -ndim <= per_plane < ndim:
+            raise ValueError(f"per_plane axis {per_plane} is out of range for {ndim}-D images")
+        per_plane = int(per_plane) % ndim
+    if axes is None and per_plane is not None:
+        axes = tuple(ax for ax in range(ndim) if ax != per_plane)
+    # Validate the NCC arguments before the (possibly long) registration.
+    plan = plan_ncc(
+        reference.shape,
+        moving.shape,
+        radius,
+        window=window,
+        mode=mode,
+        fill_value=fill_value,
+        axes=axes,
+    )
+
+    if registration is not None:
+        if not isinstance(registration, Registration):
+            raise TypeError(
+                f"registration must be a Registration (from register), got "
+                f"{type(registration).__name__}"
+            )
+        registration._check_shape(reference.shape, "reference")
+    elif register:
+        registered_axes = (
+            tuple(ax for ax in _normalize_axes(axes, ndim) if ax != per_plane) or None
+        )
+        registration = _register(
+            reference,
+            moving,
+            axes=registered_axes,
+            per_plane=per_plane,
+            reference_plane=reference_plane,
+            upsample_factor=upsample_factor,
+        )
+
+    options = dict(radius=radius, window=window, mode=mode, fill_value=fill_value, axes=axes)
+    if registration is None:
+        if lazy:
+            from ._lazy import local_ncc as lazy_local_ncc
+
+            return lazy_local_ncc(reference, moving, **options), None
+        return local_ncc(reference, moving, **options), None
+
+    compared = reference
+    if registration.reference_plane is not None:
+        compared = _broadcast_plane(
+            reference, registration.per_plane, registration.reference_plane, lazy
+        )
+    if lazy:
+        from ._lazy import local_ncc as lazy_local_ncc
+
+        if registration.shifts is None:
+            ncc = lazy_local_ncc(compared, moving, moving_shift=registration.shift, **options)
+        else:
+            ncc = lazy_local_ncc(compared, registration.apply(moving), **options)
+    else:
+        ncc = local_ncc(compared, registration.apply(moving), **options)
+    return _fill_invalid(ncc, registration, plan, fill_value), registration
+
+
+def _broadcast_plane(image, axis, index, lazy):
+    """`image`'s plane `index` along `axis`, repeated over the axis (no copy)."""
+    plane = [slice(None)] * len(image.shape)
+    plane[axis] = slice(index, index + 1)
+    plane = image[tuple(plane)]
+    if lazy:
+        import dask.array as da
+
+        return da.broadcast_to(plane, image.shape, chunks=_plane_chunks(image, axis))
+    return np.broadcast_to(plane, image.shape)
+
+
+def _plane_chunks(image, axis):
+    chunks = getattr(image, "chunks", None)
+    if chunks is None:
+        return None
+    chunks = list(chunks)
+    chunks[axis] = (1,) * image.shape[axis]
+    return tuple(chunks)
+
+
+def _valid_bounds(registration: Registration, shape, plan) -> tuple[np.ndarray, np.ndarray]:
+    """Per plane (or one row), the [lo, hi) of the pixels whose windows see only valid data."""
+    radius = dict(zip(plan.axes, plan.radius, strict=True))
+    if registration.shifts is None:
+        regions = [registration.valid_region(shape)]
+    else:
+        regions = [
+            registration.valid_region(shape, plane=t) for t in range(shape[registration.per_plane])
+        ]
+    lo = np.zeros((len(regions), len(shape)), dtype=np.int64)
+    hi = np.tile(np.array(shape, dtype=np.int64), (len(regions), 1))
+    for t, region in enumerate(regions):
+        for ax, (sl, n) in enumerate(zip(region, shape, strict=True)):
+            r = radius.get(ax, 0)
+            # Shrink only the sides the shift cuts: an image border stays a border.
+            lo[t, ax] = sl.start + r if sl.start > 0 else 0
+            hi[t, ax] = sl.stop - r if sl.stop < n else n
+    return lo, np.maximum(hi, lo)
+
+
+def _inside(shape, location, lo, hi) -> np.ndarray:
+    """True where ``lo <= position < hi`` on every axis, for a block at `location`."""
+    vecs = [
+        (np.arange(start, start + n) >= a) & (np.arange(start, start + n) < b)
+        for n, start, a, b in zip(shape, location, lo, hi, strict=True)
+    ]
+    ndim = len(vecs)
+    open_mesh = [
+        v.reshape([-1 if i == ax else 1 for i in range(ndim)]) for ax, v in enumerate(vecs)
+    ]
+    return functools.reduce(np.logical_and, open_mesh, np.ones((1,) * ndim, dtype=bool))
+
+
+def _fill_block(block, lo, hi, per_plane, fill_value, location):
+    """`block` (at `location`: start offsets) with `fill_value` outside the valid bounds."""
+    if per_plane is None:
+        inside = _inside(block.shape, location, lo[0], hi[0])
+    else:
+        inside = np.zeros(block.shape, dtype=bool)
+        plane_shape = np.delete(block.shape, per_plane)
+        plane_location = np.delete(location, per_plane)
+        for local in range(block.shape[per_plane]):
+            t = location[per_plane] + local
+            index = [slice(None)] * block.ndim
+            index[per_plane] = local
+            inside[tuple(index)] = _inside(
+                plane_shape,
+                plane_location,
+                np.delete(lo[t], per_plane),
+                np.delete(hi[t], per_plane),
+            )
+    return np.where(inside, block, np.asarray(fill_value, dtype=block.dtype))
+
+
+def _fill_invalid(ncc, registration: Registration, plan, fill_value):
+    lo, hi = _valid_bounds(registration, tuple(ncc.shape), plan)
+    per_plane = registration.per_plane if registration.shifts is not None else None
+    full = (lo == 0).all() and (hi == np.array(ncc.shape)).all()
+    if full:
+        return ncc
+    if not _is_dask(ncc):
+        return _fill_block(ncc, lo, hi, per_plane, fill_value, (0,) * ncc.ndim)
+
+    def fill(block, block_info=None):
+        location = [start for start, _ in block_info[0]["array-location"]]
+        return _fill_block(block, lo, hi, per_plane, fill_value, location)
+
+    return ncc.map_blocks(fill, dtype=ncc.dtype, meta=np.empty((0,) * ncc.ndim, ncc.dtype))
