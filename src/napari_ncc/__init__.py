@@ -4,7 +4,9 @@ Register two images, then map their local normalized cross-correlation (NCC).
 Importing this package imports neither napari nor Qt.
 """
 
+from ._confidence import ncc_confidence
 from ._lazy import local_ncc
+from ._registration import Registration, RegistrationWarning, register
 
 __version__ = "0.1.0"
-__all__ = ["local_ncc"]
+__all__ = ["Registration", "RegistrationWarning", "local_ncc", "ncc_confidence", "register"]
