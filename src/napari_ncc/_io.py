@@ -198,13 +198,16 @@ def write_zarr(
         raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
     tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
     try:
-        target = zarr.create_array(
-            store=tmp,
-            shape=array.shape,
-            chunks=tuple(c[0] for c in array.chunks),
-            dtype=array.dtype,
-            attributes=attrs,
-        )
+        chunks = tuple(c[0] for c in array.chunks)
+        if hasattr(zarr, "create_array"):
+            target = zarr.create_array(
+                store=tmp, shape=array.shape, chunks=chunks, dtype=array.dtype, attributes=attrs
+            )
+        else:  # zarr 2
+            target = zarr.open_array(
+                tmp, mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype
+            )
+            target.attrs.update(attrs)
         delayed = da.store(array, target, lock=False, compute=False)
         _compute(delayed, scheduler, progress, f"writing {base}")
         if os.path.lexists(path):

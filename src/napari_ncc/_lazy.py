@@ -710,7 +710,11 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
         return da.Array(graph, name, image.chunks, dtype=out_dtype, meta=meta)
     depth = {ax: _shift_margin(s, order) for ax, s in enumerate(shift)}
-    chunks = _overlap_chunks(image.chunks, depth)
+    chunks = list(_overlap_chunks(image.chunks, depth))
+    for ax, n in enumerate(image.shape):
+        if depth[ax] >= n:  # the margin spans the axis: one chunk, nothing to overlap
+            chunks[ax], depth[ax] = (n,), 0
+    chunks = tuple(chunks)
     image = image.rechunk(chunks)
     extended = da.overlap.overlap(image, depth=depth, boundary="none")
     return da.map_blocks(

@@ -1,0 +1,353 @@
+"""Lazy, chunked local NCC on Dask arrays: the numbers never depend on the chunking.
+
+The lazy path is checked against the in-memory core (itself checked against the brute-force
+reference in ``test_ncc_reference.py``) and, for a few cases, against the brute-force
+reference directly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+import napari_ncc
+from napari_ncc import _lazy
+from napari_ncc._lazy import find_source, local_ncc, shift_lazy
+from napari_ncc._ncc import local_ncc as core_ncc
+from reference import brute_force_ncc
+
+MODES = ["reflect", "mirror", "nearest", "wrap", "constant"]
+
+
+@pytest.fixture
+def pair(rng):
+    a = rng.random((23, 31))
+    b = 0.6 * a + 0.4 * rng.random(a.shape)
+    return a, b
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Output blocks as small as the input chunks (no merging), to exercise every seam."""
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 1)
+
+
+def computed(x: np.ndarray, chunks) -> da.Array:
+    """A Dask array that is not a plain read of a source (forces the overlap path)."""
+    return da.from_array(x, chunks=chunks).map_blocks(
+        np.copy, meta=np.empty((0,) * x.ndim, x.dtype)
+    )
+
+
+def test_public_local_ncc_is_the_lazy_one():
+    assert napari_ncc.local_ncc is local_ncc
+
+
+def test_numpy_in_numpy_out(pair):
+    a, b = pair
+    out = local_ncc(a, b, 2)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, core_ncc(a, b, 2))
+
+
+def test_dask_in_lazy_float32_out_without_computing(pair):
+    a, b = pair
+    produced = []
+
+    def record(block, block_id=None):
+        produced.append(block_id)
+        return block
+
+    x = da.from_array(a, chunks=8).map_blocks(record, dtype=a.dtype, meta=np.empty((0, 0)))
+    out = local_ncc(x, da.from_array(b, chunks=8), 3)
+    assert isinstance(out, da.Array)
+    assert out.dtype == np.float32 and out.shape == a.shape
+    assert produced == []  # building the graph read nothing
+    out.compute()
+    assert produced
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "chunks0, chunks1",
+    [
+        (1, 1),
+        (2, 3),
+        (3, (5, 7)),
+        (((3, 10, 1, 9), (20, 11)), 6),  # ragged
+        ((23, 31), 4),
+    ],
+)
+@pytest.mark.parametrize("path", ["source", "overlap"])
+def test_chunking_never_changes_the_numbers(pair, tiny_blocks, mode, chunks0, chunks1, path):
+    a, b = pair
+    expected = core_ncc(a, b, 3, mode=mode)
+    if path == "source":
+        x0, x1 = da.from_array(a, chunks=chunks0), da.from_array(b, chunks=chunks1)
+    else:
+        x0, x1 = computed(a, chunks0), computed(b, chunks1)
+    out = local_ncc(x0, x1, 3, mode=mode)
+    assert isinstance(out, da.Array)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 16])
+def test_default_block_merging_gives_the_same_numbers(pair, chunks):
+    a, b = pair
+    out = local_ncc(da.from_array(a, chunks=chunks), da.from_array(b, chunks=chunks), 4)
+    np.testing.assert_allclose(out.compute(), core_ncc(a, b, 4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "wrap", "constant"])
+def test_lazy_matches_brute_force_reference(pair, tiny_blocks, mode):
+    a, b = pair
+    out = local_ncc(da.from_array(a, chunks=(5, 4)), computed(b, 7), 2, mode=mode).compute()
+    np.testing.assert_allclose(out, brute_force_ncc(a, b, 2, mode=mode), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("window", ["box", "gaussian"])
+@pytest.mark.parametrize(
+    "radius, axes", [(2, None), ((1, 2, 3), None), (2, (1, 2)), (3, (-1,)), ((0, 2), (0, 2))]
+)
+@pytest.mark.parametrize("path", ["source", "overlap"])
+def test_3d_and_axes(rng, tiny_blocks, window, radius, axes, path):
+    a = rng.random((5, 9, 11)).astype(np.float32)
+    b = (a + 0.3 * rng.random(a.shape)).astype(np.float32)
+    expected = core_ncc(a, b, radius, window=window, axes=axes)
+    make = da.from_array if path == "source" else computed
+    out = local_ncc(make(a, (2, 4, 3)), make(b, (3, 2, 5)), radius, window=window, axes=axes)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("first_is_dask", [True, False])
+def test_mixed_numpy_and_dask(pair, first_is_dask):
+    a, b = pair
+    x0 = da.from_array(a, chunks=5) if first_is_dask else a
+    x1 = b if first_is_dask else computed(b, 6)
+    out = local_ncc(x0, x1, 3, window="gaussian")
+    assert isinstance(out, da.Array)
+    np.testing.assert_allclose(
+        out.compute(), core_ncc(a, b, 3, window="gaussian"), atol=1e-5, rtol=0
+    )
+
+
+def test_uint16_with_offset_and_flat_windows(rng, tiny_blocks):
+    a = (30000 + rng.integers(-10, 10, (40, 37))).astype(np.uint16)
+    b = (a.astype(np.int32) * 2 - 25000 + rng.integers(-3, 3, a.shape)).astype(np.uint16)
+    a[5:20, 5:20] = 30000  # flat windows, across seams
+    out = local_ncc(da.from_array(a, chunks=(7, 9)), da.from_array(b, chunks=3), 3, fill_value=-2)
+    np.testing.assert_allclose(out.compute(), core_ncc(a, b, 3, fill_value=-2), atol=1e-5)
+    assert (out.compute()[9:16, 9:16] == -2).all()
+
+
+def test_zarr_inputs(tmp_path, pair):
+    a, b = pair
+    z0 = zarr.create_array(store=tmp_path / "a.zarr", shape=a.shape, chunks=(8, 8), dtype="f8")
+    z1 = zarr.create_array(store=tmp_path / "b.zarr", shape=b.shape, chunks=(5, 16), dtype="f8")
+    z0[:], z1[:] = a, b
+    x0, x1 = da.from_zarr(z0), da.from_zarr(tmp_path / "b.zarr")
+    assert find_source(x0) is not None and find_source(x1) is not None
+    out = local_ncc(x0, x1, 3)
+    np.testing.assert_allclose(out.compute(), core_ncc(a, b, 3), atol=1e-5, rtol=0)
+
+
+# --- where blocks read from --------------------------------------------------------------
+
+
+def test_find_source(tmp_path, pair):
+    a, _ = pair
+    memmap = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype="f8", shape=a.shape)
+    memmap[:] = a
+    found = find_source(da.from_array(memmap, chunks=8))[1]
+    assert isinstance(found, np.ndarray)
+    np.testing.assert_array_equal(found, a)
+    assert isinstance(find_source(da.from_array(a, chunks=8))[1], _lazy.ChunkedSource)
+    assert find_source(da.from_array(a, chunks=8) + 1) is None
+    assert find_source(computed(a, 8)) is None
+    assert find_source(da.from_array(memmap, chunks=8, lock=True)) is None
+    assert find_source(da.from_array(memmap, chunks=8)[2:]) is None
+
+
+def test_chunked_source_slices_like_the_array(pair):
+    a, _ = pair
+    source = find_source(da.from_array(a, chunks=((3, 10, 10), (7, 7, 17))))[1]
+    for box in [(slice(0, 23), slice(0, 31)), (slice(2, 14), slice(6, 8)), (slice(5, 6), None)]:
+        box = tuple(slice(None) if s is None else s for s in box)
+        np.testing.assert_array_equal(source[box], a[box])
+
+
+def test_each_block_reads_its_halo_from_the_source(pair, monkeypatch):
+    """No input chunk is shared between tasks: every output task depends on the sources only."""
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 64)
+    a, b = pair
+    out = local_ncc(da.from_array(a, chunks=8), da.from_array(b, chunks=8), 3)
+    graph = dict(out.__dask_graph__())
+    outputs = set(dask.core.flatten(out.__dask_keys__()))
+    others = set(graph) - outputs
+    assert len(others) == 2  # the two sources
+    assert len(outputs) == out.npartitions == 12
+
+
+class RecordingArray:
+    """A sliceable source that records the boxes read from it."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads = []
+        self._lock = threading.Lock()
+
+    def __getitem__(self, index):
+        with self._lock:
+            self.reads.append(tuple((s.start, s.stop) for s in index))
+        return self.data[index]
+
+
+def test_region_reads_only_what_its_windows_touch_from_a_source(rng, monkeypatch):
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 16 * 16)
+    a = rng.random((96, 96))
+    source0, source1 = RecordingArray(a), RecordingArray(a * 2)
+    x0 = da.from_array(source0, chunks=16, asarray=False)
+    x1 = da.from_array(source1, chunks=16, asarray=False)
+    out = local_ncc(x0, x1, 3)
+    source0.reads.clear()
+    source1.reads.clear()
+    region = out[32:48, 48:64].compute()
+    np.testing.assert_allclose(region, core_ncc(a, a * 2, 3)[32:48, 48:64], atol=1e-5)
+    for source in (source0, source1):
+        assert source.reads == [((29, 51), (45, 67))]
+
+
+def test_region_reads_only_the_input_chunks_its_windows_touch(rng):
+    a = rng.random((96, 96))
+    produced = set()
+
+    def record(block, block_id=None):
+        produced.add(block_id)
+        return block
+
+    x0 = da.from_array(a, chunks=16).map_blocks(record, dtype=a.dtype, meta=np.empty((0, 0)))
+    out = local_ncc(x0, da.from_array(a, chunks=16) ** 2, 3)
+    out[32:48, 48:64].compute()
+    assert produced == {(i, j) for i in (1, 2, 3) for j in (2, 3, 4)}
+    produced.clear()
+    out[0:16, 80:96].compute()  # a corner: reflect reads nothing beyond the image
+    assert produced == {(i, j) for i in (0, 1) for j in (4, 5)}
+
+
+def test_graph_is_picklable(pair, tmp_path):
+    a, b = pair
+    z = zarr.create_array(store=tmp_path / "a.zarr", shape=a.shape, chunks=(8, 8), dtype="f8")
+    z[:] = a
+    for out in (
+        local_ncc(da.from_zarr(z), da.from_array(b, chunks=8), 3, moving_shift=(0.5, -1.25)),
+        local_ncc(computed(a, 8), b, 3, moving_shift=(0.5, 0)),
+    ):
+        graph = pickle.loads(pickle.dumps(dict(out.__dask_graph__())))
+        assert set(graph) == set(out.__dask_graph__())
+
+
+# --- moving_shift and shift_lazy ---------------------------------------------------------
+
+
+def scipy_shift(x, shift, order=1, mode="nearest"):
+    out_dtype = np.float64 if x.dtype == np.float64 else np.float32
+    return ndimage.shift(x.astype(out_dtype), shift, order=order, mode=mode)
+
+
+@pytest.mark.parametrize("shift", [(0.5, -1.25), (-3.7, 0.0), (12.2, 7.9)])
+@pytest.mark.parametrize("path", ["numpy", "source", "overlap"])
+def test_moving_shift_equals_shift_then_ncc(pair, tiny_blocks, shift, path):
+    a, b = pair
+    expected = core_ncc(a, scipy_shift(b, shift), 3)
+    if path == "numpy":
+        out = local_ncc(a, b, 3, moving_shift=shift)
+        assert isinstance(out, np.ndarray)
+    else:
+        make = da.from_array if path == "source" else computed
+        out = local_ncc(make(a, (4, 6)), make(b, 5), 3, moving_shift=shift).compute()
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_moving_shift_of_uint16_is_not_rounded(rng):
+    a = rng.integers(0, 4000, (30, 30)).astype(np.uint16)
+    b = a.copy()
+    out = local_ncc(
+        da.from_array(a, chunks=7), da.from_array(b, chunks=7), 3, moving_shift=(0.5, 0)
+    )
+    expected = core_ncc(a, scipy_shift(b, (0.5, 0)), 3)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "constant", "grid-constant", "reflect", "mirror"])
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("path", ["source", "overlap"])
+def test_shift_lazy_matches_scipy(rng, mode, order, path):
+    x = rng.random((25, 34)).astype(np.float32)
+    shift = (2.3, -4.6)
+    make = da.from_array if path == "source" else computed
+    out = shift_lazy(make(x, (4, 7)), shift, order=order, mode=mode)
+    assert isinstance(out, da.Array) and out.dtype == np.float32
+    expected = scipy_shift(x, shift, order=order, mode=mode)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_shift_lazy_numpy_in_numpy_out(rng):
+    x = rng.integers(0, 100, (10, 12)).astype(np.uint8)
+    out = shift_lazy(x, (0.5, 0))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_allclose(out, scipy_shift(x, (0.5, 0)))
+    assert shift_lazy(x.astype(np.float64), (1, 1)).dtype == np.float64
+
+
+def test_shift_lazy_does_not_modify_input(rng):
+    x = rng.random((10, 12))
+    before = x.copy()
+    shift_lazy(x, (0.5, 0.5))
+    shift_lazy(da.from_array(x, chunks=4), (0.5, 0.5)).compute()
+    np.testing.assert_array_equal(x, before)
+
+
+def test_shift_lazy_errors(rng):
+    x = rng.random((10, 12))
+    with pytest.raises(ValueError, match="one value per axis"):
+        shift_lazy(x, (1.0,))
+    with pytest.raises(ValueError, match="finite"):
+        shift_lazy(x, (np.nan, 1))
+    with pytest.raises(ValueError, match="unsupported shift mode 'wrap'"):
+        shift_lazy(x, (1, 1), mode="wrap")
+    with pytest.raises(ValueError, match="order must be"):
+        shift_lazy(x, (1, 1), order=7)
+    with pytest.raises(TypeError, match="sequence"):
+        shift_lazy(x, 1.5)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def test_errors_are_raised_when_building(pair):
+    a, b = pair
+    x = da.from_array(a, chunks=8)
+    with pytest.raises(ValueError, match="same shape"):
+        local_ncc(x, da.from_array(b[:-1], chunks=8))
+    with pytest.raises(ValueError, match="one value per axis"):
+        local_ncc(x, b, moving_shift=(1.0, 2.0, 3.0))
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        local_ncc(x, da.from_array(b.astype(complex), chunks=8))
+    with pytest.raises(ValueError, match="radius 40 is too large"):
+        local_ncc(x, b, 40)
+
+
+def test_nan_is_reported_on_compute(pair):
+    a, b = pair
+    a = a.copy()
+    a[3, 3] = np.nan
+    out = local_ncc(da.from_array(a, chunks=8), b)
+    with pytest.raises(ValueError, match="NaN"):
+        out.compute()
