@@ -12,6 +12,7 @@ any transform, and each property is checked on all positions, flat ones included
 from __future__ import annotations
 
 import math
+import os
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -22,7 +23,11 @@ from napari_ncc import local_ncc
 from reference import brute_force_ncc, flat_mask
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant", "grid-wrap", "grid-mirror")
-SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Examples per property; raise it for a longer hunt, e.g. NCC_HYPOTHESIS_EXAMPLES=2000.
+MAX_EXAMPLES = int(os.environ.get("NCC_HYPOTHESIS_EXAMPLES", "50"))
+SETTINGS = settings(
+    max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 ATOL = 1e-4
 
 
@@ -30,7 +35,9 @@ ATOL = 1e-4
 def ncc_cases(draw, max_ndim: int = 3, max_size: int = 400):
     """Two quantised float64 images plus radius, axes, window and mode for local_ncc."""
     ndim = draw(st.integers(1, max_ndim))
-    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim)))
+    shape = tuple(
+        draw(st.lists(st.integers(1, 14 if ndim <= 2 else 7), min_size=ndim, max_size=ndim))
+    )
     while np.prod(shape) > max_size:
         shape = tuple(max(1, s - 1) for s in shape)
     if all(s == 1 for s in shape):
@@ -57,9 +64,12 @@ def ncc_cases(draw, max_ndim: int = 3, max_size: int = 400):
     step = draw(st.sampled_from([1.0, 0.01]))
     span = draw(st.sampled_from([1, 3, 20]))
     elements = st.integers(-span, span)
-    a = draw(hnp.arrays(np.int64, shape, elements=elements)) * step
+    # fill=nothing() draws every element (hypothesis otherwise favours constant arrays,
+    # whose windows are all flat); the default still yields flat patches now and then.
+    fill = draw(st.sampled_from([st.nothing(), None]))
+    a = draw(hnp.arrays(np.int64, shape, elements=elements, fill=fill)) * step
     if draw(st.booleans()):
-        b = draw(hnp.arrays(np.int64, shape, elements=elements)) * step
+        b = draw(hnp.arrays(np.int64, shape, elements=elements, fill=fill)) * step
     else:  # correlated with a, up to a few quantised changes
         b = a * draw(st.sampled_from([1, -1, 2])) + draw(
             hnp.arrays(np.int64, shape, elements=st.integers(-1, 1))
