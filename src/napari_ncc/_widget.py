@@ -194,7 +194,7 @@ class NCCConfidenceWidget(FunctionGui):
                     "label": "per plane",
                     "widget_type": "ComboBox",
                     "nullable": False,
-                    "choices": _plane_choices(None),
+                    "choices": self._plane_choices,
                     "tooltip": "For stacks: register and correlate each plane along an axis on "
                     "its own (windows over the other axes), instead of one nD window.",
                 },
@@ -209,14 +209,16 @@ class NCCConfidenceWidget(FunctionGui):
             },
         )
         self.radius.changed.connect(self._update_radius_label)
-        self.reference.changed.connect(self._update_plane_choices)
-        self._update_plane_choices(self.reference.value)
+        self.reference.changed.connect(self.per_plane.reset_choices)
 
     def _update_radius_label(self, radius: int) -> None:
         self.radius.label = _radius_label(radius)
 
-    def _update_plane_choices(self, layer) -> None:
-        self.per_plane.choices = _plane_choices(layer)
+    def _plane_choices(self, _widget=None) -> list[tuple[str, int | None]]:
+        # Called by magicgui whenever the choices are reset (layers added or removed, a new
+        # reference picked); the reference widget does not exist yet on the first call.
+        reference = self.get_widget("reference") if self._initialized else None
+        return _plane_choices(None if reference is None else reference.value)
 
     # --- layer bookkeeping -------------------------------------------------------------
     def _tracked(self, ref) -> Image | None:

@@ -1,0 +1,263 @@
+"""The "NCC confidence" widget, driven the way a user (or a script) drives it, in a real viewer.
+
+Run under Xvfb: ``xvfb-run -a python -m pytest tests/test_widget.py``.
+Expected maps come from the brute-force reference in ``tests/reference.py`` applied to the
+moving image shifted with ``scipy.ndimage.shift`` by the shift the widget recorded.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from reference import brute_force_ncc
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_ncc import _multiscale  # noqa: E402
+
+WIDGET = ("napari-ncc", "NCC confidence")
+
+#: How the content of the moving image moved (rows, columns); registering undoes it.
+DISPLACEMENT = (3.4, -2.2)
+
+
+def _pair(shape=(120, 140), displacement=DISPLACEMENT):
+    full = data.camera().astype(np.float32)
+    reference = full[100 : 100 + shape[0], 150 : 150 + shape[1]].copy()
+    moving = ndimage.shift(full, displacement, order=3, mode="nearest")[
+        100 : 100 + shape[0], 150 : 150 + shape[1]
+    ].astype(np.float32)
+    return reference, moving
+
+
+def _registered(moving, shift):
+    # What the widget correlates: moving shifted by the recorded shift (linear, nearest).
+    return ndimage.shift(moving.astype(np.float64), shift, order=1, mode="nearest")
+
+
+def _open(viewer):
+    viewer.window.resize(1200, 800)
+    _dock, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    return widget
+
+
+def _run(qtbot, widget, **values):
+    """Set fields, click Run (by calling the widget), wait for the layer."""
+    for name, value in values.items():
+        getattr(widget, name).value = value
+    worker = widget()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    return widget.ncc_layer
+
+
+@pytest.fixture
+def notifications():
+    received = []
+    notification_manager.notification_ready.connect(received.append)
+    yield received
+    notification_manager.notification_ready.disconnect(received.append)
+
+
+def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair()
+    ref_layer = viewer.add_image(reference, name="reference", scale=(0.5, 0.5), translate=(3, 4))
+    mov_layer = viewer.add_image(moving, name="moving")
+    before = (reference.copy(), moving.copy())
+    widget = _open(viewer)
+    assert [w.name for w in widget][:8] == [
+        "reference",
+        "moving",
+        "radius",
+        "window",
+        "register",
+        "per_plane",
+        "show_registered",
+        "new_layer",
+    ]
+    widget.radius.value = 4
+    assert "9x9" in widget.radius.label
+
+    layer = _run(qtbot, widget, reference=ref_layer, moving=mov_layer, show_registered=True)
+    assert layer is not None and isinstance(layer.data, da.Array)
+    assert tuple(layer.contrast_limits) == (-1.0, 1.0)
+    assert layer.colormap.name == _multiscale.NCC_COLORMAP["name"]
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    np.testing.assert_allclose(layer.translate, (3, 4))
+
+    meta = layer.metadata["napari_ncc"]
+    assert meta["radius"] == 4 and meta["window"] == "box" and meta["register"]
+    shift = meta["registration"]["shift"]
+    # register undoes the displacement (skimage's convention), to a small fraction of a pixel
+    np.testing.assert_allclose(shift, [-d for d in DISPLACEMENT], atol=0.2)
+    assert meta["registration"]["reliable"]
+
+    # Values: the NCC of reference and the moving image registered by that shift.
+    expected = brute_force_ncc(reference, _registered(moving, shift), 4)
+    np.testing.assert_allclose(np.asarray(layer.data), expected, atol=1e-4)
+    # Registration matters: the registered pair agrees far better than the raw one.
+    raw = brute_force_ncc(reference, moving, 4)
+    assert np.median(expected) > 0.9 > np.median(raw)
+
+    registered = viewer.layers["moving registered"]
+    assert isinstance(registered.data, da.Array) and not registered.visible
+    np.testing.assert_allclose(
+        np.asarray(registered.data), _registered(moving, shift), rtol=1e-5, atol=1e-3
+    )
+
+    # The user's layers are untouched.
+    np.testing.assert_array_equal(ref_layer.data, before[0])
+    np.testing.assert_array_equal(mov_layer.data, before[1])
+
+    # Running again with another radius and window updates the same layer in place.
+    n_layers = len(viewer.layers)
+    again = _run(qtbot, widget, radius=2, window="gaussian", show_registered=False)
+    assert again is layer and len(viewer.layers) == n_layers
+    assert layer.metadata["napari_ncc"]["radius"] == 2
+    shift = layer.metadata["napari_ncc"]["registration"]["shift"]
+    expected = brute_force_ncc(reference, _registered(moving, shift), 2, window="gaussian")
+    np.testing.assert_allclose(np.asarray(layer.data), expected, atol=1e-4)
+    assert tuple(layer.contrast_limits) == (-1.0, 1.0)
+
+    # ...unless a new layer is asked for.
+    extra = _run(qtbot, widget, new_layer=True)
+    assert extra is not layer and len(viewer.layers) == n_layers + 1
+
+
+def test_widget_without_registration_correlates_the_raw_pair(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair((64, 80))
+    widget = _open(viewer)
+    layer = _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(reference, name="a"),
+        moving=viewer.add_image(moving, name="b"),
+        register=False,
+        radius=3,
+    )
+    assert layer.metadata["napari_ncc"]["registration"] is None
+    np.testing.assert_allclose(
+        np.asarray(layer.data), brute_force_ncc(reference, moving, 3), atol=1e-4
+    )
+
+
+def test_rgb_layers_are_compared_by_luminance(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    left, right, _ = data.stereo_motorcycle()
+    left, right = left[200:260, 300:380], right[200:260, 300:380]
+    widget = _open(viewer)
+    ref_layer = viewer.add_image(left, name="left", rgb=True)
+    mov_layer = viewer.add_image(right, name="right", rgb=True)
+    layer = _run(qtbot, widget, reference=ref_layer, moving=mov_layer, register=False)
+    assert layer.data.shape == left.shape[:2] and not layer.rgb
+    weights = np.array([0.2125, 0.7154, 0.0721])
+    expected = brute_force_ncc(left @ weights, right @ weights, 3)
+    np.testing.assert_allclose(np.asarray(layer.data), expected, atol=1e-4)
+    np.testing.assert_array_equal(ref_layer.data, data.stereo_motorcycle()[0][200:260, 300:380])
+
+
+def test_bad_layer_choices_give_a_notification_not_a_traceback(
+    make_napari_viewer, qtbot, notifications
+):
+    viewer = make_napari_viewer(show=True)
+    widget = _open(viewer)
+    widget.reference.value = viewer.add_image(np.zeros((40, 50), np.float32), name="small")
+    widget.moving.value = viewer.add_image(np.zeros((40, 60), np.float32), name="wide")
+    n_layers = len(viewer.layers)
+    assert widget() is None
+    assert len(viewer.layers) == n_layers
+    errors = [n for n in notifications if n.severity == "error"]
+    assert errors and "same shape" in errors[-1].message
+    assert "(40, 50)" in errors[-1].message and "(40, 60)" in errors[-1].message
+
+
+def test_stack_per_plane(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    full = data.camera().astype(np.float32)
+    displacements = [(0.0, 0.0), (1.5, -2.0), (-2.5, 1.0)]
+    reference = np.stack([full[200:264, 200:272] for _ in displacements])
+    moving = np.stack(
+        [ndimage.shift(full, d, order=3, mode="nearest")[200:264, 200:272] for d in displacements]
+    )
+    widget = _open(viewer)
+    ref_layer = viewer.add_image(reference, name="stack")
+    widget.reference.value = ref_layer
+    assert widget.per_plane.choices == (None, 0)
+    layer = _run(qtbot, widget, reference=ref_layer, moving=viewer.add_image(moving), per_plane=0)
+    meta = layer.metadata["napari_ncc"]
+    shifts = np.asarray(meta["registration"]["shifts"])
+    np.testing.assert_allclose(shifts[:, 1:], -np.asarray(displacements), atol=0.25)
+    result = np.asarray(layer.data)
+    for i in range(len(displacements)):
+        expected = brute_force_ncc(reference[i], _registered(moving[i], shifts[i, 1:]), 3)
+        np.testing.assert_allclose(result[i], expected, atol=1e-4)
+
+
+def _pyramid(image, n_levels):
+    levels = [da.from_array(image, chunks=64)]
+    for _ in range(n_levels - 1):
+        levels.append(da.coarsen(np.mean, levels[-1], {0: 2, 1: 2}, trim_excess=True))
+    return levels
+
+
+def test_multiscale_inputs_give_a_multiscale_ncc_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair((256, 256), displacement=(4.0, -6.0))
+    ref_pyramid, mov_pyramid = _pyramid(reference, 3), _pyramid(moving, 3)
+    widget = _open(viewer)
+    layer = _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(ref_pyramid, multiscale=True, name="ref"),
+        moving=viewer.add_image(mov_pyramid, multiscale=True, name="mov"),
+        radius=2,
+    )
+    assert layer.multiscale and len(layer.data) == 3
+    assert all(isinstance(level, da.Array) for level in layer.data)
+    assert tuple(layer.contrast_limits) == (-1.0, 1.0)
+    shift = np.asarray(layer.metadata["napari_ncc"]["registration"]["shift"])
+    np.testing.assert_allclose(shift, (-4.0, 6.0), atol=0.25)
+    # Level k: the NCC of level k of the inputs at the same radius, the shift scaled down.
+    for k in (0, 2):
+        ref_k = np.asarray(ref_pyramid[k])
+        mov_k = _registered(np.asarray(mov_pyramid[k]), shift / 2**k)
+        np.testing.assert_allclose(
+            np.asarray(layer.data[k]), brute_force_ncc(ref_k, mov_k, 2), atol=1e-4
+        )
+
+
+def test_large_single_scale_input_gets_a_cached_pyramid(make_napari_viewer, qtbot, monkeypatch):
+    # The threshold is lowered so that a small image takes the gigapixel path.
+    monkeypatch.setattr(_multiscale, "MULTISCALE_MIN_SIDE", 200)
+    monkeypatch.setattr(_multiscale, "PYRAMID_MIN_SIDE", 100)
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair((300, 260), displacement=(2.0, 3.0))
+    widget = _open(viewer)
+    layer = _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(reference, name="ref"),
+        moving=viewer.add_image(moving, name="mov"),
+        register=False,
+    )
+    assert layer.multiscale
+    assert [tuple(level.shape) for level in layer.data] == [(300, 260), (150, 130), (75, 65)]
+    np.testing.assert_allclose(
+        np.asarray(layer.data[0]), brute_force_ncc(reference, moving, 3), atol=1e-4
+    )
+    coarse_ref = reference.reshape(150, 2, 130, 2).mean(axis=(1, 3))
+    coarse_mov = moving.reshape(150, 2, 130, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(
+        np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 3), atol=1e-4
+    )
