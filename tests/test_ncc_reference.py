@@ -440,6 +440,37 @@ def test_flat_level_with_large_windows(rng, dtype, level):
     assert_matches_reference(result, a3, a3, 4, fill_value=np.nan)
 
 
+@pytest.mark.parametrize("engine", ["compiled", "numpy"])
+@pytest.mark.parametrize(
+    ("shape", "radius", "level"),
+    [
+        ((30, 46), (13, 13), 50001),
+        ((22, 46), (9, 21), 49999),
+        ((30, 34), (13, 15), 60001),
+        ((30, 30), (14, 14), 50001),
+        ((10, 10, 10), 4, 50001),
+    ],
+)
+def test_flat_uint16_windows_at_any_level_and_window_size(rng, shape, radius, level, engine):
+    """A flat uint16 window is flat whatever its level: exactly fill_value, not a number.
+
+    These levels and radii are ones where the core's flat test (variance from float64 sums
+    of 16-bit integers against an absolute floor of 0.5 / n**2) misses flat windows.
+    """
+    a = np.full(shape, level, dtype=np.uint16)
+    b = a.copy()
+    b[(0,) * len(shape)] = level - 1  # image1 is not constant (windows touching the corner)
+    plan = plan_ncc(a.shape, b.shape, radius, fill_value=np.nan)
+    result = ncc_block(a, b, plan, full_maps(plan), engine=engine)
+    assert np.isnan(result).all(), (
+        f"{np.count_nonzero(~np.isnan(result))} flat windows got a value, e.g. "
+        f"{result[~np.isnan(result)][:3]} (level {level}, radius {radius})"
+    )
+    a[(-1,) * len(shape)] = level + 1
+    result = local_ncc(a, b, radius, fill_value=np.nan)
+    assert_matches_reference(result, a, b, radius, fill_value=np.nan)
+
+
 # --- multithreaded strips of a tall image ------------------------------------------------
 
 
