@@ -449,6 +449,8 @@ def test_flat_level_with_large_windows(rng, dtype, level):
         ((30, 34), (13, 15), 60001),
         ((30, 30), (14, 14), 50001),
         ((10, 10, 10), 4, 50001),
+        ((62, 62), (30, 30), 31047),
+        ((62, 62), (30, 30), 21083),
     ],
 )
 def test_flat_uint16_windows_at_any_level_and_window_size(rng, shape, radius, level, engine):
