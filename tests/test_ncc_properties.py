@@ -20,6 +20,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 
 from napari_ncc import local_ncc
+from napari_ncc._borders import border_index_map
+from napari_ncc._ncc import ncc_block, plan_ncc
 from reference import brute_force_ncc, flat_mask
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant", "grid-wrap", "grid-mirror")
@@ -187,3 +189,25 @@ def test_unwindowed_axes_are_independent(case, depth):
     for i in range(depth + 1):
         expected = local_ncc(stack_a[i], stack_b[i], fill_value=np.nan, **plane_kwargs)
         assert_same_map(got[i], expected, np.nan)
+
+
+@SETTINGS
+@given(ncc_cases(max_ndim=4), st.data())
+def test_block_of_index_maps_equals_slice_of_the_full_map(case, data):
+    """ncc_block over output positions start..stop (per windowed axis) of the whole image
+    equals that slice of local_ncc, with either engine."""
+    a, b, kwargs = case
+    radius = kwargs.pop("radius")
+    plan = plan_ncc(a.shape, b.shape, radius, fill_value=np.nan, **kwargs)
+    maps = []
+    region = [slice(None)] * a.ndim
+    for ax, r in zip(plan.axes, plan.radius, strict=True):
+        start = data.draw(st.integers(0, a.shape[ax] - 1))
+        stop = data.draw(st.integers(start + 1, a.shape[ax]))
+        maps.append(border_index_map(a.shape[ax], start, stop, r, plan.mode))
+        region[ax] = slice(start, stop)
+    engine = data.draw(st.sampled_from(["compiled", "numpy"]))
+    n_threads = data.draw(st.sampled_from([1, 3]))
+    got = ncc_block(a, b, plan, maps, engine=engine, n_threads=n_threads)
+    expected = local_ncc(a, b, radius, fill_value=np.nan, **kwargs)[tuple(region)]
+    assert_same_map(got, expected, np.nan)
