@@ -501,6 +501,8 @@ def _aligned_overlap(ref, mov, shift, *, margin=0, order=3):
     the overlap (plus a pad for the spline prefilter).
     """
     shape = ref.shape
+    # Snap shifts within rounding of an integer, so that floor and ceil agree with them.
+    shift = [round(s) if abs(s - round(s)) < 1e-9 else float(s) for s in shift]
     lo, hi, crop, local = [], [], [], []
     integer = [math.floor(s) for s in shift]
     for n, s, si in zip(shape, shift, integer, strict=True):
