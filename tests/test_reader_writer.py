@@ -1,0 +1,161 @@
+"""The napari reader and writer contributions, on real files in tmp_path."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_ncc import _multiscale
+from napari_ncc._reader import napari_get_reader
+from napari_ncc._writer import write_image
+
+
+def _read(path):
+    reader = napari_get_reader(str(path))
+    assert reader is not None, f"no reader for {path}"
+    return reader(str(path))
+
+
+@pytest.fixture
+def image(rng):
+    return rng.random((90, 70)).astype(np.float32)
+
+
+def test_writer_then_reader_round_trip_a_zarr_lazily(tmp_path, image):
+    out = write_image(str(tmp_path / "plain"), image, {"name": "plain", "metadata": {}})
+    assert out == [str(tmp_path / "plain.zarr")]
+    [(data, kwargs, layer_type)] = _read(out[0])
+    assert layer_type == "image" and isinstance(data, da.Array)
+    assert kwargs["name"] == "plain" and not kwargs.get("multiscale")
+    assert "colormap" not in kwargs  # not an NCC map
+    np.testing.assert_array_equal(data.compute(), image)
+
+
+def test_writer_never_overwrites(tmp_path, image):
+    path = str(tmp_path / "once.zarr")
+    write_image(path, image, {"name": "once"})
+    with pytest.raises(FileExistsError):
+        write_image(path, image + 1, {"name": "once"})
+    np.testing.assert_array_equal(zarr.open(path, mode="r")[...], image)
+
+
+def test_ncc_map_comes_back_with_its_metadata_and_display(tmp_path, image):
+    ncc = da.from_array(np.clip(image * 2 - 1, -1, 1), chunks=32)
+    params = {"radius": 4, "window": "gaussian", "registration": {"shift": [1.5, -2.0]}}
+    attributes = {
+        "name": "NCC a ~ b",
+        "metadata": {"napari_ncc": params, "not json": object()},
+        "scale": (0.5, 0.25),
+        "translate": (10.0, -3.0),
+        "multiscale": False,
+    }
+    [path] = write_image(str(tmp_path / "ncc.zarr"), ncc, attributes)
+    [(data, kwargs, _)] = _read(path)
+    np.testing.assert_array_equal(data.compute(), ncc.compute())
+    assert kwargs["colormap"] == _multiscale.NCC_COLORMAP
+    assert kwargs["contrast_limits"] == (-1.0, 1.0)
+    read_params = kwargs["metadata"]["napari_ncc"]
+    assert read_params["radius"] == 4 and read_params["window"] == "gaussian"
+    assert read_params["registration"]["shift"] == [1.5, -2.0]
+    assert kwargs["scale"] == (0.5, 0.25) and kwargs["translate"] == (10.0, -3.0)
+
+
+def test_multiscale_layer_is_written_at_full_resolution(tmp_path, image):
+    levels = [da.from_array(image), da.from_array(image[::2, ::2])]
+    [path] = write_image(str(tmp_path / "ms.zarr"), levels, {"name": "ms", "multiscale": True})
+    [(data, _, _)] = _read(path)
+    np.testing.assert_array_equal(data.compute(), image)
+
+
+def test_reader_tiff_plain_and_pyramidal(tmp_path, rng):
+    plain = (rng.random((64, 48)) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "plain.tif", plain)
+    [(data, kwargs, _)] = _read(tmp_path / "plain.tif")
+    assert isinstance(data, da.Array) and not kwargs.get("multiscale")
+    np.testing.assert_array_equal(data.compute(), plain)
+
+    base = (rng.random((256, 192)) * 255).astype(np.uint8)
+    path = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(base, tile=(64, 64), subifds=2, metadata={"axes": "YX"})
+        tif.write(base[::2, ::2], tile=(64, 64), subfiletype=1)
+        tif.write(base[::4, ::4], tile=(64, 64), subfiletype=1)
+    [(levels, kwargs, _)] = _read(path)
+    assert kwargs["multiscale"] is True
+    assert [level.shape for level in levels] == [(256, 192), (128, 96), (64, 48)]
+    assert all(isinstance(level, da.Array) for level in levels)
+    np.testing.assert_array_equal(levels[1].compute(), base[::2, ::2])
+
+
+def test_reader_rgb_tiff(tmp_path, rng):
+    rgb = (rng.random((32, 40, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    [(data, kwargs, _)] = _read(tmp_path / "rgb.tif")
+    assert kwargs["rgb"] is True
+    np.testing.assert_array_equal(data.compute(), rgb)
+
+
+def test_reader_ome_zarr_multiscale(tmp_path, rng):
+    base = rng.random((128, 96)).astype(np.float32)
+    path = tmp_path / "image.ome.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    for i, level in enumerate([base, base[::2, ::2], base[::4, ::4]]):
+        group.create_array(str(i), shape=level.shape, chunks=(32, 32), dtype=level.dtype)[...] = (
+            level
+        )
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": "sample",
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [
+                {
+                    "path": str(i),
+                    "coordinateTransformations": [{"type": "scale", "scale": [2.0**i] * 2}],
+                }
+                for i in range(3)
+            ],
+        }
+    ]
+    [(levels, kwargs, _)] = _read(path)
+    assert kwargs["multiscale"] is True and kwargs["name"] == "sample"
+    assert [level.shape for level in levels] == [(128, 96), (64, 48), (32, 24)]
+    np.testing.assert_array_equal(levels[2].compute(), base[::4, ::4])
+
+
+def test_reader_declines_unsupported_and_corrupt_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage that is not a TIFF")
+    (tmp_path / "empty.zarr").mkdir()
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    group.attrs["note"] = "a group without multiscales metadata"
+    for name in ("notes.txt", "broken.tif", "empty.zarr", "group.zarr", "missing.tif"):
+        assert napari_get_reader(str(tmp_path / name)) is None, name
+    assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+
+
+@pytest.mark.gui
+def test_viewer_saves_and_opens_an_ncc_layer_through_the_plugin(make_napari_viewer, tmp_path):
+    pytest.importorskip("napari")
+    viewer = make_napari_viewer()
+    ncc = np.linspace(-1, 1, 40 * 30, dtype=np.float32).reshape(40, 30)
+    layer = viewer.add_image(
+        da.from_array(ncc, chunks=16),
+        name="NCC",
+        metadata={"napari_ncc": {"radius": 3}},
+        colormap=_multiscale.NCC_COLORMAP,
+        contrast_limits=(-1, 1),
+        scale=(2, 2),
+    )
+    path = str(tmp_path / "saved.zarr")
+    viewer.layers.selection = {layer}
+    viewer.layers.save(path, selected=True, plugin="napari-ncc")
+    [opened] = viewer.open(path, plugin="napari-ncc")
+    np.testing.assert_array_equal(np.asarray(opened.data), ncc)
+    assert tuple(opened.contrast_limits) == (-1.0, 1.0)
+    assert opened.colormap.name == _multiscale.NCC_COLORMAP["name"]
+    assert opened.metadata["napari_ncc"]["radius"] == 3
+    np.testing.assert_allclose(opened.scale, (2, 2))
