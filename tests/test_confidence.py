@@ -1,0 +1,228 @@
+"""ncc_confidence: the NCC of the reference and the *registered* moving image.
+
+The expected maps come from the independent brute-force reference (per-window Pearson in
+float64 with ``np.pad``) applied to the reference and ``scipy.ndimage.shift(moving,
+true_shift, order=1, mode="nearest")``; the invalid band is computed here from the shift
+and the radius, independently of ``Registration.valid_region``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage import data
+
+from napari_ncc import Registration, local_ncc, ncc_confidence
+from reference import brute_force_ncc
+
+FILL = -7.0
+
+
+def shifted_pair(image, shift, region):
+    """Crop `region` of `image` (reference) and of ``image(y + shift)`` (moving)."""
+    image = np.asarray(image, dtype=np.float64)
+    moved = ndi.shift(image, -np.asarray(shift, float), order=3, mode="reflect")
+    return image[region], moved[region]
+
+
+def expected_map(reference, moving, shift, radius, fill=FILL, **kwargs):
+    """Brute-force map of the registered pair, `fill` where a window sees shifted-in data."""
+    registered = ndi.shift(moving, shift, order=1, mode="nearest")
+    expected = brute_force_ncc(
+        reference, registered, radius, fill_value=fill, flat_rtol=1e-6, **kwargs
+    )
+    valid = np.ones(reference.shape, bool)
+    for ax, (n, s) in enumerate(zip(reference.shape, shift, strict=True)):
+        x = np.arange(n)
+        # Positions whose window [x - r, x + r] reads only x' with 0 <= x' - s <= n - 1;
+        # a side the shift does not cut is an ordinary image border (mode applies).
+        lo = x - radius if s > 0 else x
+        hi = x + radius if s < 0 else x
+        ok = (lo - s >= -1e-9) & (hi - s <= n - 1 + 1e-9)
+        shape = [1] * reference.ndim
+        shape[ax] = n
+        valid &= ok.reshape(shape)
+    return np.where(valid, expected, fill), valid
+
+
+CAMERA = (slice(150, 230), slice(200, 290))
+
+
+@pytest.mark.parametrize("shift", [(3.25, -5.5), (-2.0, 4.75), (0.0, -1.4)])
+@pytest.mark.parametrize("radius", [1, 3])
+def test_map_with_a_given_registration_equals_brute_force(shift, radius):
+    reference, moving = shifted_pair(data.camera(), shift, CAMERA)
+    ncc, reg = ncc_confidence(
+        reference, moving, radius, fill_value=FILL, registration=Registration(shift=shift)
+    )
+    expected, valid = expected_map(reference, moving, shift, radius)
+    assert reg.shift == shift
+    assert ncc.dtype == np.float32
+    np.testing.assert_allclose(ncc[valid], expected[valid], atol=2e-5)
+    assert (ncc[~valid] == FILL).all()
+    # The band has the expected width: ceil(|s|) + radius on each cut side.
+    for ax, s in enumerate(shift):
+        if s:
+            band = math.ceil(abs(s) - 1e-9) + radius
+            profile = valid.any(axis=1 - ax)
+            assert profile.sum() == reference.shape[ax] - band
+
+
+def test_estimated_registration_gives_the_true_map():
+    shift = (4.6, -6.3)
+    reference, moving = shifted_pair(data.camera(), shift, (slice(100, 260), slice(180, 340)))
+    ncc, reg = ncc_confidence(reference, moving, 3, fill_value=FILL)
+    np.testing.assert_allclose(reg.shift, shift, atol=0.15)
+    assert reg.reliable
+    expected, valid = expected_map(reference, moving, shift, 3)
+    assert (ncc[~valid] == FILL).all()
+    assert np.abs(ncc[valid] - expected[valid]).max() < 0.05
+    # Without registration the same pair hardly correlates anywhere.
+    unregistered, none = ncc_confidence(reference, moving, 3, register=False)
+    assert none is None
+    assert np.median(unregistered) < 0.5 < np.median(ncc[valid])
+
+
+def test_register_false_is_plain_local_ncc():
+    reference, moving = shifted_pair(data.camera(), (2.0, 1.0), CAMERA)
+    ncc, reg = ncc_confidence(reference, moving, 2, register=False, mode="nearest")
+    assert reg is None
+    np.testing.assert_array_equal(ncc, local_ncc(reference, moving, 2, mode="nearest"))
+
+
+def test_gaussian_window_and_nan_fill():
+    shift = (-3.5, 2.25)
+    reference, moving = shifted_pair(data.camera(), shift, CAMERA)
+    ncc, _ = ncc_confidence(
+        reference,
+        moving,
+        2,
+        window="gaussian",
+        fill_value=np.nan,
+        registration=Registration(shift=shift),
+    )
+    expected, valid = expected_map(reference, moving, shift, 2, fill=np.nan, window="gaussian")
+    np.testing.assert_allclose(ncc[valid], expected[valid], atol=2e-5)
+    assert np.isnan(ncc[~valid]).all()
+
+
+class CountingSource:
+    """A Dask array served block by block from a NumPy array, counting the blocks read."""
+
+    def __init__(self, image, chunks):
+        self.calls = 0
+        lock = threading.Lock()
+
+        def block(block_info=None):
+            nonlocal lock
+            with lock:
+                self.calls += 1
+            location = block_info[None]["array-location"]
+            return image[tuple(slice(a, b) for a, b in location)]
+
+        self.array = da.map_blocks(
+            block,
+            chunks=da.core.normalize_chunks(chunks, image.shape),
+            dtype=image.dtype,
+            meta=np.empty((0,) * image.ndim, image.dtype),
+        )
+
+
+def test_dask_input_gives_a_lazy_map_equal_to_numpy():
+    shift = (3.75, -2.5)
+    reference, moving = shifted_pair(data.camera(), shift, CAMERA)
+    ref_source = CountingSource(reference, 32)
+    mov_source = CountingSource(moving, 32)
+    reg = Registration(shift=shift)
+    lazy, _ = ncc_confidence(
+        ref_source.array, mov_source.array, 3, fill_value=FILL, registration=reg
+    )
+    assert isinstance(lazy, da.Array)
+    assert ref_source.calls == mov_source.calls == 0  # nothing read to build the graph
+    in_memory, _ = ncc_confidence(reference, moving, 3, fill_value=FILL, registration=reg)
+    np.testing.assert_allclose(lazy.compute(), in_memory, atol=1e-5)
+    expected, valid = expected_map(reference, moving, shift, 3)
+    np.testing.assert_allclose(lazy.compute()[valid], expected[valid], atol=2e-5)
+
+
+def test_dask_input_registers_then_maps_lazily():
+    shift = (-5.2, 3.4)
+    reference, moving = shifted_pair(data.camera(), shift, (slice(100, 260), slice(180, 340)))
+    lazy, reg = ncc_confidence(
+        da.from_array(reference, chunks=64), da.from_array(moving, chunks=64), 3
+    )
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(reg.shift, shift, atol=0.15)
+    in_memory, _ = ncc_confidence(reference, moving, 3, registration=reg)
+    np.testing.assert_allclose(lazy.compute(), in_memory, atol=1e-5)
+
+
+DRIFTS = [(0.0, 0.0), (2.3, -1.6), (-3.45, 4.2)]
+
+
+def drifting_stack():
+    image = data.camera().astype(np.float64)
+    return np.stack([shifted_pair(image, d, CAMERA)[1] for d in DRIFTS])
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+def test_per_plane_each_plane_shifted_by_its_own_shift(lazy):
+    stack = drifting_stack()
+    reference = np.repeat(stack[:1], len(DRIFTS), axis=0)  # every plane: plane 0
+    reg = Registration(shift=(0, 0, 0), shifts=[(0, *d) for d in DRIFTS], per_plane=0)
+    inputs = (reference, stack)
+    if lazy:
+        inputs = tuple(da.from_array(x, chunks=(1, 40, 45)) for x in inputs)
+    ncc, used = ncc_confidence(*inputs, 2, fill_value=FILL, per_plane=0, registration=reg)
+    assert used is reg
+    if lazy:
+        assert isinstance(ncc, da.Array)
+        ncc = ncc.compute()
+    for t, drift in enumerate(DRIFTS):
+        expected, valid = expected_map(stack[0], stack[t], drift, 2)
+        np.testing.assert_allclose(ncc[t][valid], expected[valid], atol=2e-5)
+        assert (ncc[t][~valid] == FILL).all()
+
+
+def test_drift_correction_compares_every_plane_with_the_reference_plane():
+    stack = drifting_stack()
+    ncc, reg = ncc_confidence(stack, stack, 2, fill_value=FILL, per_plane=0, reference_plane=0)
+    assert reg.reference_plane == 0
+    np.testing.assert_allclose(reg.shifts[:, 1:], DRIFTS, atol=0.15)
+    for t, drift in enumerate(DRIFTS):
+        expected, valid = expected_map(stack[0], stack[t], reg.shifts[t, 1:], 2)
+        np.testing.assert_allclose(ncc[t][valid], expected[valid], atol=2e-5)
+        assert (ncc[t][~valid] == FILL).all()
+        np.testing.assert_allclose(reg.shifts[t, 1:], drift, atol=0.15)
+    lazy, _ = ncc_confidence(
+        da.from_array(stack, chunks=(1, 40, 40)),
+        da.from_array(stack, chunks=(1, 40, 40)),
+        2,
+        fill_value=FILL,
+        per_plane=0,
+        registration=reg,
+    )
+    np.testing.assert_allclose(lazy.compute(), ncc, atol=1e-5)
+
+
+def test_bad_input_raises_naming_the_problem():
+    a = np.zeros((16, 16))
+    with pytest.raises(ValueError, match=r"same shape, got \(16, 16\) and \(16, 15\)"):
+        ncc_confidence(a, np.zeros((16, 15)))
+    with pytest.raises(ValueError, match="same number of dimensions, got 2 and 3"):
+        ncc_confidence(a, np.zeros((16, 16, 1)))
+    with pytest.raises(TypeError, match="registration must be a Registration"):
+        ncc_confidence(a, a, registration=(1.0, 2.0))
+    with pytest.raises(ValueError, match="reference must have 3 dimensions"):
+        ncc_confidence(a, a, registration=Registration(shift=(0, 0, 0)))
+    with pytest.raises(ValueError, match="radius 16 is too large"):
+        ncc_confidence(a, a, 16)
+    with pytest.raises(ValueError, match="per_plane axis 2 is out of range"):
+        ncc_confidence(a, a, per_plane=2)
+    with pytest.raises(TypeError, match="moving has unsupported dtype"):
+        ncc_confidence(a, a.astype(complex))
