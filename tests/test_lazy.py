@@ -7,6 +7,7 @@ reference directly.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import threading
 
@@ -158,6 +159,26 @@ def test_zarr_inputs(tmp_path, pair):
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 3), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shift", [None, (2.5, -0.75)])
+@pytest.mark.parametrize("block_pixels", [1, 10 * 12])
+def test_zarr_inputs_halo_strips(tmp_path, pair, monkeypatch, mode, shift, block_pixels):
+    """Storage-chunked sources: halos come from strip tasks; numbers unchanged."""
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", block_pixels)
+    a, b = pair
+    z0 = zarr.create_array(store=tmp_path / "a.zarr", shape=a.shape, chunks=(5, 4), dtype="f8")
+    z1 = zarr.create_array(store=tmp_path / "b.zarr", shape=b.shape, chunks=(10, 12), dtype="f8")
+    z0[:], z1[:] = a, b
+    x0, x1 = da.from_zarr(z0).rechunk((10, 12)), da.from_zarr(z1)
+    moved = b if shift is None else ndimage.shift(b, shift, order=1, mode="nearest")
+    out = local_ncc(da.from_zarr(z0), x1, 3, mode=mode, moving_shift=shift)
+    np.testing.assert_allclose(out.compute(), core_ncc(a, moved, 3, mode=mode), atol=1e-5)
+    out = local_ncc(x1, x0, (2, 4), mode=mode, window="gaussian", moving_shift=shift)
+    moved = a if shift is None else ndimage.shift(a, shift, order=1, mode="nearest")
+    expected = core_ncc(b, moved, (2, 4), mode=mode, window="gaussian")
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5)
+
+
 # --- where blocks read from --------------------------------------------------------------
 
 
@@ -239,6 +260,44 @@ def test_region_reads_only_the_input_chunks_its_windows_touch(rng):
     produced.clear()
     out[0:16, 80:96].compute()  # a corner: reflect reads nothing beyond the image
     assert produced == {(i, j) for i in (0, 1) for j in (4, 5)}
+
+
+class ChunkedRecordingArray(RecordingArray):
+    """A source stored in chunks (like zarr): counts how often each chunk is decoded."""
+
+    def __init__(self, data, chunks):
+        super().__init__(data)
+        self.chunks = chunks
+
+    def decoded(self) -> dict:
+        counts: dict = {}
+        for box in self.reads:
+            cells = [
+                range(a // c, (b - 1) // c + 1) for (a, b), c in zip(box, self.chunks, strict=True)
+            ]
+            for cell in itertools.product(*cells):
+                counts[cell] = counts.get(cell, 0) + 1
+        return counts
+
+
+@pytest.mark.parametrize("shift", [None, (1.5, -0.5)])
+def test_each_storage_chunk_is_decoded_about_twice(rng, monkeypatch, shift):
+    """Halos come from strip tasks, not from each neighbour decoding the whole chunk."""
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 16 * 16)
+    a = rng.random((80, 96))
+    source0 = ChunkedRecordingArray(a, (16, 16))
+    source1 = ChunkedRecordingArray(a[::-1].copy(), (16, 16))
+    x0 = da.from_array(source0, chunks=16, asarray=False)
+    x1 = da.from_array(source1, chunks=16, asarray=False)
+    out = local_ncc(x0, x1, 3, moving_shift=shift)
+    source0.reads.clear()
+    source1.reads.clear()
+    moved = a[::-1] if shift is None else ndimage.shift(a[::-1], shift, order=1, mode="nearest")
+    np.testing.assert_allclose(out.compute(), core_ncc(a, moved, 3), atol=1e-5)
+    for source in (source0, source1):
+        counts = source.decoded()
+        assert len(counts) == 5 * 6
+        assert max(counts.values()) <= 2  # a plain halo read would decode up to 9 times
 
 
 def test_graph_is_picklable(pair, tmp_path):

@@ -201,15 +201,12 @@ def _shift_margin(s: float, order: int) -> int:
     return math.ceil(abs(s)) + 1 + (_SPLINE_MARGIN if order > 1 else 0)
 
 
-def _read_box(source, box, shape, shift=None, order=1, mode="nearest") -> np.ndarray:
-    """``source[box]``, or the box of ``ndimage.shift(source, shift)`` read with a margin."""
-    if shift is None:
-        return np.asarray(source[tuple(slice(a, b) for a, b in box)])
-    margins = [_shift_margin(s, order) for s in shift]
-    outer = [
-        (max(0, a - m), min(n, b + m)) for (a, b), m, n in zip(box, margins, shape, strict=True)
-    ]
-    region = np.asarray(source[tuple(slice(a, b) for a, b in outer)])
+def _slices(box) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in box)
+
+
+def _shift_region(region, inner, outer, shift, order, mode) -> np.ndarray:
+    """Shift a region read with a margin, and crop it to the inner box."""
     if region.dtype == np.float16:
         region = region.astype(np.float32)
     shifted = ndimage.shift(
@@ -220,19 +217,8 @@ def _read_box(source, box, shape, shift=None, order=1, mode="nearest") -> np.nda
         output=_shift_dtype(region.dtype),
         prefilter=order > 1,
     )
-    crop = tuple(slice(a - oa, b - oa) for (a, b), (oa, _) in zip(box, outer, strict=True))
+    crop = tuple(slice(a - oa, b - oa) for (a, b), (oa, _) in zip(inner, outer, strict=True))
     return shifted[crop]
-
-
-def _read_runs(source, runs, shape, shift=None, order=1, mode="nearest") -> np.ndarray:
-    """Concatenation of the boxes given by a list of ``(start, stop)`` runs per axis."""
-    pieces = np.empty([len(r) for r in runs], dtype=object)
-    for combo in itertools.product(*(range(len(r)) for r in runs)):
-        box = [runs[ax][c] for ax, c in enumerate(combo)]
-        pieces[combo] = _read_box(source, box, shape, shift, order, mode)
-    if pieces.size == 1:
-        return pieces.flat[0]
-    return np.block(pieces.tolist())
 
 
 def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -258,7 +244,141 @@ def _block_reads(plan: NCCPlan, box) -> tuple[list, list]:
     return runs, maps
 
 
-def ncc_source_block(source0, source1, plan: NCCPlan, box, shift=None, order=1) -> np.ndarray:
+# A block's *layout* says how its task reads what it needs: one entry per box (a
+# combination of runs; usually just one), read with the shift margin as `outer`, made of
+# `direct` pieces sliced from the source by the task itself and thin `stripped` pieces
+# (halo strips of neighbouring storage chunks) handed over by the strip task of the chunk
+# that holds them. A strip task decompresses its chunk once for all the blocks around it,
+# so each storage chunk is decompressed about twice (once for its own block, once for its
+# neighbours' halos) instead of once per block whose halo touches it, and what strip tasks
+# keep in memory is a few thin strips, not whole chunks.
+
+
+def storage_chunks(source, ndim: int) -> tuple[int, ...] | None:
+    """Shape of the chunks a source decompresses as a whole (zarr chunks, TIFF tiles).
+
+    None for in-memory sources (NumPy arrays, :class:`ChunkedSource`), where any slice
+    is cheap.
+    """
+    if isinstance(source, np.ndarray | ChunkedSource):
+        return None
+    chunks = getattr(source, "chunks", None)
+    if (
+        isinstance(chunks, tuple)
+        and len(chunks) == ndim
+        and all(isinstance(c, int | np.integer) and c > 0 for c in chunks)
+    ):
+        return tuple(int(c) for c in chunks)
+    return None
+
+
+def _layout(runs, shape, margins, native, halo) -> tuple[tuple, tuple, dict]:
+    """How a block reads the boxes given by `runs` (see the comment above).
+
+    Returns
+    -------
+    grid : tuple of int
+        Number of runs per axis.
+    entries : tuple
+        ``(combo, inner, outer, direct, stripped)`` per combination of runs.
+    requests : dict
+        Storage chunk index -> set of thin piece boxes wanted from it.
+    """
+    entries, requests = [], {}
+    for combo in itertools.product(*(range(len(r)) for r in runs)):
+        inner = tuple(runs[ax][c] for ax, c in enumerate(combo))
+        outer = tuple(
+            (max(0, a - m), min(n, b + m))
+            for (a, b), m, n in zip(inner, margins, shape, strict=True)
+        )
+        direct, stripped = [], []
+        if native is None:
+            direct.append(outer)
+        else:
+            cells = [
+                range(a // c, (b - 1) // c + 1) for (a, b), c in zip(outer, native, strict=True)
+            ]
+            for cell in itertools.product(*cells):
+                cbox = [
+                    (k * c, min(n, (k + 1) * c))
+                    for k, c, n in zip(cell, native, shape, strict=True)
+                ]
+                piece = tuple(
+                    (max(a, ca), min(b, cb)) for (a, b), (ca, cb) in zip(outer, cbox, strict=True)
+                )
+                thin = any(
+                    pb - pa < cb - ca and pb - pa <= h
+                    for (pa, pb), (ca, cb), h in zip(piece, cbox, halo, strict=True)
+                )
+                if thin:
+                    stripped.append(piece)
+                    requests.setdefault(cell, set()).add(piece)
+                else:
+                    direct.append(piece)
+            direct = _merge_direct(direct, stripped)
+        entries.append((combo, inner, outer, tuple(direct), tuple(stripped)))
+    return tuple(len(r) for r in runs), tuple(entries), requests
+
+
+def _merge_direct(direct: list, stripped: list) -> list:
+    """The direct pieces as one box (one read) when their bounding box holds no strip."""
+    if len(direct) <= 1:
+        return direct
+    bbox = tuple(
+        (min(p[ax][0] for p in direct), max(p[ax][1] for p in direct))
+        for ax in range(len(direct[0]))
+    )
+
+    def overlaps(p) -> bool:
+        return all(a < bb and ba < b for (a, b), (ba, bb) in zip(p, bbox, strict=True))
+
+    return direct if any(overlaps(p) for p in stripped) else [bbox]
+
+
+def read_strips(source, pieces) -> dict:
+    """Strip task: read the thin `pieces` (global boxes inside one storage chunk)."""
+    bbox = tuple(
+        (min(p[ax][0] for p in pieces), max(p[ax][1] for p in pieces))
+        for ax in range(len(pieces[0]))
+    )
+    region = np.asarray(source[_slices(bbox)])
+    return {
+        p: region[
+            tuple(slice(a - o, b - o) for (a, b), (o, _) in zip(p, bbox, strict=True))
+        ].copy()
+        for p in pieces
+    }
+
+
+def _assemble(source, layout, strips, shift=None, order=1, mode="nearest") -> np.ndarray:
+    """Read a block as its layout says, shifting each box if asked."""
+    grid, entries = layout
+    found: dict = {}
+    for part in strips:
+        found.update(part)
+    pieces = np.empty(grid, dtype=object)
+    for combo, inner, outer, direct, stripped in entries:
+        if not stripped and len(direct) == 1:
+            region = np.asarray(source[_slices(direct[0])])
+        else:
+            parts = [(d, np.asarray(source[_slices(d)])) for d in direct]
+            parts += [(p, found[p]) for p in stripped]
+            region = np.empty([b - a for a, b in outer], dtype=parts[0][1].dtype)
+            for box, data in parts:
+                region[
+                    tuple(slice(a - o, b - o) for (a, b), (o, _) in zip(box, outer, strict=True))
+                ] = data
+        if shift is not None:
+            region = _shift_region(region, inner, outer, shift, order, mode)
+        pieces[combo] = region
+    if pieces.size == 1:
+        return pieces.flat[0]
+    return np.block(pieces.tolist())
+
+
+def ncc_source_block(
+    source0, source1, plan: NCCPlan, box, layout0, layout1, strips0, strips1, shift=None
+) -> np.ndarray:
     """NCC map of one output block, reading it and its halo straight from the sources.
 
     Parameters
@@ -268,21 +388,35 @@ def ncc_source_block(source0, source1, plan: NCCPlan, box, shift=None, order=1) 
     plan : NCCPlan
     box : sequence of (start, stop)
         The output block, per axis, in global coordinates.
+    layout0, layout1 : tuple
+        How to read each image (see :func:`_layout`).
+    strips0, strips1 : list of dict
+        Results of the strip tasks the layouts refer to.
     shift : sequence of float, optional
-        Subpixel shift applied to `source1` (``scipy.ndimage.shift`` convention) as it is
-        read, with ``mode="nearest"``.
-    order : int
-        Interpolation order of the shift.
+        Subpixel shift applied to `source1` (``scipy.ndimage.shift`` convention, linear,
+        ``mode="nearest"``) as it is read.
     """
-    runs, maps = _block_reads(plan, box)
-    block0 = _read_runs(source0, runs, plan.shape)
-    block1 = _read_runs(source1, runs, plan.shape, shift, order, "nearest")
+    _, maps = _block_reads(plan, box)
+    block0 = _assemble(source0, layout0, strips0)
+    block1 = _assemble(source1, layout1, strips1, shift, 1, "nearest")
     return ncc_block(block0, block1, plan, maps, n_threads=1)
 
 
-def shift_source_block(source, box, shape, shift, order, mode) -> np.ndarray:
+def shift_source_block(source, layout, strips, shift, order, mode) -> np.ndarray:
     """One block of ``ndimage.shift(source, shift)``, read with a margin from the source."""
-    return _read_box(source, box, shape, shift, order, mode)
+    return _assemble(source, layout, strips, shift, order, mode)
+
+
+def _add_strip_tasks(dsk: dict, name: str, key: str, requests: dict) -> None:
+    """One strip task per storage chunk that neighbouring blocks want halo strips from."""
+    for cell, pieces in requests.items():
+        dsk[(name, *cell)] = (read_strips, key, tuple(sorted(pieces)))
+
+
+def _merge_requests(total: dict, requests: dict) -> list:
+    for cell, pieces in requests.items():
+        total.setdefault(cell, set()).update(pieces)
+    return sorted(requests)
 
 
 # ---------------------------------------------------------------------------------------
@@ -466,10 +600,30 @@ def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
         else:
             out_chunks = _source_chunks(base_chunks, plan)
         name = f"local-ncc-{token}"
+        strips = (f"local-ncc-strips0-{token}", f"local-ncc-strips1-{token}")
+        ndim = len(plan.shape)
         (key0, source0), (key1, source1) = src0, src1
+        native = (storage_chunks(source0, ndim), storage_chunks(source1, ndim))
+        halo = [plan.depth[ax] for ax in range(ndim)]
+        margins = [0] * ndim if shift is None else [_shift_margin(s, 1) for s in shift]
+        settings = (
+            ([0] * ndim, halo),
+            (margins, [h + m for h, m in zip(halo, margins, strict=True)]),
+        )
         dsk: dict = {key0: source0, key1: source1}
+        requests: tuple[dict, dict] = ({}, {})
         for idx, box in _boxes(out_chunks):
-            dsk[(name, *idx)] = (ncc_source_block, key0, key1, plan, box, shift, 1)
+            runs, _ = _block_reads(plan, box)
+            layouts, cells = [], []
+            for i in range(2):
+                grid, entries, wanted = _layout(
+                    runs, plan.shape, settings[i][0], native[i], settings[i][1]
+                )
+                layouts.append((grid, entries))
+                cells.append([(strips[i], *c) for c in _merge_requests(requests[i], wanted)])
+            dsk[(name, *idx)] = (ncc_source_block, key0, key1, plan, box, *layouts, *cells, shift)
+        _add_strip_tasks(dsk, strips[0], key0, requests[0])
+        _add_strip_tasks(dsk, strips[1], key1, requests[1])
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
         meta = np.empty((0,) * len(plan.shape), dtype=np.float32)
         return da.Array(graph, name, out_chunks, dtype=np.float32, meta=meta)
@@ -704,9 +858,18 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
     found = find_source(image)
     if found is not None:
         key, source = found
+        strips = f"shift-strips-{token}"
+        native = storage_chunks(source, image.ndim)
+        margins = [_shift_margin(s, order) for s in shift]
         dsk: dict = {key: source}
+        requests: dict = {}
         for idx, box in _boxes(image.chunks):
-            dsk[(name, *idx)] = (shift_source_block, key, box, image.shape, shift, order, mode)
+            runs = [[ab] for ab in box]
+            grid, entries, wanted = _layout(runs, image.shape, margins, native, margins)
+            cells = [(strips, *c) for c in _merge_requests(requests, wanted)]
+            layout = (grid, entries)
+            dsk[(name, *idx)] = (shift_source_block, key, layout, cells, shift, order, mode)
+        _add_strip_tasks(dsk, strips, key, requests)
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
         return da.Array(graph, name, image.chunks, dtype=out_dtype, meta=meta)
     depth = {ax: _shift_margin(s, order) for ax, s in enumerate(shift)}
