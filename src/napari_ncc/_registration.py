@@ -810,7 +810,7 @@ def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options):
         upsample_factor=options["upsample_factor"],
         normalization=options["normalization"],
         disambiguate=options["disambiguate"],
-        refine=options["refine"],
+        refine=False,  # the full-resolution tiles refine
     )
     guess = coarse.shift * scale
     if np.ptp(ref_c) == 0 or np.ptp(mov_c) == 0:
