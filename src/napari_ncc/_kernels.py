@@ -38,14 +38,18 @@ def _gather_row(src, j, xmap, centre, out):
 
 
 @njit(**_JIT)
-def _finalize_row(s0, s1, s2, s3, s4, scale, floor_a, floor_b, fill, out_row):
-    """Pearson correlation from window sums; ``fill`` where either window is flat."""
+def _finalize_row(s0, s1, s2, s3, s4, n, floor_a, floor_b, fill, out_row):
+    """Pearson correlation from window sums (total weight ``n``); ``fill`` where flat.
+
+    Works with ``n**2`` times the (co)variances, ``n * sum(a*a) - sum(a)**2``: for integer
+    data both terms are exact integers before rounding, so a flat window gives exactly 0.
+    """
+    floor_a = floor_a * n * n
+    floor_b = floor_b * n * n
     for x in range(out_row.shape[0]):
-        ma = s0[x] * scale
-        mb = s1[x] * scale
-        va = s2[x] * scale - ma * ma
-        vb = s3[x] * scale - mb * mb
-        cov = s4[x] * scale - ma * mb
+        va = n * s2[x] - s0[x] * s0[x]
+        vb = n * s3[x] - s1[x] * s1[x]
+        cov = n * s4[x] - s0[x] * s1[x]
         den = np.sqrt(max(va * vb, 1e-300))
         r = cov / den
         r = min(max(r, -1.0), 1.0)
@@ -92,7 +96,7 @@ def ncc2d_box(a, b, ymap, xmap, ry, rx, ca, cb, floor_a, floor_b, fill, out):
     s2 = np.empty(width)
     s3 = np.empty(width)
     s4 = np.empty(width)
-    scale = 1.0 / (ny * nx)
+    n = float(ny * nx)
 
     for k in range(ny):
         ra = ring_a[k]
@@ -157,7 +161,7 @@ def ncc2d_box(a, b, ymap, xmap, ry, rx, ca, cb, floor_a, floor_b, fill, out):
             s2[x] = t2
             s3[x] = t3
             s4[x] = t4
-        _finalize_row(s0, s1, s2, s3, s4, scale, floor_a, floor_b, fill, out[y])
+        _finalize_row(s0, s1, s2, s3, s4, n, floor_a, floor_b, fill, out[y])
 
 
 @njit(**_JIT)
@@ -266,7 +270,7 @@ def ncc3d_box(a, b, zmap, ymap, xmap, rz, ry, rx, ca, cb, floor_a, floor_b, fill
     row_b = np.empty(wp)
     c = np.empty((5, wp))
     s = np.empty((5, width))
-    scale = 1.0 / (nz * ny * nx)
+    n = float(nz * ny * nx)
     for k in range(nz):
         _add_plane_moments(a, b, zmap[k], ymap, xmap, ca, cb, 1.0, moments, row_a, row_b)
     for z in range(depth):
@@ -300,4 +304,4 @@ def ncc3d_box(a, b, zmap, ymap, xmap, rz, ry, rx, ca, cb, floor_a, floor_b, fill
                 for x in range(1, width):
                     t += cm[x + nx - 1] - cm[x - 1]
                     sm[x] = t
-            _finalize_row(s[0], s[1], s[2], s[3], s[4], scale, floor_a, floor_b, fill, out[z, y])
+            _finalize_row(s[0], s[1], s[2], s[3], s[4], n, floor_a, floor_b, fill, out[z, y])

@@ -207,7 +207,10 @@ def gaussian_weights(radius: int) -> np.ndarray:
 
 
 def _as_kernel_input(image: np.ndarray) -> np.ndarray:
-    # numba has no float16 arithmetic and treats bool as a separate type; widen both.
+    # numba has no float16 arithmetic, treats bool as a separate type and compiles only for
+    # native byte order: widen, view or swap (a copy) as needed.
+    if not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype == np.float16:
         return image.astype(np.float32)
     if image.dtype == np.bool_:
@@ -239,10 +242,11 @@ def _centre_and_floor(
 ):
     """Centre subtracted before accumulating, and the flat-window variance floor."""
     if exact:
-        # <= 16-bit integers, box window: sums are exact integers, a flat window has a
-        # variance of exactly 0, and any other has n**2 * var >= n - 1.
+        # <= 16-bit integers, box window: sums are exact integers, so n**2 * var is computed
+        # as the rounding of an integer: exactly 0 for a flat window, >= n - 1 otherwise.
         n = math.prod(2 * r + 1 for r in plan.radius)
-        return 0.0, 0.5 / n**2
+        # Halfway between 0 and the smallest non-zero variance, (n - 1) / n**2.
+        return 0.0, (n - 1) / (2.0 * n**2)
     lo, hi = _value_range(image, name, n_threads)
     if plan.mode == "constant":
         lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -399,14 +403,15 @@ def _ncc_numpy(a, b, plan, maps, centres, floors) -> np.ndarray:
                 sums[i] = sum(
                     w[j] * np.take(s, np.arange(j, j + length), axis=ax) for j in range(n)
                 )
-    scale = 1.0 / math.prod(2 * r + 1 for r in plan.radius) if plan.window == "box" else 1.0
-    ma, mb = sums[0] * scale, sums[1] * scale
-    va = sums[2] * scale - ma * ma
-    vb = sums[3] * scale - mb * mb
-    cov = sums[4] * scale - ma * mb
+    # n**2 times the (co)variances, as in the compiled kernels (exact for integer data).
+    n = float(math.prod(2 * r + 1 for r in plan.radius)) if plan.window == "box" else 1.0
+    s0, s1, s2, s3, s4 = sums
+    va = n * s2 - s0 * s0
+    vb = n * s3 - s1 * s1
+    cov = n * s4 - s0 * s1
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.clip(cov / np.sqrt(np.maximum(va * vb, 1e-300)), -1.0, 1.0)
-    flat = (va <= floors[0]) | (vb <= floors[1])
+    flat = (va <= floors[0] * n * n) | (vb <= floors[1] * n * n)
     return np.where(flat, plan.fill_value, r).astype(np.float32)
 
 
