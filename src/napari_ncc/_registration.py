@@ -696,15 +696,16 @@ def _disambiguate(ref, mov, shift, axes):
 
 
 def _is_large(shape, axes, max_size) -> bool:
+    # Only the registered axes count: the others are read whole (one joint estimate).
     sides = [shape[ax] for ax in axes]
-    return max(sides) > max_size or math.prod(shape) > max_size**2
+    return bool(sides) and (max(sides) > max_size or math.prod(sides) > max_size**2)
 
 
 def _coarse_factors(shape, axes, max_size, chunks=None) -> tuple[int, ...]:
     factors = [1] * len(shape)
     for ax in axes:
         factors[ax] = max(1, math.ceil(shape[ax] / max_size))
-    while math.prod(n // f for n, f in zip(shape, factors, strict=True)) > max_size**2:
+    while math.prod(shape[ax] // factors[ax] for ax in axes) > max_size**2:
         for ax in axes:
             factors[ax] += 1
     if chunks is not None:
@@ -819,12 +820,18 @@ def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options):
     # 2. Tiles: the most textured cells of a grid, whose shifted copy lies inside moving.
     k = len(axes)
     side = max(16, round(TILE_ELEMENTS ** (1.0 / k)))
-    tile = [shape[ax] if ax not in axes else min(side, shape[ax]) for ax in range(ndim)]
-    offset = np.round(guess).astype(int)
+    offset = [round(guess[ax]) if ax in axes else 0 for ax in range(ndim)]
+    # The overlap, in reference coordinates, is where the tiles go (a grid over it).
+    lo = [max(0, min(o, n - 1)) for o, n in zip(offset, shape, strict=True)]
+    hi = [max(a + 1, min(n, n + o)) for a, o, n in zip(lo, offset, shape, strict=True)]
+    tile = [
+        min(side, b - a) if ax in axes else shape[ax]
+        for ax, (a, b) in enumerate(zip(lo, hi, strict=True))
+    ]
     cells = []
     ranges = [
-        range(0, max(shape[ax] - tile[ax], 0) + 1, tile[ax]) if ax in axes else range(1)
-        for ax in range(ndim)
+        range(a, max(b - t, a) + 1, t) if ax in axes else range(1)
+        for ax, (a, b, t) in enumerate(zip(lo, hi, tile, strict=True))
     ]
     for origin in itertools.product(*ranges):
         m0 = [o - (offset[ax] if ax in axes else 0) for ax, o in enumerate(origin)]
@@ -947,10 +954,10 @@ def register(
         intensity change) on the overlap.
     max_size : int, optional
         Images with a registered side longer than this, or more than ``max_size**2``
-        elements, are registered without being loaded: a coarse estimate on a
-        downsampled copy (block means, read chunk by chunk) or pyramid level, then
-        refinement on `n_tiles` textured full-resolution tiles (the only full-resolution
-        data read besides the downsampling pass).
+        elements along the registered axes, are registered without being loaded: a
+        coarse estimate on a downsampled copy (block means, read chunk by chunk) or
+        pyramid level, then refinement on `n_tiles` textured full-resolution tiles (the
+        only full-resolution data read besides the downsampling pass).
     n_tiles : int, optional
         Full-resolution tiles used by the large-image path; the shift is their median.
 
@@ -974,7 +981,23 @@ def register(
     Notes
     -----
     Dask input smaller than `max_size` is computed (plane by plane with `per_plane`);
-    larger input is read chunk by chunk and never held whole.
+    larger input is read chunk by chunk and never held whole. Axes that are not
+    registered (and not `per_plane`) are read whole: one shift is estimated for all of
+    their positions together.
+
+    The estimate is phase correlation with a tapered border and a Gaussian low-pass on
+    the whitened cross-power spectrum (which removes most of the subpixel bias of plain
+    phase correlation), an upsampled DFT around the peak as in
+    ``skimage.registration.phase_cross_correlation``, then (``refine=True``) Gauss-Newton
+    least squares on the overlap with the model ``reference ~ a * shifted(moving) + b``
+    (cubic-spline interpolation). On large images the coarse estimate places
+    `n_tiles` full-resolution tiles on the most textured part of the coarse reference
+    whose shifted copy lies inside `moving`; each tile is registered the same way and the
+    median of the tiles that agree with the coarse estimate is returned.
+
+    ``quality`` is the Pearson correlation of the overlap after alignment, not phase
+    correlation's ``error`` (which is close to 1 for most real pairs and is kept in
+    ``error`` for completeness).
 
     Examples
     --------
