@@ -8,7 +8,7 @@ Run it under a virtual display (napari's canvas needs OpenGL, which Xvfb provide
 
     xvfb-run -a -s "-screen 0 1400x1000x24" .venv/bin/python docs/make_screenshots.py
 
-The PNGs are quantised to a 256-colour palette so that each stays well under 300 KB;
+Each PNG is kept under 300 KB (lossless when it fits, else a 256-colour palette);
 commit them with the docs.
 """
 
@@ -24,19 +24,42 @@ import numpy as np
 from PIL import Image
 
 IMAGES = Path(__file__).resolve().parent / "images"
-WINDOW_SIZE = (1200, 760)
+WINDOW_SIZE = (1280, 760)
 MAX_BYTES = 300_000
 
 
-def save_png(rgba: np.ndarray, path: Path) -> None:
-    """Save a screenshot as a palette PNG (small, and exact enough for the docs)."""
+def save_png(rgba: np.ndarray, path: Path, shrink: float = 1) -> None:
+    """Save a picture as a PNG under MAX_BYTES: lossless if it fits, else a 256-colour palette."""
     image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
-    small = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    small.save(path, format="PNG", optimize=True)
+    if shrink != 1:
+        size = (round(image.width / shrink), round(image.height / shrink))
+        image = image.resize(size, Image.LANCZOS)
+    image.save(path, format="PNG", optimize=True)
+    if path.stat().st_size > MAX_BYTES:
+        to_palette(image).save(path, format="PNG", optimize=True)
     size = path.stat().st_size
     print(f"wrote {path.relative_to(IMAGES.parent.parent)} ({size / 1000:.0f} KB)")
     if size > MAX_BYTES:
         print(f"  warning: {path.name} is over {MAX_BYTES / 1000:.0f} KB", file=sys.stderr)
+
+
+def to_palette(image: Image.Image, greys: int = 96) -> Image.Image:
+    """256 colours: an even ramp of `greys` grey levels (grey images stay smooth and grey)
+    plus the most common other colours (median cut), each pixel mapped to the nearest."""
+    rgb = np.asarray(image, dtype=np.int16)
+    coloured = np.ptp(rgb, axis=-1) > 6
+    ramp = np.linspace(0, 255, greys).round().astype(np.uint8)
+    colours = [np.repeat(ramp[:, None], 3, axis=1)]
+    if coloured.any():
+        pixels = np.asarray(image)[coloured][None]
+        adaptive = Image.fromarray(pixels).quantize(256 - greys, method=Image.Quantize.MEDIANCUT)
+        found = np.asarray(adaptive.getpalette()[: 3 * (256 - greys)], dtype=np.uint8)
+        colours.append(found.reshape(-1, 3))
+    table = np.concatenate(colours)[:256]
+    table = np.concatenate([table, np.zeros((256 - len(table), 3), np.uint8)])
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(table.ravel().tolist())
+    return image.quantize(palette=palette, dither=Image.Dither.NONE)
 
 
 def demo_preview() -> None:
@@ -48,7 +71,7 @@ def demo_preview() -> None:
         if status:
             raise SystemExit(f"napari-ncc demo failed with status {status}")
         rgb = np.asarray(Image.open(Path(tmp) / "preview.png").convert("RGB"))
-    save_png(rgb, IMAGES / "demo-preview.png")
+    save_png(rgb, IMAGES / "demo-preview.png", shrink=2.4)
 
 
 def wait_for(condition, app, timeout: float = 120.0) -> None:
@@ -62,6 +85,21 @@ def wait_for(condition, app, timeout: float = 120.0) -> None:
     for _ in range(20):  # let the canvas draw the new layer
         app.processEvents()
         time.sleep(0.02)
+    close_toasts(app)
+
+
+def close_toasts(app) -> None:
+    """Close napari's notification pop-ups (startup warnings) that would cover the canvas."""
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:  # a napari that moved it: the pictures just show the toast
+        return
+    for widget in app.allWidgets():
+        if isinstance(widget, NapariQtNotification):
+            widget.close()
+    for _ in range(10):
+        app.processEvents()
+        time.sleep(0.02)
 
 
 def find_widget(dock):
@@ -73,36 +111,42 @@ def find_widget(dock):
 
 
 def napari_screenshots() -> None:
+    import warnings
+
     import napari
     from qtpy.QtWidgets import QApplication
 
+    # napari shows warnings (such as PyQt5's deprecation) as toasts over the canvas.
+    warnings.simplefilter("ignore")
     viewer = napari.Viewer(title="napari-ncc")
     app = QApplication.instance()
     viewer.window._qt_window.resize(*WINDOW_SIZE)
     viewer.open_sample("napari-ncc", "cell")
     reference = viewer.layers["cell reference"]
     moving = viewer.layers["cell moving"]
+    # Reference in green, moving in magenta, added: white where they agree.
     moving.visible = True
-    moving.opacity = 0.5
     moving.colormap = "magenta"
     reference.colormap = "green"
     moving.blending = "additive"
+    reference.blending = "additive"
     viewer.reset_view()
     wait_for(lambda: True, app)
     save_png(viewer.screenshot(canvas_only=False, flash=False), IMAGES / "tutorial-sample.png")
 
     try:
-        _dock, widget = viewer.window.add_plugin_dock_widget("napari-ncc", "NCC confidence")
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-ncc", "NCC confidence")
         widget = find_widget(widget)
     except Exception as error:  # the plugin widget is missing: fall back to the public API
         print(f"no plugin widget ({error}); adding the NCC layer directly", file=sys.stderr)
-        widget = None
+        dock = widget = None
 
     moving.visible = False
-    moving.opacity = 1.0
     moving.colormap = "gray"
     moving.blending = "translucent"
     reference.colormap = "gray"
+    reference.blending = "translucent"
+    viewer.reset_view()  # the dock took room from the canvas
     if widget is not None:
         widget.reference.value = reference
         widget.moving.value = moving
@@ -133,10 +177,15 @@ def napari_screenshots() -> None:
     save_png(viewer.screenshot(canvas_only=False, flash=False), IMAGES / "napari-ncc-layer.png")
 
     # Side by side: the reference and the map in a grid, to compare them at a glance.
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 2)
+    if dock is not None:
+        viewer.window.remove_dock_widget(dock)
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    grid.enabled = True
+    grid.shape = (1, 2)
     for layer in viewer.layers:
         layer.visible = layer is reference or layer is ncc_layer
+    wait_for(lambda: True, app)
+    viewer.reset_view()
     wait_for(lambda: True, app)
     save_png(viewer.screenshot(canvas_only=True, flash=False), IMAGES / "tutorial-grid.png")
     viewer.close()

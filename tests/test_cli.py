@@ -232,6 +232,71 @@ def test_help_lists_every_option():
     assert "demo" in run("--help").stdout
 
 
+def test_per_plane_registers_every_plane_of_a_stack(tmp_path):
+    base = data.camera()[150:214, 250:330].astype(np.float32)
+    displacements = [(0.0, 0.0), (1.5, -2.25), (-2.75, 1.0)]
+    reference = np.stack([base] * 3)
+    moving = np.stack([ndimage.shift(base, d, order=3, mode="nearest") for d in displacements])
+    tifffile.imwrite(tmp_path / "ref.tif", reference)
+    tifffile.imwrite(tmp_path / "mov.tif", moving.astype(np.float32))
+    out = tmp_path / "stack.zarr"
+    result = run(
+        "compare", tmp_path / "ref.tif", tmp_path / "mov.tif", "-o", out, "--per-plane", "0",
+        "--json", "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shifts = np.asarray(json.loads(result.stdout)["registration"]["shifts"])
+    np.testing.assert_allclose(shifts[:, 1:], -np.asarray(displacements), atol=0.15)
+    np.testing.assert_array_equal(shifts[:, 0], 0)
+
+    written = read_map(out)
+    for t in range(3):
+        registered = ndimage.shift(moving[t].astype(np.float64), shifts[t, 1:], order=1)
+        expected = brute_force_ncc(reference[t], registered, 3)
+        np.testing.assert_allclose(interior(written[t], 7), interior(expected, 7), atol=1e-4)
+
+
+def test_rgb_inputs_are_compared_as_luminance(tmp_path):
+    from skimage import io
+
+    rng = np.random.default_rng(0)
+    a = data.astronaut()[:80, :96]
+    b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    io.imsave(tmp_path / "a.png", a, check_contrast=False)
+    io.imsave(tmp_path / "b.png", b, check_contrast=False)
+    out = tmp_path / "rgb.tif"
+    result = run("compare", tmp_path / "a.png", tmp_path / "b.png", "-o", out, "--no-register")
+    assert result.returncode == 0, result.stderr
+    bt709 = np.array([0.2125, 0.7154, 0.0721])
+    expected = brute_force_ncc(a @ bt709, b @ bt709, 3)
+    np.testing.assert_allclose(read_map(out), expected, atol=1e-4)
+
+
+def test_scheduler_address_runs_on_a_distributed_cluster(zarr_pair, pair, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        out = tmp_path / "ncc.zarr"
+        result = run(
+            "compare",
+            *zarr_pair,
+            "-o",
+            out,
+            "--no-register",
+            "--scheduler",
+            cluster.scheduler_address,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "connected to the Dask scheduler" in result.stderr
+    np.testing.assert_allclose(read_map(out), brute_force_ncc(*pair, 3), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------- demo
 
 

@@ -113,6 +113,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_or_zero_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _axis(text: str) -> int:
     try:
         return int(text)
@@ -256,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         "axes only",
     )
     group.add_argument(
+        "--reference-plane",
+        type=_positive_or_zero_int,
+        metavar="T",
+        help="with --per-plane: register every plane of MOVING onto plane T of REFERENCE "
+        "instead (drift correction: pass the same stack twice) and compare with that plane",
+    )
+    group.add_argument(
         "--upsample-factor",
         type=_positive_int,
         default=20,
@@ -303,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ncc_options(demo)
     _add_run_options(demo)
+    demo.set_defaults(register=True, upsample_factor=20, per_plane=None, reference_plane=None)
     return parser
 
 
@@ -310,16 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _dask_scheduler(scheduler: str | None) -> Iterator[None]:
-    """Make `scheduler` the default for every ``compute`` inside the block."""
+def _dask_scheduler(scheduler: str | None) -> Iterator[object]:
+    """Make `scheduler` the default for every ``compute`` inside the block.
+
+    Yields what to pass on as ``scheduler=``: None, a local scheduler's name, or the
+    ``distributed.Client`` connected to the address (one connection for the whole run).
+    """
     if scheduler is None:
-        yield
+        yield None
         return
     import dask
 
     if scheduler in LOCAL_SCHEDULERS:
         with dask.config.set(scheduler=scheduler):
-            yield
+            yield scheduler
         return
     try:
         from distributed import Client
@@ -331,12 +353,13 @@ def _dask_scheduler(scheduler: str | None) -> Iterator[None]:
     try:
         client = Client(scheduler, timeout="10s")
     except (OSError, TimeoutError) as error:
-        raise CLIError(f"cannot connect to the Dask scheduler at {scheduler}: {error}") from None
+        raise CLIError(
+            f"cannot connect to the Dask scheduler at {scheduler}: {_one_line(error)}"
+        ) from None
     with client:
-        log.info(
-            "connected to %s (%d workers)", scheduler, len(client.scheduler_info()["workers"])
-        )
-        yield
+        workers = len(client.scheduler_info().get("workers", {}))
+        log.info("connected to the Dask scheduler at %s (%d workers)", scheduler, workers)
+        yield client
 
 
 def _show_progress(args) -> bool:
@@ -345,14 +368,13 @@ def _show_progress(args) -> bool:
 
 @contextlib.contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[None]:
-    """A progress bar on stderr for the Dask computations inside the block."""
+    """A progress bar on stderr for the local Dask computations inside the block."""
     if not enabled:
         yield
         return
-    from dask.diagnostics import ProgressBar
+    from ._io import _progress_callback
 
-    print(f"napari-ncc: {label}", file=sys.stderr)
-    with ProgressBar(out=sys.stderr):
+    with _progress_callback(label):
         yield
 
 
@@ -365,14 +387,23 @@ def _check_input(path: str, role: str) -> Path:
     return p
 
 
-def _read(path: Path, role: str):
-    """Full-resolution level of an image file, lazily, and its metadata."""
+def _read(path: Path, role: str) -> tuple[list, dict]:
+    """The resolution levels of an image file (lazy; RGB as luminance) and its metadata."""
     from ._io import read_image
+    from ._multiscale import as_luminance
 
     try:
         levels, metadata = read_image(path)
     except (ValueError, OSError, KeyError) as error:
-        raise CLIError(f"cannot read {role} {path}: {_one_line(error)}") from None
+        message = _one_line(error)
+        if str(path) in message:
+            raise CLIError(f"{role}: {message}") from None
+        raise CLIError(f"cannot read {role} {path}: {message}") from None
+    axes = metadata.get("axes") or ()
+    if axes and str(axes[-1]).lower() in ("c", "s") and levels[0].shape[-1] in (3, 4):
+        log.info("%s %s is RGB: comparing its luminance", role, path)
+        levels = [as_luminance(level) for level in levels]
+        metadata = {**metadata, "axes": tuple(axes[:-1])}
     return levels, metadata
 
 
@@ -395,27 +426,39 @@ def _check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> N
         raise CLIError(f"cannot write {path}: folder {path.parent} does not exist")
 
 
-def _one_line(error: BaseException) -> str:
+def _check_tiff_size(shape: tuple[int, ...], out: Path) -> None:
+    nbytes = math.prod(shape) * 4
+    if nbytes > TIFF_MAX_BYTES:
+        raise CLIError(
+            f"the map would take {nbytes / 2**30:.1f} GiB in memory, more than the "
+            f"{TIFF_MAX_BYTES / 2**30:.0f} GiB a TIFF output may hold: write a zarr store "
+            f"instead (-o {out.with_suffix('.zarr')})"
+        )
+
+
+def _one_line(error: BaseException | str) -> str:
     text = str(error).strip() or type(error).__name__
     return " ".join(text.split())
 
 
 def _format_shift(shift, axis_names: Sequence[str] | None = None) -> str:
-    shift = [float(s) for s in shift]
-    names = list(axis_names or [])[-len(shift) :] if axis_names else []
-    if len(names) != len(shift):
-        names = (
-            [f"axis {i}" for i in range(len(shift))] if len(shift) > 3 else "zyx"[-len(shift) :]
-        )
+    shift = [float(s) for s in np.ravel(shift)]
+    names = [str(n).lower() for n in axis_names] if axis_names else []
+    # Single-letter codes other than t, c, z, y, x (tifffile's Q, I, S, ...) say nothing.
+    if len(names) != len(shift) or any(len(n) == 1 and n not in "tczyx" for n in names):
+        names = list("zyx"[-len(shift) :]) if len(shift) <= 3 else []
+    if not names:
+        names = [f"axis {i}" for i in range(len(shift))]
     return ", ".join(f"{n} {s:+.2f}" for n, s in zip(names, shift, strict=True)) + " px"
 
 
 def summarize(ncc, fill_value: float, threshold: float = CONFIDENT) -> dict:
-    """Summary figures of an NCC map (NumPy or Dask; a Dask map is reduced chunk-wise).
+    """Summary figures of an NCC map (NumPy, or Dask reduced chunk by chunk).
 
     Returns a dict with ``mean`` (mean NCC over the defined pixels), ``confident``
     (fraction of all pixels whose NCC exceeds `threshold`), ``undefined`` (fraction
-    holding `fill_value`), ``min`` and ``max``.
+    holding `fill_value`: flat windows, or windows reaching data the registration shifted
+    in from outside), ``min`` and ``max`` (over the defined pixels).
     """
     import dask.array as da
 
@@ -425,9 +468,8 @@ def summarize(ncc, fill_value: float, threshold: float = CONFIDENT) -> dict:
     else:
         undefined = ncc == np.float32(fill_value)
     defined = ~undefined
-    values = xp.where(defined, ncc, 0).astype(np.float64)
     parts = (
-        values.sum(),
+        xp.where(defined, ncc, 0).astype(np.float64).sum(),
         defined.sum(),
         (ncc > threshold).sum(),
         xp.where(defined, ncc, np.inf).min(),
@@ -436,51 +478,58 @@ def summarize(ncc, fill_value: float, threshold: float = CONFIDENT) -> dict:
     if xp is da:
         parts = da.compute(*parts)
     total, n_defined, n_confident, lo, hi = (float(p) for p in parts)
-    size = float(np.prod(ncc.shape))
+    size = float(math.prod(ncc.shape))
     return {
-        "mean": total / n_defined if n_defined else float("nan"),
+        "mean": total / n_defined if n_defined else None,
         "confident": n_confident / size,
         "threshold": threshold,
         "undefined": 1.0 - n_defined / size,
-        "min": lo if n_defined else float("nan"),
-        "max": hi if n_defined else float("nan"),
+        "min": lo if n_defined else None,
+        "max": hi if n_defined else None,
     }
 
 
 def _report(result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=None, default=_jsonable))
+        print(json.dumps(result, default=_jsonable))
         return
-    reg = result.get("registration")
     sample = result.get("sample_info")
     if sample:
         print(f"sample {sample['name']!r}: {sample['description']}")
         if sample.get("shift") is not None:
             print(f"known shift: {_format_shift(sample['shift'])}")
+    reg = result.get("registration")
+    names = result.get("axes_names")
     if reg is None:
         print("registration: skipped (--no-register)")
-    elif "shifts" in reg and reg.get("per_plane") is not None:
+    elif reg.get("shifts") is not None:
         shifts = np.asarray(reg["shifts"], dtype=float)
-        print(
-            f"registration: {len(shifts)} planes along axis {reg['per_plane']}, shifts from "
-            f"{_format_shift(shifts.min(axis=0))} to {_format_shift(shifts.max(axis=0))}"
-        )
-        for t, s in enumerate(shifts[:10]):
-            print(f"  plane {t}: shift {_format_shift(s)}")
+        qualities = reg.get("qualities") or [None] * len(shifts)
+        print(f"registration: {len(shifts)} planes along axis {reg['per_plane']}, one shift each")
+        plane_axis = reg["per_plane"]
+        in_plane = [ax for ax in range(shifts.shape[1]) if ax != plane_axis]
+        plane_names = None
+        if names and len(names) == shifts.shape[1]:
+            plane_names = [names[ax] for ax in in_plane]
+        for t, (s, q) in enumerate(zip(shifts[:10], qualities, strict=False)):
+            quality = "" if q is None else f"  (quality {q:.3f})"
+            print(f"  plane {t}: shift {_format_shift(s[in_plane], plane_names)}{quality}")
         if len(shifts) > 10:
-            print(f"  ... ({len(shifts) - 10} more planes in the output's attributes)")
+            print(f"  ... {len(shifts) - 10} more planes (all in --json and in the output)")
     else:
-        print(f"shift: {_format_shift(reg['shift'], result.get('axes_names'))}", end="")
         quality = reg.get("quality")
-        print("" if quality is None else f"  (registration quality {quality:.3f})")
-    if reg is not None and reg.get("reliable") is False:
-        print("  the registration is UNRELIABLE: check the images overlap and have texture")
+        quality = "" if quality is None else f"  (registration quality {quality:.3f})"
+        print(f"shift: {_format_shift(reg['shift'], names)}{quality}")
+    if reg is not None and not reg.get("reliable", True):
+        notes = "; ".join(reg.get("notes") or []) or "check that the images overlap"
+        print(f"  the registration is UNRELIABLE: {notes}")
     s = result["summary"]
     shape = " x ".join(str(n) for n in result["shape"])
+    mean = "undefined" if s["mean"] is None else f"{s['mean']:.3f}"
     print(
         f"NCC map {shape}, radius {result['radius']} ({result['window']} window): "
-        f"mean {s['mean']:.3f}, confident (NCC > {s['threshold']:g}) {s['confident']:.1%}, "
-        f"undefined (flat windows) {s['undefined']:.1%}"
+        f"mean {mean}, confident (NCC > {s['threshold']:g}) {s['confident']:.1%}, "
+        f"undefined (flat, or outside the overlap) {s['undefined']:.1%}"
     )
     for name, path in result["written"].items():
         print(f"{name}: {path}")
@@ -496,51 +545,80 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _registration_dict(registration, per_plane) -> dict | None:
-    if registration is None:
-        return None
-    info = dict(registration.to_dict())
-    info.setdefault("shift", [float(s) for s in np.atleast_1d(registration.shift)])
-    info.setdefault("quality", getattr(registration, "quality", None))
-    info.setdefault("reliable", getattr(registration, "reliable", None))
-    if per_plane is not None:
-        info["per_plane"] = per_plane
-    return json.loads(json.dumps(info, default=_jsonable))
+def _json_float(value: float):
+    return value if math.isfinite(value) else str(value)
+
+
+def _parameters(args, per_plane, registration, inputs) -> dict:
+    """What the map was made from: stored with it and printed with --json."""
+    return {
+        "radius": args.radius if isinstance(args.radius, int) else list(args.radius),
+        "window": args.window,
+        "mode": args.mode,
+        "fill_value": _json_float(args.fill_value),
+        "per_plane": per_plane,
+        "registration": None if registration is None else registration.to_dict(),
+        "inputs": [str(p) for p in inputs],
+    }
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def _ncc_axes(ndim: int, per_plane: int | None) -> tuple[int, ...] | None:
-    if per_plane is None:
-        return None
-    if not -ndim <= per_plane < ndim:
-        raise CLIError(f"--per-plane axis {per_plane} is out of range for {ndim}-D images")
-    plane_axis = per_plane % ndim
-    if ndim < 2:
-        raise CLIError(f"--per-plane needs images of 2 or more dimensions, got {ndim}-D")
-    return tuple(ax for ax in range(ndim) if ax != plane_axis)
+def _registration_input(levels: list):
+    """What :func:`register` gets: the pyramid when there is one, else the image."""
+    return levels if len(levels) > 1 else levels[0]
 
 
-def _register(reference, moving, args, per_plane):
-    if not args.register:
-        return None
+def _confidence_map(reference, moving, args, per_plane, ref_levels=None, mov_levels=None):
+    """Register (unless --no-register), then the lazy NCC map of the registered pair."""
+    from ._confidence import ncc_confidence
+    from ._ncc import plan_ncc
     from ._registration import register
 
-    log.info("registering %s onto %s", args.moving, args.reference)
-    return register(
+    axes = None
+    if per_plane is not None:
+        ndim = len(reference.shape)
+        if ndim < 2 or not -ndim <= per_plane < ndim:
+            raise CLIError(f"--per-plane axis {per_plane} is out of range for {ndim}-D images")
+        axes = tuple(ax for ax in range(ndim) if ax != per_plane % ndim)
+    # Check the NCC arguments against the images before the (possibly long) registration.
+    plan_ncc(
+        reference.shape,
+        moving.shape,
+        args.radius,
+        window=args.window,
+        mode=args.mode,
+        fill_value=args.fill_value,
+        axes=axes,
+    )
+    if args.reference_plane is not None and per_plane is None:
+        raise CLIError("--reference-plane needs --per-plane AXIS (the axis of the planes)")
+    registration = None
+    if args.register:
+        log.info("registering (upsample factor %d)", args.upsample_factor)
+        pyramids = ref_levels and mov_levels and len(ref_levels) == len(mov_levels) > 1
+        registration = register(
+            _registration_input(ref_levels) if pyramids else reference,
+            _registration_input(mov_levels) if pyramids else moving,
+            upsample_factor=args.upsample_factor,
+            per_plane=per_plane,
+            reference_plane=args.reference_plane,
+        )
+        if registration.shifts is None:
+            log.info("shift %s", _format_shift(registration.shift))
+    ncc, registration = ncc_confidence(
         reference,
         moving,
-        upsample_factor=args.upsample_factor,
+        args.radius,
+        register=False,
+        registration=registration,
+        window=args.window,
+        mode=args.mode,
+        fill_value=args.fill_value,
         per_plane=per_plane,
     )
-
-
-def _moving_shift(registration):
-    if registration is None:
-        return None
-    shifts = getattr(registration, "shifts", None)
-    return registration.shift if shifts is None else shifts
+    return ncc, registration
 
 
 def compare(args) -> dict:
@@ -550,8 +628,9 @@ def compare(args) -> dict:
     ref_path = _check_input(args.reference, "REFERENCE")
     mov_path = _check_input(args.moving, "MOVING")
     _check_output(out, args.overwrite, (ref_path, mov_path))
+    progress = _show_progress(args)
 
-    with _dask_scheduler(args.scheduler):
+    with _dask_scheduler(args.scheduler) as scheduler:
         ref_levels, ref_meta = _read(ref_path, "REFERENCE")
         mov_levels, _ = _read(mov_path, "MOVING")
         reference, moving = ref_levels[0], mov_levels[0]
@@ -562,103 +641,63 @@ def compare(args) -> dict:
             )
         if kind == "tiff":
             _check_tiff_size(reference.shape, out)
-        axes = _ncc_axes(reference.ndim, args.per_plane)
-        registration = _register(reference, moving, args, args.per_plane)
-        if registration is not None:
-            log.info("shift %s", _format_shift(np.ravel(registration.shift)))
-        ncc_args = {
-            "radius": args.radius,
-            "window": args.window,
-            "mode": args.mode,
-            "fill_value": args.fill_value,
-            "axes": axes,
-            "moving_shift": _moving_shift(registration),
-        }
-        progress = _show_progress(args)
+        ncc, registration = _confidence_map(
+            reference, moving, args, args.per_plane, ref_levels, mov_levels
+        )
+        if args.chunks:
+            ncc = ncc.rechunk(args.chunks)
+        params = _parameters(args, args.per_plane, registration, (ref_path, mov_path))
         if kind == "zarr":
-            from ._io import read_image, write_ncc
+            from ._io import ATTRS_KEY, read_image, write_zarr
 
             log.info("writing the NCC map to %s", out)
-            write_ncc(
-                reference,
-                moving,
+            write_zarr(
+                ncc,
                 out,
-                **ncc_args,
-                chunks=args.chunks,
+                attrs={ATTRS_KEY: params},
                 overwrite=args.overwrite,
                 progress=progress,
-                scheduler=None,
+                scheduler=scheduler,
             )
             (ncc, *_), _ = read_image(out)
         else:
-            ncc = _write_tiff(reference, moving, out, ncc_args, args, registration, progress)
+            log.info("computing the NCC map")
+            with _progress(progress, "NCC map"):
+                ncc = np.asarray(ncc.compute())
+            log.info("writing the NCC map to %s", out)
+            _write_tiff(out, ncc, params)
         log.info("summarising the map")
-        with _progress(progress, "summary"):
+        local = scheduler is None or isinstance(scheduler, str)
+        with _progress(progress and local, "summary"):
             summary = summarize(ncc, args.fill_value, args.threshold)
 
     return {
         "reference": str(ref_path),
         "moving": str(mov_path),
         "shape": list(reference.shape),
-        "axes_names": ref_meta.get("axes") if isinstance(ref_meta, dict) else None,
-        "radius": args.radius,
-        "window": args.window,
-        "mode": args.mode,
+        "axes_names": list(ref_meta["axes"]) if ref_meta.get("axes") else None,
+        **params,
         "fill_value": args.fill_value,
-        "registration": _registration_dict(registration, args.per_plane),
         "summary": summary,
         "written": {"map": str(out)},
     }
 
 
-def _check_tiff_size(shape: tuple[int, ...], out: Path) -> None:
-    nbytes = math.prod(shape) * 4
-    if nbytes > TIFF_MAX_BYTES:
-        raise CLIError(
-            f"the map would take {nbytes / 2**30:.1f} GiB in memory, more than the "
-            f"{TIFF_MAX_BYTES / 2**30:.0f} GiB a TIFF output may hold: write a zarr store "
-            f"instead (-o {out.with_suffix('.zarr')})"
-        )
-
-
-def _write_tiff(reference, moving, out: Path, ncc_args: dict, args, registration, progress):
-    """Compute the map in memory and write it to a TIFF file atomically."""
+def _write_tiff(out: Path, ncc: np.ndarray, params: dict) -> None:
+    """Write a map to a TIFF file atomically (temporary name, then rename)."""
     import tifffile
 
-    from ._lazy import local_ncc
-
-    lazy = local_ncc(reference, moving, **ncc_args)
-    if args.chunks:
-        lazy = lazy.rechunk(args.chunks)
-    log.info("computing the NCC map")
-    with _progress(progress, "NCC map"):
-        ncc = np.asarray(lazy.compute())
-    metadata = {
-        "napari_ncc": json.dumps(
-            {
-                "radius": args.radius,
-                "window": args.window,
-                "mode": args.mode,
-                "fill_value": args.fill_value,
-                "registration": _registration_dict(registration, args.per_plane),
-            },
-            default=_jsonable,
-        )
-    }
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    log.info("writing %s", out)
     try:
-        tifffile.imwrite(tmp, ncc, metadata=metadata, compression="zlib")
+        tifffile.imwrite(tmp, ncc, compression="zlib", metadata={"napari_ncc": json.dumps(params)})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return ncc
 
 
 def demo(args) -> dict:
     """Run ``napari-ncc demo`` with parsed arguments; return the result dict."""
-    from ._io import read_image, write_ncc
-    from ._registration import register
+    from ._io import ATTRS_KEY, write_zarr
     from ._samples import sample_pair
 
     out_dir = Path(args.output)
@@ -671,48 +710,33 @@ def demo(args) -> dict:
                 f"{out_dir / name} already exists and was not written by the demo; "
                 "pass --overwrite to replace it, or choose another folder with -o"
             )
-    try:
-        reference, moving, info = sample_pair(args.sample, grayscale=True)
-    except (ValueError, KeyError) as error:
-        raise CLIError(_one_line(error)) from None
+    reference, moving, info = sample_pair(args.sample, grayscale=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    log.info("registering the %r sample pair %s", args.sample, reference.shape)
-    registration = register(reference, moving)
+    log.info("the %r sample pair, %s", args.sample, " x ".join(map(str, reference.shape)))
+    ncc, registration = _confidence_map(reference, moving, args, None)
+    params = _parameters(args, None, registration, ())
     map_path = out_dir / "ncc.zarr"
-    progress = _show_progress(args)
     log.info("writing the NCC map to %s", map_path)
-    write_ncc(
-        reference,
-        moving,
-        map_path,
-        args.radius,
-        window=args.window,
-        mode=args.mode,
-        fill_value=args.fill_value,
-        axes=None,
-        moving_shift=registration.shift,
-        overwrite=True,
-        progress=progress,
+    write_zarr(
+        ncc, map_path, attrs={ATTRS_KEY: params}, overwrite=True, progress=_show_progress(args)
     )
-    (lazy, *_), _ = read_image(map_path)
-    ncc = np.asarray(lazy)
     preview_path = out_dir / "preview.png"
+    log.info("writing the preview to %s", preview_path)
     _write_png(preview_path, preview_image(reference, moving, ncc))
+    summary_path = out_dir / "summary.json"
     result = {
         "sample": args.sample,
+        "sample_info": {key: info[key] for key in ("name", "description", "shift")},
         "shape": list(reference.shape),
-        "radius": args.radius,
-        "window": args.window,
-        "mode": args.mode,
+        **params,
         "fill_value": args.fill_value,
-        "registration": _registration_dict(registration, None),
-        "sample_info": {key: info[key] for key in ("name", "description", "shift") if key in info},
         "summary": summarize(ncc, args.fill_value, args.threshold),
-        "written": {"map": str(map_path), "preview": str(preview_path)},
+        "written": {
+            "map": str(map_path),
+            "preview": str(preview_path),
+            "summary": str(summary_path),
+        },
     }
-    summary_path = out_dir / "summary.json"
-    result["written"]["summary"] = str(summary_path)
     summary_path.write_text(
         json.dumps({"napari_ncc_demo": True, **result}, indent=2, default=_jsonable) + "\n"
     )
@@ -732,21 +756,17 @@ def _is_demo_output(folder: Path) -> bool:
 def colormap_lut(n: int = 256) -> np.ndarray:
     """An ``(n, 3)`` uint8 colour table for NCC values from -1 (row 0) to 1 (row n-1).
 
-    Dark below 0 (no agreement), then a perceptual ramp from dark purple through teal to
-    yellow as the agreement grows: the anchor colours of viridis, linearly interpolated.
+    The colormap napari shows NCC layers with (``_multiscale.NCC_COLORMAP``: ColorBrewer's
+    colour-blind-safe PiYG, magenta at -1, white at 0, green at +1), its colours evenly
+    spaced and linearly interpolated.
     """
+    from ._multiscale import NCC_COLORMAP
+
     anchors = np.array(
-        [
-            [0x00, 0x00, 0x00],
-            [0x44, 0x01, 0x54],
-            [0x3B, 0x52, 0x8B],
-            [0x21, 0x91, 0x8C],
-            [0x5E, 0xC9, 0x62],
-            [0xFD, 0xE7, 0x25],
-        ],
+        [[int(c[k : k + 2], 16) for k in (1, 3, 5)] for c in NCC_COLORMAP["colors"]],
         dtype=np.float64,
     )
-    positions = np.array([0.0, 0.5, 0.625, 0.75, 0.875, 1.0])
+    positions = np.linspace(0.0, 1.0, len(anchors))
     t = np.linspace(0.0, 1.0, n)
     lut = np.stack([np.interp(t, positions, anchors[:, c]) for c in range(3)], axis=1)
     return np.round(lut).astype(np.uint8)
@@ -834,13 +854,26 @@ def _setup_logging(quiet: bool) -> None:
         print(f"napari-ncc: warning: {_one_line(message)}", file=sys.stderr)
 
     warnings.showwarning = showwarning
+    # Libraries' own log records (tifffile's complaints about a corrupt file, ...) would
+    # reach stderr through logging's last-resort handler; the error line says it all.
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-ncc`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    showwarning = warnings.showwarning
     _setup_logging(args.quiet)
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = showwarning
+
+
+def _run(args) -> int:
     command = {"compare": compare, "demo": demo}[args.command]
     try:
         result = command(args)
@@ -855,7 +888,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"napari-ncc {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
-    _report(result, args.json)
+    try:
+        _report(result, args.json)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `napari-ncc ... | head`: the reader has gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
