@@ -7,11 +7,14 @@ window radius, with border index maps from
 border modes and chunk seams give exactly the numbers of the in-memory path.
 
 Where an input is backed by something that can be sliced (a zarr array, a TIFF file's zarr
-store, a memory map, a NumPy array), each output block reads its own halo straight from that
-source: no input chunk is shared between tasks, so storing the map with plain Dask keeps a
-bounded number of blocks in memory whatever the image size. Computed Dask inputs go through
-``dask.array.overlap`` instead. A subpixel shift of the moving image is applied inside the
-same per-block read, so read -> shift -> NCC -> store stays bounded too.
+store, a memory map, a NumPy array), each output block reads its own region straight from
+that source: no input chunk is shared between tasks, so storing the map with plain Dask keeps
+a bounded number of blocks in memory whatever the image size. For sources stored in
+compressed chunks, the thin halo strips a block needs from its neighbours' chunks come from
+one small "strip" task per chunk, so each chunk is decompressed about twice rather than once
+per neighbouring block. Computed Dask inputs go through ``dask.array.overlap`` instead. A
+subpixel shift of the moving image is applied inside the same per-block read, so
+read -> shift -> NCC -> store stays bounded too.
 
 All task functions are module-level and their arguments picklable, so the graphs run on
 ``dask.distributed``.
