@@ -226,3 +226,53 @@ def test_bad_input_raises_naming_the_problem():
         ncc_confidence(a, a, per_plane=2)
     with pytest.raises(TypeError, match="moving has unsupported dtype"):
         ncc_confidence(a, a.astype(complex))
+
+
+class ProceduralArray:
+    """A read-only, sliceable array computed on demand (like a zarr array), counting reads."""
+
+    def __init__(self, texture, shift=(0.0, 0.0)):
+        self.texture, self.shift = texture, shift
+        self.shape, self.dtype, self.ndim = texture.shape, np.dtype(np.float32), 2
+        self.pixels_read = 0
+
+    def __getitem__(self, key):
+        region = tuple(slice(*sl.indices(n)[:2]) for sl, n in zip(key, self.shape, strict=True))
+        block = self.texture.block(region, self.shift)
+        self.pixels_read += block.size
+        return block
+
+
+def test_huge_dask_pair_reads_only_what_the_registration_and_the_map_need():
+    from test_registration import SeparableTexture
+
+    n, chunk, factor = 8192, 1024, 16
+    texture = SeparableTexture((n, n), seed=3)
+    shift = (-401.71, 655.28)  # moving(y) = texture(y + shift)
+    reference = ProceduralArray(texture)
+    moving = ProceduralArray(texture, shift)
+    coarse = (slice(0, n // factor),) * 2
+    ncc, reg = ncc_confidence(
+        [da.from_array(reference, chunks=chunk), texture.block(coarse, factor=factor)],
+        [da.from_array(moving, chunks=chunk), texture.block(coarse, shift, factor=factor)],
+        3,
+        fill_value=FILL,
+    )
+    assert isinstance(ncc, da.Array) and ncc.shape == (n, n)
+    np.testing.assert_allclose(reg.shift, shift, atol=0.05)
+    read = reference.pixels_read, moving.pixels_read
+    assert max(read) <= 16 * chunk**2  # the registration's tiles only, of 64 chunks
+
+    values = ncc[4000:4096, 3000:3096].compute()
+    # One block of the map (chunks merged to a few megapixels) and its halo; for moving,
+    # the region the shift brings there (the lazy layer currently reads a margin of
+    # |shift| on both sides, hence the looser bound): a few chunks, not the image's 64.
+    assert reference.pixels_read - read[0] <= 5 * chunk**2
+    assert moving.pixels_read - read[1] <= 12 * chunk**2
+    # The registered moving image there is the texture itself, up to the estimate error
+    # and the blur of linear interpolation.
+    assert values.min() > 0.95 and np.median(values) > 0.999
+    # The band shifted in from outside the moving image (rows at the bottom: shift < 0;
+    # columns on the left: shift > 0) is filled.
+    assert (ncc[-8:, 4000:4008].compute() == FILL).all()
+    assert (ncc[4000:4008, :8].compute() == FILL).all()

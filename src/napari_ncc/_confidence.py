@@ -41,8 +41,10 @@ def ncc_confidence(
 
     Parameters
     ----------
-    reference, moving : array_like or dask.array.Array
-        Images of the same shape (any real dtype). Not modified.
+    reference, moving : array_like or dask.array.Array, or list of arrays
+        Images of the same shape (any real dtype). Not modified. A list is a pyramid
+        (full resolution first): its levels speed up the registration of huge images
+        (see :func:`napari_ncc.register`); the map is computed at full resolution.
     radius : int or sequence of int, optional
         NCC window half-width (see :func:`napari_ncc.local_ncc`).
     register : bool, optional
@@ -104,6 +106,10 @@ def ncc_confidence(
     >>> float(ncc[:, :4].max())  # shifted in from outside moving: fill_value
     0.0
     """
+    # Pyramids (lists of levels, full resolution first) help the registration; the map
+    # is computed at full resolution.
+    pyramids = reference, moving
+    reference, moving = (_full_resolution(x) for x in pyramids)
     lazy = _is_dask(reference) or _is_dask(moving)
     if not lazy:
         reference = np.asarray(reference)
@@ -153,8 +159,7 @@ def ncc_confidence(
             tuple(ax for ax in _normalize_axes(axes, ndim) if ax != per_plane) or None
         )
         registration = _register(
-            reference,
-            moving,
+            *pyramids,
             axes=registered_axes,
             per_plane=per_plane,
             reference_plane=reference_plane,
@@ -184,6 +189,12 @@ def ncc_confidence(
     else:
         ncc = local_ncc(compared, registration.apply(moving), **options)
     return _fill_invalid(ncc, registration, plan, fill_value), registration
+
+
+def _full_resolution(image):
+    if isinstance(image, (list, tuple)) and image and all(hasattr(x, "shape") for x in image):
+        return image[0]
+    return image
 
 
 def _broadcast_plane(image, axis, index, lazy):
