@@ -208,18 +208,48 @@ def _slices(box) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in box)
 
 
+def _linear_shift_nearest(image: np.ndarray, shift) -> np.ndarray:
+    """``ndimage.shift(image, shift, order=1, mode="nearest")``, separably, in float64.
+
+    The shift is the same for every pixel, so linear interpolation along an axis is one
+    weighted sum of two shifted copies: about twice as fast as scipy's general spline
+    code, and equal to it to rounding (the sums are float64 like scipy's).
+    """
+    out = image
+    for ax, s in enumerate(shift):
+        if s == 0:
+            continue
+        n = out.shape[ax]
+        whole = math.floor(-s)
+        frac = -s - whole
+        index = np.arange(n) + whole
+        lower = np.take(out, np.clip(index, 0, n - 1), axis=ax).astype(np.float64, copy=False)
+        if frac == 0:
+            out = lower
+            continue
+        upper = np.take(out, np.clip(index + 1, 0, n - 1), axis=ax).astype(np.float64, copy=False)
+        upper -= lower
+        upper *= frac
+        upper += lower
+        out = upper
+    return out
+
+
+def _shift_array(image: np.ndarray, shift, order: int, mode: str) -> np.ndarray:
+    """``ndimage.shift`` with a floating-point output (see :func:`shift_lazy`)."""
+    out_dtype = _shift_dtype(image.dtype)
+    if image.dtype == np.float16:
+        image = image.astype(np.float32)
+    if order == 1 and mode == "nearest":
+        return _linear_shift_nearest(image, shift).astype(out_dtype, copy=False)
+    return ndimage.shift(
+        image, shift, order=order, mode=mode, output=out_dtype, prefilter=order > 1
+    )
+
+
 def _shift_region(region, inner, outer, shift, order, mode) -> np.ndarray:
     """Shift a region read with a margin, and crop it to the inner box."""
-    if region.dtype == np.float16:
-        region = region.astype(np.float32)
-    shifted = ndimage.shift(
-        region,
-        shift,
-        order=order,
-        mode=mode,
-        output=_shift_dtype(region.dtype),
-        prefilter=order > 1,
-    )
+    shifted = _shift_array(region, shift, order, mode)
     crop = tuple(slice(a - oa, b - oa) for (a, b), (oa, _) in zip(inner, outer, strict=True))
     return shifted[crop]
 
@@ -458,12 +488,7 @@ def shift_overlap_block(block, shape, chunks, shift, order, mode, block_id=None)
         lo = max(0, start - _shift_margin(s, order))
         inner.append(slice(start - lo, stop - lo))
         box.append((start, stop))
-    if block.dtype == np.float16:
-        block = block.astype(np.float32)
-    shifted = ndimage.shift(
-        block, shift, order=order, mode=mode, output=_shift_dtype(block.dtype), prefilter=order > 1
-    )
-    return shifted[tuple(inner)]
+    return _shift_array(block, shift, order, mode)[tuple(inner)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -848,11 +873,7 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
     mode = _check_shift_mode(mode)
     out_dtype = _shift_dtype(image.dtype)
     if not lazy:
-        if image.dtype == np.float16:
-            image = image.astype(np.float32)
-        return ndimage.shift(
-            image, shift, order=order, mode=mode, output=out_dtype, prefilter=order > 1
-        )
+        return _shift_array(image, shift, order, mode)
     token = tokenize("napari-ncc-shift", image.name, shift, order, mode)
     name = f"shift-{token}"
     meta = np.empty((0,) * image.ndim, dtype=out_dtype)
