@@ -505,7 +505,9 @@ def _report(result: dict, as_json: bool) -> None:
     elif reg.get("shifts") is not None:
         shifts = np.asarray(reg["shifts"], dtype=float)
         qualities = reg.get("qualities") or [None] * len(shifts)
-        print(f"registration: {len(shifts)} planes along axis {reg['per_plane']}, one shift each")
+        onto = reg.get("reference_plane")
+        onto = "one shift each" if onto is None else f"each onto plane {onto} of REFERENCE"
+        print(f"registration: {len(shifts)} planes along axis {reg['per_plane']}, {onto}")
         plane_axis = reg["per_plane"]
         in_plane = [ax for ax in range(shifts.shape[1]) if ax != plane_axis]
         plane_names = None
