@@ -155,6 +155,7 @@ def test_zarr_inputs(tmp_path, pair):
     z0[:], z1[:] = a, b
     x0, x1 = da.from_zarr(z0), da.from_zarr(tmp_path / "b.zarr")
     assert find_source(x0) is not None and find_source(x1) is not None
+    assert find_source(da.from_zarr(z0, inline_array=True))[1] is not None
     out = local_ncc(x0, x1, 3)
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 3), atol=1e-5, rtol=0)
 

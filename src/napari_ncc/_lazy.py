@@ -623,15 +623,19 @@ def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
         ],
     )
     if src0 is not None and src1 is not None:
-        if chunks is not None:
-            out_chunks = _normalize_output_chunks(chunks, plan.shape)
-        else:
-            out_chunks = _source_chunks(base_chunks, plan)
-        name = f"local-ncc-{token}"
-        strips = (f"local-ncc-strips0-{token}", f"local-ncc-strips1-{token}")
         ndim = len(plan.shape)
         (key0, source0), (key1, source1) = src0, src1
         native = (storage_chunks(source0, ndim), storage_chunks(source1, ndim))
+        if chunks is not None:
+            out_chunks = _normalize_output_chunks(chunks, plan.shape)
+        else:
+            # Blocks made of whole storage chunks, so that no chunk is decoded by two blocks.
+            grid = next((c for c in native if c is not None), None)
+            if grid is not None:
+                base_chunks = _normalize_output_chunks(grid, plan.shape)
+            out_chunks = _source_chunks(base_chunks, plan)
+        name = f"local-ncc-{token}"
+        strips = (f"local-ncc-strips0-{token}", f"local-ncc-strips1-{token}")
         halo = [plan.depth[ax] for ax in range(ndim)]
         margins = [0] * ndim if shift is None else [_shift_margin(s, 1) for s in shift]
         settings = (
