@@ -404,6 +404,21 @@ def test_errors_are_raised_when_building(pair):
         local_ncc(x, b, 40)
 
 
+def test_unknown_chunk_sizes_are_refused(pair):
+    a, b = pair
+    x = da.from_array(a.ravel(), chunks=50)
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        local_ncc(x[x > 0.5], b.ravel()[:10])
+
+
+@pytest.mark.parametrize("path", ["source", "overlap"])
+def test_1d(pair, tiny_blocks, path):
+    a, b = pair[0].ravel()[:60], pair[1].ravel()[:60]
+    make = da.from_array if path == "source" else computed
+    out = local_ncc(make(a, 4), make(b, 7), 5, mode="mirror")
+    np.testing.assert_allclose(out.compute(), core_ncc(a, b, 5, mode="mirror"), atol=1e-5)
+
+
 def test_nan_is_reported_on_compute(pair):
     a, b = pair
     a = a.copy()

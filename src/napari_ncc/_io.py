@@ -239,6 +239,13 @@ def _as_input(image, name: str):
     return np.asarray(image)
 
 
+def _json_ints(value):
+    """An int, or a list of ints (numpy integers and 0-d arrays included)."""
+    if np.ndim(value) == 0:
+        return int(value)
+    return [int(v) for v in value]
+
+
 def _json_float(value: float):
     return value if math.isfinite(value) else str(value)
 
@@ -318,11 +325,11 @@ def write_ncc(
         chunks=chunks,
     )
     params = {
-        "radius": radius if isinstance(radius, int) else [int(r) for r in radius],
+        "radius": _json_ints(radius),
         "window": window,
         "mode": mode,
         "fill_value": _json_float(float(fill_value)),
-        "axes": None if axes is None else ([axes] if isinstance(axes, int) else list(axes)),
+        "axes": None if axes is None else _json_ints(axes),
         "moving_shift": None if moving_shift is None else [float(s) for s in moving_shift],
         "shape": list(ncc.shape),
         "inputs": sources,

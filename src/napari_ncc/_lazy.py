@@ -802,8 +802,13 @@ def _local_ncc(
     lazy = isinstance(image0, da.Array) or isinstance(image1, da.Array)
     if not lazy:
         image0, image1 = np.asarray(image0), np.asarray(image1)
-    check_image(image0, "image0")
-    check_image(image1, "image1")
+    for image, name in ((image0, "image0"), (image1, "image1")):
+        if isinstance(image, da.Array) and any(math.isnan(n) for n in image.shape):
+            raise ValueError(
+                f"{name} has unknown chunk sizes (shape {image.shape}); call "
+                "compute_chunk_sizes() on it first"
+            )
+        check_image(image, name)
     plan = plan_ncc(
         image0.shape,
         image1.shape,
