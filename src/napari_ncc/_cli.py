@@ -679,7 +679,6 @@ def compare(args) -> dict:
         "shape": list(reference.shape),
         "axes_names": list(ref_meta["axes"]) if ref_meta.get("axes") else None,
         **params,
-        "fill_value": args.fill_value,
         "summary": summary,
         "written": {"map": str(out)},
     }
@@ -731,7 +730,6 @@ def demo(args) -> dict:
         "sample_info": {key: info[key] for key in ("name", "description", "shift")},
         "shape": list(reference.shape),
         **params,
-        "fill_value": args.fill_value,
         "summary": summarize(ncc, args.fill_value, args.threshold),
         "written": {
             "map": str(map_path),
