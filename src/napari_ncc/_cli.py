@@ -1,9 +1,10 @@
 """Command line: ``napari-ncc compare`` and ``napari-ncc demo``.
 
-A thin front end. It parses arguments, then calls the reader (:func:`read_image`), the
-registration (:func:`register`) and the lazy writer (:func:`write_ncc`), and prints what
-they found. The numbers all come from the floors below; this module only adds the
-one-line error messages, the progress display and the summary of a written map.
+A thin front end. It parses arguments, then calls the reader (``read_image``), the
+registration (``register``), the map (``ncc_confidence``) and the atomic zarr writer
+(``write_zarr``), and prints what they found. The numbers all come from the floors below;
+this module only adds the one-line error messages, the progress display, the summary of a
+written map and the demo's preview picture.
 """
 
 from __future__ import annotations
@@ -46,14 +47,17 @@ EPILOG_COMPARE = """\
 examples:
   napari-ncc compare before.tif after.tif -o ncc.zarr
   napari-ncc compare a.ome.zarr b.ome.zarr -o ncc.zarr --radius 5 --window gaussian
-  napari-ncc compare movie.tif movie_ref.tif -o ncc.zarr --per-plane 0
+  napari-ncc compare movie_a.tif movie_b.tif -o ncc.zarr --per-plane 0
+  napari-ncc compare movie.tif movie.tif -o drift.zarr --per-plane 0 --reference-plane 0
   napari-ncc compare a.zarr b.zarr -o ncc.zarr --scheduler tcp://10.0.0.5:8786
 
 inputs: anything the napari-ncc reader opens (TIFF incl. pyramidal/OME-TIFF, zarr,
-OME-Zarr, PNG/JPEG); pyramids are read at full resolution. REFERENCE and MOVING must
-have the same shape. The moving image is registered (subpixel translation) onto the
-reference first, unless --no-register; the map is the local NCC of the reference and
-the registered moving image: one value in [-1, 1] per pixel, FILL where a window is flat.
+OME-Zarr, PNG/JPEG), lazily; RGB is compared as luminance. REFERENCE and MOVING must
+have the same shape. The moving image is registered (subpixel translation; on a pyramid's
+coarse level first when there is one) onto the reference, unless --no-register; the map
+is the local NCC of the reference and the registered moving image at full resolution:
+one value in [-1, 1] per pixel, FILL where a window is flat or reaches pixels the shift
+brought in from outside the moving image.
 
 output: a .zarr store (written chunk by chunk, atomically: any size) or a .tif/.tiff
 file (computed in memory: maps up to 1 GiB). An existing OUT is never replaced unless
