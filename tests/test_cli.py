@@ -9,7 +9,6 @@ known displacement).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -47,9 +46,8 @@ CLI = _console_script()
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+        [CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
     )
 
 
@@ -202,6 +200,18 @@ def test_inputs_of_different_shapes_are_one_line(zarr_pair, tmp_path):
     tifffile.imwrite(small, np.zeros((10, 10), np.float32))
     result = run("compare", zarr_pair[0], small, "-o", tmp_path / "o.zarr")
     assert_one_line_error(result, 1, "same shape", "(96, 112)", "(10, 10)")
+
+
+def test_unrelated_images_warn_that_the_registration_is_unreliable(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, rng.random((64, 64)).astype(np.float32))
+    result = run("compare", tmp_path / "a.tif", tmp_path / "b.tif", "-o", tmp_path / "o.zarr")
+    assert result.returncode == 0, result.stderr
+    assert "registration is UNRELIABLE" in result.stdout
+    warning = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert len(warning) == 1 and "unreliable" in warning[0], result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_tiff_output_is_refused_for_a_map_too_large_for_memory(tmp_path):
