@@ -219,6 +219,19 @@ def test_intensity_differences_still_register(name, transform, tolerance):
     assert abs(reg.quality) > 0.9
 
 
+@pytest.mark.parametrize("name", ["cell", "camera"])
+def test_noisy_pairs_register_within_0_15_px(name):
+    rng = np.random.default_rng(11)
+    shift = (10.6, -17.35)
+    reference, moving = shifted_pair(getattr(data, name)(), shift)
+    # Independent noise of 5 grey levels (a fifth of cell's contrast) in both images.
+    reference = reference + rng.normal(0, 5.0, reference.shape)
+    moving = moving + rng.normal(0, 5.0, moving.shape)
+    reg = register(reference, moving)
+    np.testing.assert_allclose(reg.shift, shift, atol=0.15)
+    assert reg.reliable
+
+
 def test_normalization_none_registers_a_textured_image():
     shift = (6.25, -3.5)
     reference, moving = shifted_pair(data.camera(), shift)
@@ -450,6 +463,16 @@ def test_large_numpy_takes_the_coarse_and_tiles_path():
     reg = register(reference, moving, max_size=256)
     assert "block-mean" in reg.method
     np.testing.assert_allclose(reg.shift, shift, atol=0.1)
+
+
+def test_large_path_with_unregistered_axes_keeps_them_whole():
+    rng = np.random.default_rng(8)
+    volume = ndi.gaussian_filter(rng.random((40, 100, 100)), (0, 2, 2))
+    shift = (0.0, 2.3, -1.6)
+    moving = ndi.shift(volume, np.negative(shift), order=3, mode="wrap")
+    reg = register(volume, moving, axes=(1, 2), max_size=64)
+    assert "block-mean" in reg.method and "tiles" in reg.method
+    np.testing.assert_allclose(reg.shift, shift, atol=0.05)
 
 
 def test_small_dask_input_is_registered_like_numpy():

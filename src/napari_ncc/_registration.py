@@ -67,6 +67,11 @@ TILE_ELEMENTS = 1024**2
 #: Number of full-resolution tiles the large-image path refines on.
 N_TILES = 4
 
+#: Relative noise level (noise standard deviation over the image's) above which the
+#: real-space refinement works on smoothed images, and the smoothing (pixels).
+NOISE_FOR_SMOOTHING = 0.03
+GN_SMOOTHING = 1.0
+
 _GN_ITERATIONS = 8
 _GN_TOLERANCE = 1e-3
 _GN_MARGIN = 2
@@ -524,11 +529,33 @@ def _aligned_overlap(ref, mov, shift, *, margin=0, order=3):
     return ref[region], moved[tuple(local)]
 
 
+def _noise_level(image: np.ndarray, axes) -> float:
+    """Standard deviation of white noise in `image`, relative to the image's own.
+
+    Immerkaer's estimator made robust to edges: the median absolute response to the
+    separable second difference ``[1, -2, 1]`` along every registered axis.
+    """
+    response = image
+    for ax in axes:
+        response = np.diff(response, n=2, axis=ax)
+    sigma = 1.4826 * float(np.median(np.abs(response))) / math.sqrt(6.0 ** len(axes))
+    spread = float(image.std())
+    return sigma / spread if spread > 0 else 0.0
+
+
 def _gauss_newton(ref, mov, shift, axes):
     """Least-squares refinement of `shift` along `axes`, intensity model a * moved + b.
 
+    Noisy images are smoothed first (a Gaussian of ``GN_SMOOTHING`` pixels): the noise in
+    the gradients would otherwise shrink every step, and interpolating noise biases the
+    optimum toward integer and half-pixel shifts.
+
     Returns the refined shift, or None if it did not converge near the start.
     """
+    if max(_noise_level(ref, axes), _noise_level(mov, axes)) > NOISE_FOR_SMOOTHING:
+        sigma = [GN_SMOOTHING if ax in axes else 0.0 for ax in range(ref.ndim)]
+        ref = ndi.gaussian_filter(ref, sigma, mode="nearest")
+        mov = ndi.gaussian_filter(mov, sigma, mode="nearest")
     start = np.array(shift, dtype=np.float64)
     shift = start.copy()
     for _ in range(_GN_ITERATIONS):
