@@ -87,6 +87,24 @@ def zarr_pair(pair, tmp_path_factory) -> tuple[Path, Path]:
     return paths
 
 
+def write_ome_zarr(path: Path, image: np.ndarray) -> None:
+    """A two-level OME-Zarr (0.5) multiscale image: full resolution and 2x2 means."""
+    group = zarr.open_group(path, mode="w")
+    h, w = (n // 2 * 2 for n in image.shape)
+    levels = [image, image[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))]
+    datasets = []
+    for i, level in enumerate(levels):
+        array = group.create_array(str(i), shape=level.shape, chunks=(32, 32), dtype="f4")
+        array[...] = level
+        scale = {"type": "scale", "scale": [2.0**i, 2.0**i]}
+        datasets.append({"path": str(i), "coordinateTransformations": [scale]})
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [{"axes": axes, "datasets": datasets}],
+    }
+
+
 def read_map(path: Path) -> np.ndarray:
     if path.suffix in (".tif", ".tiff"):
         return tifffile.imread(path)
@@ -139,6 +157,23 @@ def test_compare_zarr_inputs_without_registration_is_the_map_of_the_raw_pair(
     np.testing.assert_allclose(read_map(out), expected, atol=1e-4)
     fraction = float(re.search(r"confident \(NCC > 0\.5\) ([\d.]+)%", result.stdout)[1])
     assert fraction == pytest.approx(100 * np.mean(expected > 0.5), abs=0.05)
+
+
+def test_compare_ome_zarr_pyramids(pair, tmp_path):
+    paths = tmp_path / "reference.ome.zarr", tmp_path / "moving.ome.zarr"
+    for path, image in zip(paths, pair, strict=True):
+        write_ome_zarr(path, image)
+    out = tmp_path / "ncc.zarr"
+    result = run("compare", *paths, "-o", out, "--json", "-q", "--window", "gaussian")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["axes_names"] == ["y", "x"]
+    shift = report["registration"]["shift"]
+    np.testing.assert_allclose(shift, TRUE_SHIFT, atol=0.15)
+    reference, moving = pair
+    registered = ndimage.shift(moving.astype(np.float64), shift, order=1, mode="nearest")
+    expected = brute_force_ncc(reference, registered, 3, window="gaussian")
+    np.testing.assert_allclose(interior(read_map(out), 8), interior(expected, 8), atol=1e-4)
 
 
 def test_compare_prints_the_shift_in_text(zarr_pair, tmp_path):
