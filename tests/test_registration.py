@@ -307,6 +307,19 @@ def test_per_plane_apply_shifts_each_plane_numpy_and_lazily():
     np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-6, atol=1e-4)
 
 
+def test_per_plane_on_a_dask_stack_reads_each_chunk_once():
+    stack = drifting_stack(DRIFTS).astype(np.float32)
+    reference = CountingSource(stack.shape, (2, 400, 400), lambda r: stack[r])
+    moving = CountingSource(stack.shape, (2, 400, 400), lambda r: stack[r])
+    reg = register(reference.array, moving.array, per_plane=0, reference_plane=0)
+    np.testing.assert_allclose(reg.shifts[:, 1:], DRIFTS, atol=0.15)
+    assert reference.calls == 1  # the reference plane's chunk
+    assert moving.calls == 3  # planes (0, 1), (2, 3), (4,)
+    per_pair = register(reference.array, moving.array, per_plane=0)
+    np.testing.assert_allclose(per_pair.shifts, 0.0, atol=1e-6)  # each plane onto itself
+    assert reference.calls == 1 + 3 and moving.calls == 3 + 3
+
+
 # --------------------------------------------------------------------------------------
 # Registration: apply, valid region, serialisation
 # --------------------------------------------------------------------------------------

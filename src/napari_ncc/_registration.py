@@ -1122,7 +1122,34 @@ def register(
     n_planes = shape0[per_plane]
     ests = []
     methods = set()
-    for t in range(n_planes):
+    plane_shape = tuple(n for ax, n in enumerate(shape0) if ax != per_plane)
+    batched = (
+        len(ref_levels) == len(mov_levels) == 1
+        and (_is_dask(ref0) or _is_dask(mov0))
+        and not _is_large(plane_shape, plane_axes, max_size)
+    )
+    if batched:
+        # Small planes of a Dask stack: read them a slab of chunks at a time, so that a
+        # chunk holding several planes is read once, not once per plane.
+        ref_fixed = None
+        if reference_plane is not None:
+            (ref_fixed,) = _read([(ref0, _plane_index(ndim, per_plane, reference_plane))])
+        chunked = mov0 if _is_dask(mov0) else ref0
+        for t0, t1 in _plane_batches(chunked, per_plane, math.prod(plane_shape) * 8):
+            slab = _plane_index(ndim, per_plane, slice(t0, t1))
+            if ref_fixed is None:
+                ref_slab, mov_slab = _read([(ref0, slab), (mov0, slab)])
+            else:
+                (mov_slab,) = _read([(mov0, slab)])
+            for t in range(t0, t1):
+                local = _plane_index(ndim, per_plane, t - t0)
+                ref_t = ref_fixed if ref_fixed is not None else ref_slab[local]
+                est, method = _register_one(
+                    [ref_t], [mov_slab[local]], plane_axes, max_size, options
+                )
+                ests.append(est)
+                methods.add(method)
+    for t in range(n_planes if not batched else 0):
         source = t if reference_plane is None else reference_plane
         ref_t = [_take(level, per_plane, source, shape0) for level in ref_levels]
         mov_t = [_take(level, per_plane, t, shape0) for level in mov_levels]
@@ -1159,6 +1186,23 @@ def register(
             stacklevel=2,
         )
     return reg
+
+
+#: Bytes of planes read at once by the per-plane registration of a Dask stack.
+PLANE_BATCH_BYTES = 256 * 2**20
+
+
+def _plane_batches(image, axis, plane_bytes):
+    """Ranges of planes along `axis`: whole chunks, within ``PLANE_BATCH_BYTES``."""
+    per_batch = max(1, PLANE_BATCH_BYTES // max(plane_bytes, 1))
+    batches = []
+    start = 0
+    for size in image.chunks[axis]:
+        stop = start + size
+        for a in range(start, stop, per_batch):
+            batches.append((a, min(a + per_batch, stop)))
+        start = stop
+    return batches
 
 
 def _take(level, axis, index, full_shape):
