@@ -74,35 +74,64 @@ def demo_preview() -> None:
     save_png(rgb, IMAGES / "demo-preview.png", shrink=2.4)
 
 
-def registration_effect() -> None:
-    """The NCC map of the cell pair as it is, and after registration, side by side."""
+def maps_figure(maps, titles, path: Path, shrink: float = 1.0) -> None:
+    """NCC maps side by side, coloured as napari shows them, each with a title."""
     from PIL import ImageDraw, ImageFont
 
-    from napari_ncc import ncc_confidence
     from napari_ncc._cli import colormap_lut
-    from napari_ncc._samples import sample_pair
 
-    reference, moving, _ = sample_pair("cell")
-    raw, _ = ncc_confidence(reference, moving, 3, register=False)
-    registered, registration = ncc_confidence(reference, moving, 3)
     lut = colormap_lut()
-    panels = [lut[np.round((m.clip(-1, 1) + 1) * 127.5).astype(int)] for m in (raw, registered)]
-    dy, dx = registration.shift
-    titles = [
-        f"without registration: mean NCC {raw.mean():.2f}",
-        f"registered (shift {dy:+.2f}, {dx:+.2f} px): mean NCC {registered.mean():.2f}",
-    ]
-    h, w = reference.shape
+    h, w = maps[0].shape
     gap, top = 12, 34
-    canvas = np.full((top + h + gap, 2 * w + 3 * gap, 3), 255, dtype=np.uint8)
-    for k, panel in enumerate(panels):
-        canvas[top : top + h, gap + k * (w + gap) : gap + k * (w + gap) + w] = panel
+    canvas = np.full((top + h + gap, len(maps) * (w + gap) + gap, 3), 255, dtype=np.uint8)
+    for k, ncc in enumerate(maps):
+        x0 = gap + k * (w + gap)
+        canvas[top : top + h, x0 : x0 + w] = lut[
+            np.round((ncc.clip(-1, 1) + 1) * 127.5).astype(int)
+        ]
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=18)
     for k, title in enumerate(titles):
         draw.text((gap + k * (w + gap), 8), title, fill=(0, 0, 0), font=font)
-    save_png(np.asarray(picture), IMAGES / "registration-effect.png", shrink=1.6)
+    save_png(np.asarray(picture), path, shrink=shrink)
+
+
+def registration_effect() -> None:
+    """The NCC map of the cell pair as it is, and after registration, side by side."""
+    from napari_ncc import ncc_confidence
+    from napari_ncc._samples import sample_pair
+
+    reference, moving, _ = sample_pair("cell")
+    raw, _ = ncc_confidence(reference, moving, 3, register=False)
+    registered, registration = ncc_confidence(reference, moving, 3)
+    dy, dx = registration.shift
+    titles = [
+        f"without registration: mean NCC {raw.mean():.2f}",
+        f"registered (shift {dy:+.2f}, {dx:+.2f} px): mean NCC {registered.mean():.2f}",
+    ]
+    maps_figure([raw, registered], titles, IMAGES / "registration-effect.png", shrink=1.6)
+
+
+def radius_and_window() -> None:
+    """The registered cell pair's map around the deformed region, for a few windows."""
+    from napari_ncc import ncc_confidence, register
+    from napari_ncc._samples import sample_pair
+
+    reference, moving, info = sample_pair("cell")
+    registration = register(reference, moving)
+    (r0, r1), (c0, c1) = info["deformed_region"]
+    pad = 60
+    crop = (slice(max(r0 - pad, 0), r1 + pad), slice(max(c0 - pad, 0), c1 + pad))
+    cases = [(1, "box"), (3, "box"), (7, "box"), (3, "gaussian")]
+    maps, titles = [], []
+    for radius, window in cases:
+        ncc, _ = ncc_confidence(
+            reference, moving, radius, window=window, registration=registration
+        )
+        maps.append(ncc[crop])
+        titles.append(f"{window}, radius {radius}")
+    maps_figure(maps, titles, IMAGES / "radius-and-window.png", shrink=1.3)
 
 
 def wait_for(condition, app, timeout: float = 120.0) -> None:
@@ -229,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     IMAGES.mkdir(exist_ok=True)
     demo_preview()
     registration_effect()
+    radius_and_window()
     if not args.no_napari:
         napari_screenshots()
     return 0
