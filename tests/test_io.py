@@ -88,6 +88,10 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(tmp_path, pair):
         write_zarr(broken, tmp_path / "out.zarr", overwrite=True, progress=False)
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "out.zarr"), mode="r")[:], a)
     assert leftovers(tmp_path) == []
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_zarr(broken, tmp_path / "p.zarr", progress=False, scheduler="processes")
+    assert not (tmp_path / "p.zarr").exists()
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("scheduler", [None, "threads", "synchronous", "processes"])

@@ -105,25 +105,58 @@ def _progress_callback(total_hint: str):
 
 
 def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
+    """Compute `delayed`; if a task fails, return only once no task can still write."""
     if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
         from distributed import Client
         from distributed import progress as distributed_progress
 
         client = Client(scheduler) if isinstance(scheduler, str) else scheduler
+        future = None
         try:
             future = client.compute(delayed)
             if progress:
                 distributed_progress(future)
             future.result()
+        except BaseException:
+            if future is not None:
+                client.cancel(future)
+            raise
         finally:
             if isinstance(scheduler, str):
                 client.close()
         return
-    if progress:
-        with _progress_callback(desc):
-            delayed.compute(scheduler=scheduler)
-    else:
-        delayed.compute(scheduler=scheduler)
+    import dask
+    from dask.base import get_scheduler
+
+    kwargs: dict = {"scheduler": scheduler}
+    pool = None
+    if scheduler == "threads" or (
+        scheduler is None and get_scheduler() in (None, dask.threaded.get)
+    ):
+        # Our own pool, so that after a failure we can wait for the tasks still running
+        # (dask's shared pool would let them write into a store we are deleting).
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-ncc-write")
+        kwargs = {"scheduler": "threads", "pool": pool}
+    elif scheduler == "processes":
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
+        workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        kwargs = {"scheduler": "processes", "pool": pool}
+    try:
+        if progress:
+            with _progress_callback(desc):
+                delayed.compute(**kwargs)
+        else:
+            delayed.compute(**kwargs)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_zarr(
