@@ -189,6 +189,30 @@ def test_per_plane_each_plane_shifted_by_its_own_shift(lazy):
         assert (ncc[t][~valid] == FILL).all()
 
 
+def test_windows_spanning_planes_see_the_neighbours_valid_regions():
+    stack = drifting_stack()
+    reference = np.repeat(stack[:1], len(DRIFTS), axis=0)
+    reg = Registration(shift=(0, 0, 0), shifts=[(0, *d) for d in DRIFTS], per_plane=0)
+    ncc, _ = ncc_confidence(
+        reference, stack, (1, 2, 2), fill_value=FILL, axes=(0, 1, 2), registration=reg
+    )
+    registered = np.stack(
+        [ndi.shift(p, d, order=1, mode="nearest") for p, d in zip(stack, DRIFTS, strict=True)]
+    )
+    expected = brute_force_ncc(
+        reference, registered, (1, 2, 2), fill_value=FILL, flat_rtol=1e-6, axes=(0, 1, 2)
+    )
+    # Independently: a window is valid if the windows of plane t and of its neighbours
+    # (clipped at the stack's ends, where "reflect" reads the same planes) are valid in
+    # their own planes (expected_map's band for each plane's drift).
+    per_plane = [expected_map(stack[0], stack[t], d, 2)[1] for t, d in enumerate(DRIFTS)]
+    valid = np.stack(
+        [np.logical_and.reduce(per_plane[max(t - 1, 0) : t + 2]) for t in range(len(DRIFTS))]
+    )
+    np.testing.assert_allclose(ncc[valid], expected[valid], atol=2e-5)
+    assert (ncc[~valid] == FILL).all()
+
+
 def test_drift_correction_compares_every_plane_with_the_reference_plane():
     stack = drifting_stack()
     ncc, reg = ncc_confidence(stack, stack, 2, fill_value=FILL, per_plane=0, reference_plane=0)

@@ -235,6 +235,12 @@ def _valid_bounds(registration: Registration, shape, plan) -> tuple[np.ndarray, 
             # Shrink only the sides the shift cuts: an image border stays a border.
             lo[t, ax] = sl.start + r if sl.start > 0 else 0
             hi[t, ax] = sl.stop - r if sl.stop < n else n
+    depth = radius.get(registration.per_plane, 0) if registration.shifts is not None else 0
+    if depth:
+        # Windows that span planes see the valid regions of their neighbours too.
+        n = len(regions)
+        lo = np.array([lo[max(t - depth, 0) : t + depth + 1].max(axis=0) for t in range(n)])
+        hi = np.array([hi[max(t - depth, 0) : t + depth + 1].min(axis=0) for t in range(n)])
     return lo, np.maximum(hi, lo)
 
 
