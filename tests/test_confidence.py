@@ -88,6 +88,25 @@ def test_estimated_registration_gives_the_true_map():
     assert np.median(unregistered) < 0.5 < np.median(ncc[valid])
 
 
+def test_wrap_mode_windows_reading_across_to_a_cut_side_are_filled():
+    shift = (3.5, 0.0)  # rows 0-3 are shifted in; the bottom border wraps onto them
+    reference, moving = shifted_pair(data.camera(), shift, CAMERA)
+    ncc, _ = ncc_confidence(
+        reference, moving, 2, mode="wrap", fill_value=FILL, registration=Registration(shift)
+    )
+    expected = brute_force_ncc(
+        reference,
+        ndi.shift(moving, shift, order=1, mode="nearest"),
+        2,
+        mode="wrap",
+        fill_value=FILL,
+        flat_rtol=1e-6,
+    )
+    assert (ncc[: 4 + 2] == FILL).all()
+    assert (ncc[-2:] == FILL).all()  # their windows wrap onto the shifted-in rows
+    np.testing.assert_allclose(ncc[6:-2], expected[6:-2], atol=2e-5)
+
+
 def test_register_false_is_plain_local_ncc():
     reference, moving = shifted_pair(data.camera(), (2.0, 1.0), CAMERA)
     ncc, reg = ncc_confidence(reference, moving, 2, register=False, mode="nearest")

@@ -232,9 +232,13 @@ def _valid_bounds(registration: Registration, shape, plan) -> tuple[np.ndarray, 
     for t, region in enumerate(regions):
         for ax, (sl, n) in enumerate(zip(region, shape, strict=True)):
             r = radius.get(ax, 0)
-            # Shrink only the sides the shift cuts: an image border stays a border.
-            lo[t, ax] = sl.start + r if sl.start > 0 else 0
-            hi[t, ax] = sl.stop - r if sl.stop < n else n
+            # Shrink only the sides the shift cuts: an image border stays a border (but
+            # "wrap" reads across to the other side).
+            cut = (sl.start > 0, sl.stop < n)
+            if plan.mode == "wrap" and any(cut):
+                cut = (True, True)
+            lo[t, ax] = sl.start + r if cut[0] else 0
+            hi[t, ax] = sl.stop - r if cut[1] else n
     depth = radius.get(registration.per_plane, 0) if registration.shifts is not None else 0
     if depth:
         # Windows that span planes see the valid regions of their neighbours too.
