@@ -15,9 +15,7 @@ def _run(qtbot, widget, reference, moving):
     widget.reference.value = reference
     widget.moving.value = moving
     worker = widget()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: widget.ncc_layer is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.worker is None and not worker.is_running, timeout=60_000)
     return widget.ncc_layer
 
 

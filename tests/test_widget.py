@@ -42,6 +42,29 @@ def _registered(moving, shift):
     return ndimage.shift(moving.astype(np.float64), shift, order=1, mode="nearest")
 
 
+def _assert_registered_ncc(actual, reference, moving, shift, radius, **kwargs):
+    """`actual` is the NCC of reference and moving shifted by `shift`, where the windows see
+    only pixels that came from inside the moving image, and the fill value 0 where the
+    pixel itself came from outside it."""
+    actual = np.asarray(actual)
+    expected = brute_force_ncc(reference, _registered(moving, shift), radius, **kwargs)
+    inside, outside = [], []
+    for n, s in zip(reference.shape, shift, strict=True):
+        x = np.arange(n)
+        # registered[x] = moving[x - s] is an interpolation of moving for 0 <= x - s <= n - 1
+        valid = (x - s >= 0) & (x - s <= n - 1)
+        lo, hi = np.flatnonzero(valid)[[0, -1]]
+        inside.append(
+            (x >= (lo + radius if lo > 0 else 0)) & (x <= (hi - radius if hi < n - 1 else n))
+        )
+        outside.append(~valid)
+    inside = np.logical_and.outer(*inside)
+    outside = np.logical_or.outer(*outside)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(actual[inside], expected[inside], atol=1e-4)
+    assert outside.any() and np.all(actual[outside] == 0)
+
+
 def _open(viewer):
     viewer.window.resize(1200, 800)
     _dock, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
@@ -54,9 +77,8 @@ def _run(qtbot, widget, **values):
         getattr(widget, name).value = value
     worker = widget()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    # (not waitSignal(worker.finished): a quick run may finish before it connects)
+    qtbot.waitUntil(lambda: widget.worker is None and not worker.is_running, timeout=60_000)
     return widget.ncc_layer
 
 
@@ -103,8 +125,8 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     assert meta["registration"]["reliable"]
 
     # Values: the NCC of reference and the moving image registered by that shift.
+    _assert_registered_ncc(layer.data, reference, moving, shift, 4)
     expected = brute_force_ncc(reference, _registered(moving, shift), 4)
-    np.testing.assert_allclose(np.asarray(layer.data), expected, atol=1e-4)
     # Registration matters: the registered pair agrees far better than the raw one.
     raw = brute_force_ncc(reference, moving, 4)
     assert np.median(expected) > 0.9 > np.median(raw)
@@ -125,8 +147,7 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     assert again is layer and len(viewer.layers) == n_layers
     assert layer.metadata["napari_ncc"]["radius"] == 2
     shift = layer.metadata["napari_ncc"]["registration"]["shift"]
-    expected = brute_force_ncc(reference, _registered(moving, shift), 2, window="gaussian")
-    np.testing.assert_allclose(np.asarray(layer.data), expected, atol=1e-4)
+    _assert_registered_ncc(layer.data, reference, moving, shift, 2, window="gaussian")
     assert tuple(layer.contrast_limits) == (-1.0, 1.0)
 
     # ...unless a new layer is asked for.
@@ -200,8 +221,8 @@ def test_stack_per_plane(make_napari_viewer, qtbot):
     np.testing.assert_allclose(shifts[:, 1:], -np.asarray(displacements), atol=0.25)
     result = np.asarray(layer.data)
     for i in range(len(displacements)):
-        expected = brute_force_ncc(reference[i], _registered(moving[i], shifts[i, 1:]), 3)
-        np.testing.assert_allclose(result[i], expected, atol=1e-4)
+        if np.any(shifts[i]):
+            _assert_registered_ncc(result[i], reference[i], moving[i], shifts[i, 1:], 3)
 
 
 def _pyramid(image, n_levels):
@@ -211,11 +232,18 @@ def _pyramid(image, n_levels):
     return levels
 
 
-def test_multiscale_inputs_give_a_multiscale_ncc_layer(make_napari_viewer, qtbot):
+def test_multiscale_inputs_give_a_multiscale_ncc_layer(make_napari_viewer, qtbot, monkeypatch):
+    # Levels above 64 pixels a side count as "large": the quick preview registration on
+    # level 2 is shown first, then replaced in place by the full registration.
+    monkeypatch.setattr(_multiscale, "PREVIEW_MAX_SIDE", 64)
     viewer = make_napari_viewer(show=True)
     reference, moving = _pair((256, 256), displacement=(4.0, -6.0))
     ref_pyramid, mov_pyramid = _pyramid(reference, 3), _pyramid(moving, 3)
     widget = _open(viewer)
+    inserted = []
+    viewer.layers.events.inserted.connect(
+        lambda event: inserted.append(dict(event.value.metadata.get("napari_ncc", {})))
+    )
     layer = _run(
         qtbot,
         widget,
@@ -226,15 +254,19 @@ def test_multiscale_inputs_give_a_multiscale_ncc_layer(make_napari_viewer, qtbot
     assert layer.multiscale and len(layer.data) == 3
     assert all(isinstance(level, da.Array) for level in layer.data)
     assert tuple(layer.contrast_limits) == (-1.0, 1.0)
-    shift = np.asarray(layer.metadata["napari_ncc"]["registration"]["shift"])
+    meta = layer.metadata["napari_ncc"]
+    # The preview (registered on a coarse level) was replaced by the full registration.
+    [first] = [m for m in inserted if m]
+    assert first["preview"] and "level 2 (preview)" in first["registration"]["method"]
+    np.testing.assert_allclose(first["registration"]["shift"], (-4.0, 6.0), atol=0.5)
+    assert not meta["preview"] and "preview" not in meta["registration"]["method"]
+    shift = np.asarray(meta["registration"]["shift"])
     np.testing.assert_allclose(shift, (-4.0, 6.0), atol=0.25)
     # Level k: the NCC of level k of the inputs at the same radius, the shift scaled down.
     for k in (0, 2):
         ref_k = np.asarray(ref_pyramid[k])
-        mov_k = _registered(np.asarray(mov_pyramid[k]), shift / 2**k)
-        np.testing.assert_allclose(
-            np.asarray(layer.data[k]), brute_force_ncc(ref_k, mov_k, 2), atol=1e-4
-        )
+        mov_k = np.asarray(mov_pyramid[k])
+        _assert_registered_ncc(layer.data[k], ref_k, mov_k, shift / 2**k, 2)
 
 
 def test_large_single_scale_input_gets_a_cached_pyramid(make_napari_viewer, qtbot, monkeypatch):
@@ -260,4 +292,11 @@ def test_large_single_scale_input_gets_a_cached_pyramid(make_napari_viewer, qtbo
     coarse_mov = moving.reshape(150, 2, 130, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(
         np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 3), atol=1e-4
+    )
+    # A new radius reuses the cached pyramids (no new cache directory) and updates in place.
+    n_caches = len(_multiscale._CACHE_DIRS)
+    again = _run(qtbot, widget, radius=5)
+    assert again is layer and len(_multiscale._CACHE_DIRS) == n_caches
+    np.testing.assert_allclose(
+        np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 5), atol=1e-4
     )

@@ -26,6 +26,7 @@ This module is the lazy floor: Dask in, lazy Dask out; nothing here imports napa
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import math
 import os
 import shutil
@@ -49,6 +50,10 @@ PYRAMID_MIN_SIDE = 512
 
 #: Chunk side of the pyramid levels :func:`build_pyramid` writes.
 PYRAMID_CHUNK = 1024
+
+#: Pyramids are registered first on their first level at most this many pixels a side (a
+#: preview, shown at once), then on full-resolution tiles.
+PREVIEW_MAX_SIDE = 1024
 
 #: How napari shows an NCC map: ColorBrewer's colour-blind-safe PiYG (11 classes), from
 #: -1 (magenta) through 0 (white: no correlation, or a flat window) to +1 (green).
@@ -275,25 +280,28 @@ def build_pyramid(
             progress(done, total)
 
 
-def _level_shift(shift, factors: Sequence[float]):
-    """A level-0 shift (one per axis, or one row per plane) in a level's pixels."""
-    if shift is None:
+def rescaled(registration, factors):
+    """A registration in pixels `factors` times larger (per axis): the shifts divided by them.
+
+    Level ``k`` of a pyramid sees the level-0 shift divided by its downsampling factor;
+    ``rescaled(registration, 1 / factors)`` goes the other way. None stays None.
+
+    Examples
+    --------
+    >>> from napari_ncc import Registration
+    >>> rescaled(Registration(shift=(8.0, -4.0)), (4.0, 4.0)).shift
+    (2.0, -1.0)
+    """
+    if registration is None:
         return None
-    return np.asarray(shift, dtype=np.float64) / np.asarray(factors, dtype=np.float64)
-
-
-def _per_plane(function, arrays, shifts: np.ndarray, plane_axis: int) -> da.Array:
-    """``function(*planes, shift)`` for every plane along `plane_axis`, stacked back."""
-    n_planes = arrays[0].shape[plane_axis]
-    if shifts.shape[0] != n_planes:
-        raise ValueError(
-            f"got {shifts.shape[0]} per-plane shifts for {n_planes} planes along axis {plane_axis}"
-        )
-    planes = []
-    for i in range(n_planes):
-        plane_shift = tuple(np.delete(shifts[i], plane_axis))
-        planes.append(function(*(da.take(a, i, axis=plane_axis) for a in arrays), plane_shift))
-    return da.stack(planes, axis=plane_axis)
+    factors = np.asarray(factors, dtype=np.float64)
+    if np.all(factors == 1):
+        return registration
+    return dataclasses.replace(
+        registration,
+        shift=tuple(np.asarray(registration.shift) / factors),
+        shifts=None if registration.shifts is None else registration.shifts / factors,
+    )
 
 
 def ncc_levels(
@@ -301,28 +309,29 @@ def ncc_levels(
     moving_levels: Sequence[da.Array],
     radius: int = 3,
     *,
-    shift=None,
+    registration=None,
     window: str = "box",
     mode: str = "reflect",
     fill_value: float = 0.0,
     axes=None,
-    plane_axis: int | None = None,
+    per_plane: int | None = None,
 ) -> list[da.Array]:
     """Lazy NCC map of every level of two pyramids (see the module notes for why).
+
+    Level ``k`` is :func:`napari_ncc.ncc_confidence` of level ``k`` of the inputs with the
+    registration rescaled to that level (:func:`rescaled`), so every level follows the same
+    rules as the full-resolution map, the fill band where the shift brought in pixels from
+    outside the moving image included.
 
     Parameters
     ----------
     reference_levels, moving_levels : sequence of dask.array.Array
         The two pyramids, level 0 first, with the same level shapes.
-    radius, window, mode, fill_value, axes
-        As in :func:`napari_ncc.local_ncc`, the same at every level. With `plane_axis`,
-        `axes` must leave out the plane axis (None: all the others).
-    shift : sequence of float or ndarray, optional
-        The registration shift in level-0 pixels (``scipy.ndimage.shift(moving, shift)``
-        registers moving onto reference), divided by each level's downsampling factor.
-        With `plane_axis`: an array of one shift (one value per axis) per plane.
-    plane_axis : int, optional
-        Correlate each plane along this axis on its own, with its own shift.
+    radius, window, mode, fill_value, axes, per_plane
+        As in :func:`napari_ncc.ncc_confidence`, the same at every level.
+    registration : Registration, optional
+        In level-0 pixels (from :func:`napari_ncc.register`); None compares the images as
+        they are.
 
     Returns
     -------
@@ -340,7 +349,7 @@ def ncc_levels(
     >>> [level.shape for level in levels], bool(np.allclose(levels[1].compute(), 1, atol=1e-5))
     ([(64, 64), (32, 32)], True)
     """
-    from ._lazy import local_ncc
+    from ._confidence import ncc_confidence
 
     if len(reference_levels) != len(moving_levels):
         raise ValueError(
@@ -355,71 +364,81 @@ def ncc_levels(
                 f"{tuple(ref.shape)} and {tuple(mov.shape)} at level {k}"
             )
     ndim = len(shapes[0])
-    if plane_axis is not None:
-        plane_axis = int(plane_axis) % ndim
-        if axes is None:
-            axes = tuple(ax for ax in range(ndim) if ax != plane_axis)
-        if plane_axis in [int(ax) % ndim for ax in np.atleast_1d(axes)]:
-            raise ValueError(f"axes {axes} must not include the plane axis {plane_axis}")
-    windowed = [int(ax) % ndim for ax in (range(ndim) if axes is None else np.atleast_1d(axes))]
+    if axes is None:
+        windowed = [ax for ax in range(ndim) if per_plane is None or ax != per_plane % ndim]
+    else:
+        windowed = [int(ax) % ndim for ax in np.atleast_1d(axes)]
     radii = np.broadcast_to(np.asarray(radius), (len(windowed),))
-
-    def plane_ncc(ref, mov, plane_shift, plane_axes):
-        return local_ncc(
-            ref,
-            mov,
-            radius,
-            window=window,
-            mode=mode,
-            fill_value=fill_value,
-            axes=plane_axes,
-            moving_shift=plane_shift,
-        )
-
     levels = []
     for ref, mov, factors in zip(
         reference_levels, moving_levels, level_factors(shapes), strict=True
     ):
         if levels and any(ref.shape[ax] <= r for ax, r in zip(windowed, radii, strict=True)):
             break
-        ref, mov = da.asarray(ref), da.asarray(mov)
-        level_shift = _level_shift(shift, factors)
-        if plane_axis is not None and level_shift is not None and level_shift.ndim == 2:
-            # Axes of a plane: the level's windowed axes, renumbered without the plane axis.
-            plane_axes = tuple(ax - (ax > plane_axis) for ax in windowed)
-            levels.append(
-                _per_plane(
-                    lambda r, m, s, pa=plane_axes: plane_ncc(r, m, s, pa),
-                    (ref, mov),
-                    level_shift,
-                    plane_axis,
-                )
-            )
-        else:
-            flat_shift = None if level_shift is None else tuple(level_shift.reshape(-1))
-            levels.append(plane_ncc(ref, mov, flat_shift, axes))
+        ncc, _ = ncc_confidence(
+            da.asarray(ref),
+            da.asarray(mov),
+            radius,
+            register=False,
+            registration=rescaled(registration, factors),
+            window=window,
+            mode=mode,
+            fill_value=fill_value,
+            axes=axes,
+            per_plane=per_plane,
+        )
+        levels.append(ncc)
     return levels
 
 
-def registered_levels(
-    moving_levels: Sequence[da.Array], shift, *, plane_axis: int | None = None
-) -> list[da.Array]:
+def registered_levels(moving_levels: Sequence[da.Array], registration) -> list[da.Array]:
     """The moving pyramid shifted onto the reference grid, lazily, level by level.
 
-    `shift` is in level-0 pixels (one per axis; with `plane_axis`, one row per plane),
-    divided by each level's factor. Linear interpolation, nearest-value borders, float32.
+    `registration` is in level-0 pixels and is rescaled to every level
+    (:meth:`Registration.apply`: linear interpolation, nearest-value borders).
     """
-    from ._lazy import shift_lazy
-
     shapes = [tuple(level.shape) for level in moving_levels]
-    out = []
-    for level, factors in zip(moving_levels, level_factors(shapes), strict=True):
-        level = da.asarray(level)
-        level_shift = _level_shift(shift, factors)
-        if plane_axis is not None and level_shift.ndim == 2:
-            out.append(
-                _per_plane(lambda m, s: shift_lazy(m, s), (level,), level_shift, plane_axis)
-            )
-        else:
-            out.append(shift_lazy(level, tuple(level_shift.reshape(-1))))
-    return out
+    return [
+        rescaled(registration, factors).apply(da.asarray(level))
+        for level, factors in zip(moving_levels, level_factors(shapes), strict=True)
+    ]
+
+
+def coarse_level(
+    shapes: Sequence[Sequence[int]], max_side: int | None = None, plane_axis=None
+) -> int:
+    """The first level small enough to register in memory (all registered axes <= max_side).
+
+    0 when level 0 already is; the last level when none is. `max_side` defaults to
+    :data:`PREVIEW_MAX_SIDE`.
+
+    Examples
+    --------
+    >>> coarse_level([(40000, 40000), (20000, 20000), (10000, 10000), (1250, 1250)])
+    3
+    """
+    max_side = PREVIEW_MAX_SIDE if max_side is None else max_side
+    for k, shape in enumerate(shapes):
+        sides = [n for ax, n in enumerate(shape) if ax != plane_axis]
+        if max(sides) <= max_side:
+            return k
+    return len(shapes) - 1
+
+
+def register_level(reference_levels, moving_levels, level: int, **kwargs):
+    """Register two pyramids on one coarse level; the result is in level-0 pixels.
+
+    A quick estimate for what the viewer shows first: at level ``k`` an error of a tenth
+    of that level's pixel is invisible, and the estimate costs only that level's pixels.
+    ``kwargs`` go to :func:`napari_ncc._registration.register`.
+    """
+    from ._registration import register
+
+    registration = register(list(reference_levels[level:]), list(moving_levels[level:]), **kwargs)
+    if level == 0:
+        return registration
+    factors = np.asarray(level_factors([r.shape for r in reference_levels])[level])
+    return dataclasses.replace(
+        rescaled(registration, 1 / factors),
+        method=f"{registration.method} on pyramid level {level} (preview)",
+    )

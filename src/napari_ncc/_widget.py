@@ -25,6 +25,7 @@ The layer
 
 import warnings
 import weakref
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
@@ -72,75 +73,93 @@ def _display_limits(layer: Image) -> tuple[float, float]:
     return (0.0, float(np.iinfo(dtype).max)) if dtype.kind in "iu" else (0.0, 1.0)
 
 
-class _Job:
-    """What one run computes, in the worker thread (no Qt, no napari objects touched)."""
+@dataclass
+class _Result:
+    """What a run hands back to the main thread (a preview first, for pyramids)."""
 
-    def __init__(self, reference, moving, params, build_pyramids: bool):
+    ncc: list
+    registered: list | None
+    registration: object
+    reference: list
+    moving: list
+    final: bool = True
+
+
+class _Job:
+    """What one run computes, in the worker thread (no Qt, no napari objects touched).
+
+    With pyramids, a quick registration on a coarse level (:func:`_multiscale.register_level`)
+    is shown first, then replaced in place by the full registration (coarse estimate
+    refined on full-resolution tiles), which takes longer on gigapixel images.
+    """
+
+    def __init__(self, reference, moving, params, build_pyramids: bool, registration=None):
         self.reference = reference
         self.moving = moving
         self.params = params
         self.build_pyramids = build_pyramids
+        self.registration = registration
 
     @property
     def steps(self) -> int:
-        n = 2  # registration, map
+        n = 3  # preview, registration, map
         if self.build_pyramids:
             n += 2 * _multiscale.pyramid_blocks(self.reference[0].shape)
         return n
 
-    def run(self):
-        """Generator for ``create_worker``: yields once per progress step."""
-        reference, moving, p = self.reference, self.moving, self.params
-        if self.build_pyramids:
-            reference = yield from _multiscale.iter_pyramid(reference[0])
-            moving = yield from _multiscale.iter_pyramid(moving[0])
-        registration = None
-        if p["register"]:
-            from ._registration import RegistrationWarning, register
-
-            with warnings.catch_warnings():
-                # Reported as a napari notification once the layer is shown.
-                warnings.simplefilter("ignore", RegistrationWarning)
-                registration = register(reference, moving, per_plane=p["per_plane"])
-        yield
-        shift = None if registration is None else _shift_of(registration, p["per_plane"])
-        axes = _window_axes(reference[0].ndim, p["per_plane"])
+    def _result(self, reference, moving, registration, final: bool) -> _Result:
+        p = self.params
         ncc = _multiscale.ncc_levels(
             reference,
             moving,
             p["radius"],
-            shift=shift,
+            registration=registration,
             window=p["window"],
-            axes=axes,
-            plane_axis=p["per_plane"],
+            per_plane=p["per_plane"],
         )
         registered = None
         if p["show_registered"]:
             registered = (
                 moving
-                if shift is None
-                else _multiscale.registered_levels(moving, shift, plane_axis=p["per_plane"])
+                if registration is None
+                else _multiscale.registered_levels(moving, registration)
             )
+        return _Result(ncc, registered, registration, reference, moving, final)
+
+    def run(self):
+        """Generator for ``create_worker``: yields progress steps and the preview."""
+        reference, moving, p = self.reference, self.moving, self.params
+        if self.build_pyramids:
+            reference = yield from _multiscale.iter_pyramid(reference[0])
+            moving = yield from _multiscale.iter_pyramid(moving[0])
+        registration = self.registration
+        if p["register"] and registration is None:
+            with warnings.catch_warnings():
+                # Reported as a napari notification once the layer is shown.
+                from ._registration import RegistrationWarning, register
+
+                warnings.simplefilter("ignore", RegistrationWarning)
+                level = _multiscale.coarse_level(
+                    [r.shape for r in reference], plane_axis=p["per_plane"]
+                )
+                if level > 0:
+                    preview = _multiscale.register_level(
+                        reference, moving, level, per_plane=p["per_plane"]
+                    )
+                    yield self._result(reference, moving, preview, final=False)
+                registration = register(reference, moving, per_plane=p["per_plane"])
         yield
-        return ncc, registered, registration
+        return self._result(reference, moving, registration, final=True)
+
+
+def _unwrap(layer: Image) -> Image:
+    # napari hands plugins a proxy of the viewer whose layers are proxies too: a weak
+    # reference to a proxy dies at once, so refer to the layer itself.
+    return getattr(layer, "__wrapped__", layer)
 
 
 def _weak(layer: Image) -> weakref.ref:
-    # napari hands plugins a proxy of the viewer whose layers are proxies too: a weak
-    # reference to a proxy dies at once, so refer to the layer itself.
-    return weakref.ref(getattr(layer, "__wrapped__", layer))
-
-
-def _window_axes(ndim: int, per_plane: int | None):
-    if per_plane is None:
-        return None
-    return tuple(ax for ax in range(ndim) if ax != per_plane)
-
-
-def _shift_of(registration, per_plane: int | None):
-    if per_plane is None:
-        return tuple(float(s) for s in registration.shift)
-    return np.asarray(registration.shifts, dtype=np.float64)
+    return weakref.ref(_unwrap(layer))
 
 
 class NCCConfidenceWidget(FunctionGui):
@@ -164,6 +183,9 @@ class NCCConfidenceWidget(FunctionGui):
         self._worker = None
         self._ncc_ref = None
         self._registered_ref = None
+        self._cache: dict = {}
+        self._cache_key = None
+        self._previewed = None
         super().__init__(
             self._run,
             call_button="Run",
@@ -282,7 +304,6 @@ class NCCConfidenceWidget(FunctionGui):
             ref_levels, mov_levels = ref_levels[:1], mov_levels[:1]
         if per_plane is not None and per_plane >= ref_levels[0].ndim - 1:
             per_plane = None
-        build = len(ref_levels) == 1 and _multiscale.needs_pyramid(ref_levels[0].shape)
         params = {
             "radius": int(radius),
             "window": window,
@@ -290,7 +311,20 @@ class NCCConfidenceWidget(FunctionGui):
             "per_plane": per_plane,
             "show_registered": bool(show_registered),
         }
-        job = _Job(ref_levels, mov_levels, params, build)
+        # Same layers, same data: reuse the pyramids built and the registration found by
+        # the last run, so that a new radius or window costs only the chunks on screen.
+        key = (id(reference.data), id(moving.data))
+        cached = self._cache if self._cache.get("key") == key else {}
+        if cached and not (
+            cached["layers"][0]() is _unwrap(reference)
+            and cached["layers"][1]() is _unwrap(moving)
+        ):
+            cached = {}
+        if cached:
+            ref_levels, mov_levels = cached["reference"], cached["moving"]
+        build = len(ref_levels) == 1 and _multiscale.needs_pyramid(ref_levels[0].shape)
+        registration = cached.get("registrations", {}).get(per_plane) if register else None
+        job = _Job(ref_levels, mov_levels, params, build, registration)
         if self._worker is not None:
             self._worker.quit()
         worker = create_worker(
@@ -298,6 +332,7 @@ class NCCConfidenceWidget(FunctionGui):
             _progress={"total": job.steps, "desc": "NCC confidence"},
             _ignore_errors=True,
         )
+        self._cache_key = (key, (_weak(reference), _weak(moving)))
         names = (reference.name, moving.name)
         display = {
             "scale": tuple(reference.scale),
@@ -305,9 +340,13 @@ class NCCConfidenceWidget(FunctionGui):
             "moving_colormap": "gray" if moving.rgb else moving.colormap,
             "moving_limits": _display_limits(moving),
         }
-        worker.returned.connect(
-            lambda result: self._show(worker, result, params, names, display, new_layer)
-        )
+
+        def show(result):
+            if isinstance(result, _Result):
+                self._show(worker, result, params, names, display, new_layer)
+
+        worker.yielded.connect(show)
+        worker.returned.connect(show)
         worker.errored.connect(lambda exc: self._failed(worker, exc))
         self._worker = worker
         worker.start()
@@ -318,11 +357,28 @@ class NCCConfidenceWidget(FunctionGui):
             self._worker = None
         show_error(f"NCC confidence failed: {exc}")
 
-    def _show(self, worker, result, params, names, display, new_layer: bool) -> None:
+    def _show(self, worker, result: _Result, params, names, display, new_layer: bool) -> None:
         if worker is not self._worker:  # superseded by a later run
             return
-        self._worker = None
-        ncc, registered, registration = result
+        if result.final:
+            self._worker = None
+            key, layers = self._cache_key
+            registrations = dict(self._cache.get("registrations", {}))
+            if self._cache.get("key") != key:
+                registrations = {}
+            if result.registration is not None:
+                registrations[params["per_plane"]] = result.registration
+            self._cache = {
+                "key": key,
+                "layers": layers,
+                "reference": result.reference,
+                "moving": result.moving,
+                "registrations": registrations,
+            }
+        # The final result of a run replaces its own preview, even with "new layer".
+        new_layer = new_layer and self._previewed is not worker
+        self._previewed = None if result.final else worker
+        ncc, registered, registration = result.ncc, result.registered, result.registration
         metadata = {
             "napari_ncc": {
                 **params,
@@ -331,9 +387,10 @@ class NCCConfidenceWidget(FunctionGui):
                 "levels": len(ncc),
                 "coarse_levels": "NCC of the coarsened inputs at the same radius",
                 "registration": None if registration is None else registration.to_dict(),
+                "preview": not result.final,
             }
         }
-        if registration is not None and not registration.reliable:
+        if result.final and registration is not None and not registration.reliable:
             show_warning(
                 "NCC confidence: the registration is unreliable "
                 f"(quality {registration.quality:.2f}); the map may show misalignment"

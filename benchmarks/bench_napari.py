@@ -1,0 +1,332 @@
+"""How quickly the NCC layer appears in napari on gigapixel images (a real viewer, under Xvfb).
+
+Two cases, timed with a real napari viewer and ``viewer.screenshot`` (which forces a
+render, so napari has computed every chunk on screen when it returns):
+
+1. **Multiscale inputs**: a virtual 40000 x 40000 pair given as 7-level pyramids (1024 x 1024
+   chunks), as an OME-Zarr or pyramidal TIFF would give them. Every block of every level is
+   generated directly from its pixel coordinates (a band-limited sum of separable waves:
+   level k keeps the waves longer than 4 * 2**k pixels), so nothing is precomputed; the
+   moving image is the same texture displaced by a known subpixel shift. Timed: Run ->
+   registration (worker) -> first rendered frame at the default (whole image) view, then
+   the view zoomed to 1:1 in the middle. **Target: each under 2 s.**
+   Baseline, in the same run: the same views of a fresh pair of input pyramids with no NCC
+   layer (what napari alone costs), and the ratio.
+2. **A single-scale gigapixel input**: a 16384 x 16384 uint16 zarr pair on disk. The widget
+   builds and caches a pyramid first (reading the full-resolution image once, with a
+   progress bar); timed: Run -> first frame, split into pyramid / registration / render,
+   and the pyramid cost per gigapixel.
+
+Run: ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_napari.py``
+(``--size``, ``--single-size``, ``--skip-single``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import dask.array as da
+import numpy as np
+
+CHUNK = 1024
+N_WAVES = 24
+
+
+class WaveTexture:
+    """A band-limited texture ``sum_i a_i sin(ky_i y + p_i) sin(kx_i x + q_i)``.
+
+    Evaluated per block as one small matrix product, at any pyramid level: level ``k``
+    samples the level-0 coordinates of its pixel centres and keeps only the waves longer
+    than 4 pixels of that level (so no level aliases).
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.wavelength = np.exp(rng.uniform(np.log(6.0), np.log(size / 4), N_WAVES))
+        angle = rng.uniform(0, np.pi / 2, N_WAVES)
+        k = 2 * np.pi / self.wavelength
+        self.ky, self.kx = k * np.sin(angle) + k / 4, k * np.cos(angle) + k / 4
+        self.phase = rng.uniform(0, 2 * np.pi, (N_WAVES, 2))
+        self.amplitude = (self.wavelength / self.wavelength.max()) ** 0.25
+        self.size = size
+
+    def block(self, level: int, displacement, block_info=None) -> np.ndarray:
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        f = 2**level
+        keep = self.wavelength >= 4 * f
+        y = (np.arange(y0, y1) + 0.5) * f - 0.5 - displacement[0]
+        x = (np.arange(x0, x1) + 0.5) * f - 0.5 - displacement[1]
+        sy = np.sin(np.outer(y, self.ky[keep]) + self.phase[keep, 0]) * self.amplitude[keep]
+        sx = np.sin(np.outer(x, self.kx[keep]) + self.phase[keep, 1])
+        return (sy @ sx.T).astype(np.float32)
+
+    def pyramid(self, displacement=(0.0, 0.0), n_levels: int = 7) -> list[da.Array]:
+        levels = []
+        for level in range(n_levels):
+            n = math.ceil(self.size / 2**level)
+            levels.append(
+                da.map_blocks(
+                    self.block,
+                    level,
+                    displacement,
+                    chunks=da.core.normalize_chunks((CHUNK, CHUNK), (n, n)),
+                    dtype=np.float32,
+                    meta=np.empty((0, 0), np.float32),
+                    name=f"wave-{id(self)}-{level}-{displacement}",
+                )
+            )
+        return levels
+
+
+def _timed_screenshot(viewer) -> float:
+    t0 = time.perf_counter()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    elapsed = time.perf_counter() - t0
+    assert shot[..., :3].std() > 0, "blank frame"
+    return elapsed
+
+
+def _run_widget(app, widget, reference, moving, wait_final=False, **values):
+    """Run; return the seconds until the NCC layer shows (a preview, for pyramids) and it."""
+    widget.reference.value = reference
+    widget.moving.value = moving
+    for name, value in values.items():
+        getattr(widget, name).value = value
+    before = widget.ncc_layer
+    before_data = None if before is None else before.data
+    t0 = time.perf_counter()
+    widget()
+
+    def shown():
+        layer = widget.ncc_layer
+        return layer is not None and (layer is not before or layer.data is not before_data)
+
+    while not shown() or (wait_final and widget.worker is not None):
+        app.processEvents()
+        time.sleep(0.002)
+    return time.perf_counter() - t0, widget.ncc_layer
+
+
+def _wait_final(app, widget) -> None:
+    while widget.worker is not None:
+        app.processEvents()
+        time.sleep(0.002)
+
+
+def _zoom_one_to_one(viewer, centre) -> None:
+    viewer.camera.center = centre
+    viewer.camera.zoom = 1.0
+
+
+def bench_multiscale(size: int) -> dict:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    displacement = (12.35, -7.6)
+    middle = (size / 2 + 123.0, size / 2 - 321.0)
+    out = {}
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.window.resize(1400, 900)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-ncc", "NCC confidence")
+
+    # Baseline: napari alone on a pair of fresh input pyramids (another texture).
+    base = WaveTexture(size, seed=1)
+    viewer.add_image(base.pyramid(), multiscale=True, name="a", contrast_limits=(-3, 3))
+    viewer.add_image(
+        base.pyramid(displacement), multiscale=True, name="b", contrast_limits=(-3, 3)
+    )
+    out["baseline_default"] = _timed_screenshot(viewer)
+    _zoom_one_to_one(viewer, middle)
+    out["baseline_1to1"] = _timed_screenshot(viewer)
+    viewer.layers.clear()
+
+    texture = WaveTexture(size, seed=0)
+    ref = viewer.add_image(
+        texture.pyramid(), multiscale=True, name="reference", contrast_limits=(-3, 3)
+    )
+    mov = viewer.add_image(
+        texture.pyramid(displacement), multiscale=True, name="moving", contrast_limits=(-3, 3)
+    )
+    viewer.reset_view()
+    out["inputs_default"] = _timed_screenshot(viewer)  # what the user sees before Run
+
+    t0 = time.perf_counter()
+    out["run_to_layer"], layer = _run_widget(app, widget, ref, mov, radius=3)
+    out["first_frame_render"] = _timed_screenshot(viewer)
+    out["run_to_first_frame"] = out["run_to_layer"] + out["first_frame_render"]
+    out["levels"] = len(layer.data)
+    out["chunks"] = sum(math.prod(level.numblocks) for level in layer.data)
+    out["data_level_default"] = layer.data_level
+    meta = layer.metadata["napari_ncc"]
+    out["preview"] = meta["preview"]
+    out["preview_shift_error"] = float(
+        np.max(np.abs(np.add(meta["registration"]["shift"], displacement)))
+    )
+    # The full registration (coarse + full-resolution tiles) replaces the preview in place.
+    _wait_final(app, widget)
+    out["run_to_final"] = time.perf_counter() - t0
+    out["final_frame_render"] = _timed_screenshot(viewer)
+    shift = layer.metadata["napari_ncc"]["registration"]["shift"]
+    out["shift_error"] = float(np.max(np.abs(np.add(shift, displacement))))
+
+    _zoom_one_to_one(viewer, middle)
+    out["zoom_1to1"] = _timed_screenshot(viewer)
+    out["data_level_1to1"] = layer.data_level
+    out["ncc_1to1_median"] = float(
+        np.median(
+            np.asarray(
+                layer.data[0][
+                    int(middle[0]) : int(middle[0]) + 256, int(middle[1]) : int(middle[1]) + 256
+                ]
+            )
+        )
+    )
+
+    # A new radius: registration reused, only the chunks on screen are recomputed.
+    elapsed, _ = _run_widget(app, widget, ref, mov, wait_final=True, radius=7)
+    out["rerun_radius_1to1"] = elapsed + _timed_screenshot(viewer)
+    viewer.close()
+    return out
+
+
+def _zarr_texture(path: str, size: int, seed: int, displacement) -> da.Array:
+    """A uint16 single-scale zarr image of the wave texture, written block by block."""
+    import zarr
+
+    texture = WaveTexture(size, seed=seed)
+    n = size
+    z = zarr.open_array(path, mode="w", shape=(n, n), chunks=(CHUNK, CHUNK), dtype=np.uint16)
+    lazy = da.map_blocks(
+        texture.block,
+        0,
+        displacement,
+        chunks=da.core.normalize_chunks((CHUNK, CHUNK), (n, n)),
+        dtype=np.float32,
+        meta=np.empty((0, 0), np.float32),
+    )
+    scaled = da.clip(lazy * 4000 + 30000, 0, 65535).astype(np.uint16)
+    da.store(scaled, z, lock=False)
+    return da.from_zarr(z)
+
+
+def bench_single_scale(size: int) -> dict:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ncc import _multiscale
+
+    tmp = tempfile.mkdtemp(prefix="bench-napari-")
+    out = {"gigapixels": size * size / 1e9}
+    try:
+        displacement = (5.25, -3.5)
+        t0 = time.perf_counter()
+        reference = _zarr_texture(os.path.join(tmp, "ref.zarr"), size, 3, (0.0, 0.0))
+        moving = _zarr_texture(os.path.join(tmp, "mov.zarr"), size, 3, displacement)
+        out["write_inputs"] = time.perf_counter() - t0
+
+        # The pyramid alone (what the widget does first), per gigapixel.
+        t0 = time.perf_counter()
+        levels = _multiscale.build_pyramid(reference)
+        out["pyramid_one_image"] = time.perf_counter() - t0
+        out["pyramid_s_per_gigapixel"] = out["pyramid_one_image"] / out["gigapixels"]
+        out["pyramid_levels"] = len(levels)
+
+        viewer = napari.Viewer(show=True)
+        app = QApplication.instance()
+        viewer.window.resize(1400, 900)
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-ncc", "NCC confidence")
+        # Hidden: napari would load a visible single-scale image whole to display it.
+        ref = viewer.add_image(reference, name="reference", visible=False)
+        mov = viewer.add_image(moving, name="moving", visible=False)
+        t0 = time.perf_counter()
+        out["run_to_layer"], layer = _run_widget(app, widget, ref, mov)
+        out["first_frame_render"] = _timed_screenshot(viewer)
+        out["run_to_first_frame"] = time.perf_counter() - t0
+        _wait_final(app, widget)
+        out["run_to_final"] = time.perf_counter() - t0
+        out["ncc_levels"] = len(layer.data)
+        shift = layer.metadata["napari_ncc"]["registration"]["shift"]
+        out["shift_error"] = float(np.max(np.abs(np.add(shift, displacement))))
+        viewer.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _line(label: str, value: float, note: str = "") -> None:
+    print(f"   {label:<46}: {value:6.2f} s  {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=40000)
+    parser.add_argument("--single-size", type=int, default=16384)
+    parser.add_argument("--skip-single", action="store_true")
+    args = parser.parse_args()
+
+    print(f"napari-ncc napari benchmark ({os.cpu_count()} cores)")
+    ms = bench_multiscale(args.size)
+    print(
+        f"\n1. multiscale {args.size} x {args.size} pair: {ms['levels']} NCC levels, "
+        f"{ms['chunks']} chunks in all (lazy)"
+    )
+    _line("inputs alone, default view (before Run)", ms["inputs_default"])
+    _line(
+        "Run -> layer added (preview registration)",
+        ms["run_to_layer"],
+        f"(shift error {ms['preview_shift_error']:.3f} px at full resolution)",
+    )
+    _line(
+        "Run -> first frame, default view",
+        ms["run_to_first_frame"],
+        f"(level {ms['data_level_default']})  target < 2 s",
+    )
+    _line(
+        "Run -> full registration, layer updated",
+        ms["run_to_final"],
+        f"(shift error {ms['shift_error']:.4f} px; frame {ms['final_frame_render']:.2f} s)",
+    )
+    _line(
+        "zoom to 1:1 in the middle -> frame",
+        ms["zoom_1to1"],
+        f"(level {ms['data_level_1to1']}, median NCC {ms['ncc_1to1_median']:.3f})  target < 2 s",
+    )
+    _line("re-run with radius 7 at 1:1 -> frame", ms["rerun_radius_1to1"])
+    _line("baseline: napari alone, default view", ms["baseline_default"])
+    _line(
+        "baseline: napari alone, 1:1",
+        ms["baseline_1to1"],
+        f"ratio NCC / alone at 1:1: {ms['zoom_1to1'] / ms['baseline_1to1']:.2f}",
+    )
+    if not args.skip_single:
+        ss = bench_single_scale(args.single_size)
+        print(
+            f"\n2. single-scale {args.single_size} x {args.single_size} uint16 zarr pair "
+            f"({ss['gigapixels']:.2f} Gpx each)"
+        )
+        _line(
+            f"pyramid of one image ({ss['pyramid_levels']} levels)",
+            ss["pyramid_one_image"],
+            f"= {ss['pyramid_s_per_gigapixel']:.1f} s per gigapixel",
+        )
+        _line(
+            "Run -> first frame (2 pyramids + preview)",
+            ss["run_to_first_frame"],
+            f"({ss['ncc_levels']} NCC levels)",
+        )
+        _line(
+            "Run -> full registration",
+            ss["run_to_final"],
+            f"(shift error {ss['shift_error']:.4f} px)",
+        )
+
+
+if __name__ == "__main__":
+    main()
