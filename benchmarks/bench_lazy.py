@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 # --- 1. throughput --------------------------------------------------------------------
 
 
-def bench_throughput(n: int, repeats: int = 3) -> None:
+def bench_throughput(n: int, repeats: int = 5) -> None:
     import dask.array as da
 
     from napari_ncc._lazy import local_ncc
@@ -65,15 +65,6 @@ def bench_throughput(n: int, repeats: int = 3) -> None:
     b = a + np.float32(0.5) * rng.random((n, n), dtype=np.float32)
     in_memory(a[:256, :256], b[:256, :256], RADIUS)  # compile / warm up
 
-    def best(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    t_mem = best(lambda: in_memory(a, b, RADIUS))
     x0, x1 = da.from_array(a, chunks=CHUNK), da.from_array(b, chunks=CHUNK)
     out = np.empty((n, n), np.float32)
 
@@ -81,8 +72,19 @@ def bench_throughput(n: int, repeats: int = 3) -> None:
         # Each block written in place by the worker that computed it.
         da.store(local_ncc(x0, x1, RADIUS), out, lock=False, scheduler="threads")
 
-    t_store = best(chunked_store)
-    t_compute = best(lambda: local_ncc(x0, x1, RADIUS).compute(scheduler="threads"))
+    runs = {
+        "memory": lambda: in_memory(a, b, RADIUS),
+        "store": chunked_store,
+        "compute": lambda: local_ncc(x0, x1, RADIUS).compute(scheduler="threads"),
+    }
+    # Interleaved, best of `repeats`: the machine may be shared, so noise hits all alike.
+    times: dict = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    t_mem, t_store, t_compute = (min(times[k]) for k in ("memory", "store", "compute"))
     mp = n * n / 1e6
     print(f"\n1. Throughput, {n}x{n} float32 pair, radius {RADIUS}, {os.cpu_count()} cores")
     print(f"   in-memory kernel          : {t_mem:7.2f} s  {mp / t_mem:7.1f} MP/s")
