@@ -301,6 +301,13 @@ def test_each_storage_chunk_is_decoded_about_twice(rng, monkeypatch, shift):
         assert max(counts.values()) <= 2  # a plain halo read would decode up to 9 times
 
 
+def test_huge_storage_chunks_are_read_directly(rng):
+    a = rng.random((40, 30))
+    assert _lazy.storage_chunks(ChunkedRecordingArray(a, (16, 16)), 2) == (16, 16)
+    assert _lazy.storage_chunks(ChunkedRecordingArray(a, (2**14, 2**13)), 2) is None
+    assert _lazy.storage_chunks(a, 2) is None
+
+
 def test_graph_is_picklable(pair, tmp_path):
     a, b = pair
     z = zarr.create_array(store=tmp_path / "a.zarr", shape=a.shape, chunks=(8, 8), dtype="f8")

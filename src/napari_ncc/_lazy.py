@@ -291,7 +291,8 @@ def storage_chunks(source, ndim: int) -> tuple[int, ...] | None:
     """Shape of the chunks a source decompresses as a whole (zarr chunks, TIFF tiles).
 
     None for in-memory sources (NumPy arrays, :class:`ChunkedSource`), where any slice
-    is cheap.
+    is cheap, and for chunks of more than ``16 * BLOCK_PIXELS`` pixels (such as a TIFF
+    stored as one strip), which strip tasks would have to hold whole.
     """
     if isinstance(source, np.ndarray | ChunkedSource):
         return None
@@ -300,6 +301,7 @@ def storage_chunks(source, ndim: int) -> tuple[int, ...] | None:
         isinstance(chunks, tuple)
         and len(chunks) == ndim
         and all(isinstance(c, int | np.integer) and c > 0 for c in chunks)
+        and math.prod(int(c) for c in chunks) <= 16 * BLOCK_PIXELS
     ):
         return tuple(int(c) for c in chunks)
     return None
