@@ -5,8 +5,17 @@ Importing this package imports neither napari nor Qt.
 """
 
 from ._confidence import ncc_confidence
+from ._io import read_image, write_ncc
 from ._lazy import local_ncc
 from ._registration import Registration, RegistrationWarning, register
 
 __version__ = "0.1.0"
-__all__ = ["Registration", "RegistrationWarning", "local_ncc", "ncc_confidence", "register"]
+__all__ = [
+    "Registration",
+    "RegistrationWarning",
+    "local_ncc",
+    "ncc_confidence",
+    "read_image",
+    "register",
+    "write_ncc",
+]
