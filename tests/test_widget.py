@@ -300,3 +300,31 @@ def test_large_single_scale_input_gets_a_cached_pyramid(make_napari_viewer, qtbo
     np.testing.assert_allclose(
         np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 5), atol=1e-4
     )
+
+
+def test_failures_and_doubts_are_notifications(make_napari_viewer, qtbot, notifications, rng):
+    viewer = make_napari_viewer(show=True)
+    widget = _open(viewer)
+    # A NaN makes the registration fail in the worker: an error notification, no layer.
+    broken = rng.random((48, 48)).astype(np.float32)
+    broken[10, 10] = np.nan
+    worker = widget(
+        reference=viewer.add_image(broken, name="broken"),
+        moving=viewer.add_image(rng.random((48, 48)).astype(np.float32), name="noise"),
+    )
+    qtbot.waitUntil(lambda: widget.worker is None and not worker.is_running, timeout=60_000)
+    assert widget.ncc_layer is None
+    errors = [n.message for n in notifications if n.severity == "error"]
+    assert errors and errors[-1].startswith("NCC confidence failed:") and "NaN" in errors[-1]
+
+    # Two unrelated noise images: the layer is made, with a warning that the
+    # registration cannot be trusted.
+    layer = _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(rng.random((64, 64)), name="a"),
+        moving=viewer.add_image(rng.random((64, 64)), name="b"),
+    )
+    assert not layer.metadata["napari_ncc"]["registration"]["reliable"]
+    warnings = [n.message for n in notifications if n.severity == "warning"]
+    assert any("unreliable" in message for message in warnings)
