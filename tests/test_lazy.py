@@ -194,7 +194,45 @@ def test_find_source(tmp_path, pair):
     assert find_source(da.from_array(a, chunks=8) + 1) is None
     assert find_source(computed(a, 8)) is None
     assert find_source(da.from_array(memmap, chunks=8, lock=True)) is None
-    assert find_source(da.from_array(memmap, chunks=8)[2:]) is None
+    sliced = find_source(da.from_array(memmap, chunks=8)[2:, 3])[1]
+    np.testing.assert_array_equal(sliced[(slice(1, 5),)], a[3:7, 3])
+
+
+@pytest.mark.parametrize(
+    "index",
+    [np.s_[1:3, 30:90, 5:40], np.s_[2], np.s_[:, 7:99, 11:], np.s_[-1, :, -20:], np.s_[:, 32:]],
+)
+def test_plain_slicing_of_a_source_is_read_from_the_source(rng, index):
+    """A crop or a plane of a zarr-backed array still reads its halos from the store."""
+    a = rng.random((4, 100, 90))
+    b = a + rng.random(a.shape)
+    z0 = zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=a.shape, chunks=(1, 30, 30), dtype="f8"
+    )
+    z1 = zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=a.shape, chunks=(2, 16, 16), dtype="f8"
+    )
+    z0[:], z1[:] = a, b
+    x0, x1 = da.from_zarr(z0)[index], da.from_zarr(z1)[index]
+    for x in (x0, x1):
+        assert isinstance(find_source(x)[1], _lazy.SlicedSource)
+    axes = (-2, -1)
+    shift = (0.5,) * x0.ndim
+    expected = core_ncc(a[index], scipy_shift(b[index], shift), 2, axes=axes)
+    out = local_ncc(x0, x1, 2, axes=axes, moving_shift=shift)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_strided_slicing_falls_back(rng):
+    a = rng.random((40, 50))
+    z = zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=a.shape, chunks=(8, 8), dtype="f8"
+    )
+    z[:] = a
+    x = da.from_zarr(z)[::2, 3:]
+    assert find_source(x) is None
+    out = local_ncc(x, x**2, 2)
+    np.testing.assert_allclose(out.compute(), core_ncc(a[::2, 3:], a[::2, 3:] ** 2, 2), atol=1e-5)
 
 
 def test_chunked_source_slices_like_the_array(pair):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -118,13 +119,140 @@ def _unwrap(value):
     return getattr(value, "value", value) if type(value).__name__ == "DataNode" else value
 
 
+class SlicedSource:
+    """A source seen through plain slicing (unit steps, integer indices dropping axes).
+
+    Parameters
+    ----------
+    source : sliceable
+        The full source.
+    mapping : tuple
+        Per source axis, ``("fixed", index)`` or ``("offset", start)``.
+    shape : tuple of int
+        Shape of the sliced view.
+    dtype : numpy dtype
+    """
+
+    def __init__(self, source, mapping: tuple, shape: tuple, dtype) -> None:
+        self.source = source
+        self.mapping = mapping
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """Storage chunks, when the slicing starts on chunk boundaries."""
+        native = storage_chunks(self.source, len(self.mapping))
+        if native is None:
+            return None
+        kept = [
+            (v, c) for (kind, v), c in zip(self.mapping, native, strict=True) if kind != "fixed"
+        ]
+        if any(v % c for v, c in kept):
+            return None
+        return tuple(c for _, c in kept)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        full, j = [], 0
+        for kind, value in self.mapping:
+            if kind == "fixed":
+                full.append(value)
+                continue
+            start, stop, _ = index[j].indices(self.shape[j])
+            full.append(slice(start + value, stop + value))
+            j += 1
+        return np.asarray(self.source[tuple(full)])
+
+
+def _getter_source(layers, name: str):
+    """``(key, source, chunks)`` of a layer that reads a sliceable source, else None."""
+    try:
+        from dask.blockwise import Blockwise
+    except ImportError:  # pragma: no cover
+        return None
+    layer = layers.get(name)
+    if not isinstance(layer, Blockwise):
+        return None
+    task = getattr(layer, "task", None)
+    if getattr(task, "func", None) not in _getters() or len(task.args) != 2:
+        return None
+    # A lock means the source is not safe to read from several threads: fall back.
+    if task.kwargs.get("lock") or set(task.kwargs) - {"asarray", "lock"}:
+        return None
+    if len(layer.indices) != 2 or layer.indices[0][1] is not None:
+        return None
+    ref = layer.indices[0][0]
+    dep = layer.io_deps.get(layer.indices[1][0]) if layer.io_deps else None
+    chunks = tuple(map(tuple, getattr(dep, "chunks", ()))) if dep is not None else ()
+    if not chunks:
+        return None
+    key = getattr(ref, "key", None)
+    if key is not None:
+        other = layers.get(key)
+        if other is None or key not in other:
+            return None
+        source = _unwrap(other[key])
+    else:
+        source, key = ref, f"napari-ncc-source-{tokenize(name)}"
+    if not hasattr(source, "__getitem__") or tuple(getattr(source, "shape", ())) != tuple(
+        sum(c) for c in chunks
+    ):
+        return None
+    return key, source, chunks
+
+
+def _plain_slicing(array, layer, inner: str, inner_chunks: tuple) -> tuple | None:
+    """The slicing a getitem layer applies to the array `inner`, if it is plain."""
+    from dask._task_spec import Alias
+    from dask.array import chunk
+
+    getitems = (operator.getitem, getattr(chunk, "getitem", operator.getitem))
+    starts = [np.cumsum((0, *c)) for c in inner_chunks]
+    out_starts = [np.cumsum((0, *c)) for c in array.chunks]
+    mapping = None
+    for idx in itertools.product(*(range(n) for n in array.numblocks)):
+        task = layer.get((array.name, *idx))
+        deps = getattr(task, "dependencies", None)
+        if not deps or len(deps) != 1:
+            return None
+        (dep,) = deps
+        if not isinstance(dep, tuple) or dep[0] != inner or len(dep) != len(inner_chunks) + 1:
+            return None
+        in_idx = dep[1:]
+        if isinstance(task, Alias):
+            index = (slice(None),) * len(inner_chunks)
+        elif getattr(task, "func", None) in getitems and len(task.args) == 2:
+            index = task.args[1]
+        else:
+            return None
+        if not isinstance(index, tuple) or len(index) != len(inner_chunks):
+            return None
+        entry, j = [], 0
+        for ax, ix in enumerate(index):
+            n, base = inner_chunks[ax][in_idx[ax]], int(starts[ax][in_idx[ax]])
+            if isinstance(ix, int | np.integer) and not isinstance(ix, bool):
+                entry.append(("fixed", base + int(ix) % n))
+            elif isinstance(ix, slice) and j < array.ndim:
+                a, b, step = ix.indices(n)
+                if step != 1 or b - a != array.chunks[j][idx[j]]:
+                    return None
+                entry.append(("offset", base + a - int(out_starts[j][idx[j]])))
+                j += 1
+            else:
+                return None
+        if j != array.ndim or (mapping is not None and tuple(entry) != mapping):
+            return None
+        mapping = tuple(entry)
+    return mapping
+
+
 def find_source(array) -> tuple[str, object] | None:
     """The sliceable object behind a Dask array, if its graph is a plain read of one.
 
     Recognises ``da.from_zarr`` and ``da.from_array`` of a zarr array, a TIFF zarr store, a
-    memory map or any array-like (a single getter layer, plain slicing), and arrays whose
-    chunks are NumPy arrays held in the graph (``da.from_array`` of a NumPy array,
-    ``persist``).
+    memory map or any array-like (a single getter layer), plain slicing of those (unit
+    steps, integer indices: a crop, a plane of a stack), and arrays whose chunks are NumPy
+    arrays held in the graph (``da.from_array`` of a NumPy array, ``persist``).
 
     Returns
     -------
@@ -139,41 +267,17 @@ def find_source(array) -> tuple[str, object] | None:
     if layers is None or array.name not in layers:
         return None
     layer = layers[array.name]
-    try:
-        from dask.blockwise import Blockwise
-    except ImportError:  # pragma: no cover
-        Blockwise = ()
-    if isinstance(layer, Blockwise):
-        if len(layers) > 2:
+    found = _getter_source(layers, array.name)
+    if found is not None:
+        key, source, chunks = found
+        if len(layers) > 2 or chunks != array.chunks:
             return None
-        task = getattr(layer, "task", None)
-        if getattr(task, "func", None) not in _getters() or len(task.args) != 2:
-            return None
-        # A lock means the source is not safe to read from several threads: fall back.
-        if task.kwargs.get("lock") or set(task.kwargs) - {"asarray", "lock"}:
-            return None
-        if len(layer.indices) != 2 or layer.indices[0][1] is not None:
-            return None
-        ref = layer.indices[0][0]
-        dep = layer.io_deps.get(layer.indices[1][0]) if layer.io_deps else None
-        if dep is None or tuple(map(tuple, getattr(dep, "chunks", ()))) != array.chunks:
-            return None
-        key = getattr(ref, "key", None)
-        if key is not None:
-            other = layers.get(key)
-            if other is None or key not in other:
-                return None
-            source = _unwrap(other[key])
-        else:
-            source, key = ref, f"napari-ncc-source-{tokenize(array.name)}"
-        if (
-            not hasattr(source, "__getitem__")
-            or tuple(getattr(source, "shape", ())) != array.shape
-            or np.dtype(getattr(source, "dtype", object)) != array.dtype
-        ):
+        if np.dtype(getattr(source, "dtype", object)) != array.dtype:
             return None
         return key, source
-    if isinstance(layer, MaterializedLayer) and len(layers) == 1:
+    if not isinstance(layer, MaterializedLayer):
+        return None
+    if len(layers) == 1:
         blocks = {}
         for idx in itertools.product(*(range(n) for n in array.numblocks)):
             value = _unwrap(layer.get((array.name, *idx)))
@@ -185,7 +289,21 @@ def find_source(array) -> tuple[str, object] | None:
             blocks[idx] = value
         source = ChunkedSource(blocks, array.chunks, array.dtype)
         return f"napari-ncc-source-{tokenize(array.name)}", source
-    return None
+    deps = getattr(graph, "dependencies", {}).get(array.name, set())
+    if len(deps) != 1 or len(layers) > 3:
+        return None
+    (inner,) = deps
+    found = _getter_source(layers, inner)
+    if found is None:
+        return None
+    _, source, inner_chunks = found
+    if np.dtype(getattr(source, "dtype", object)) != array.dtype:
+        return None
+    mapping = _plain_slicing(array, layer, inner, inner_chunks)
+    if mapping is None:
+        return None
+    sliced = SlicedSource(source, mapping, array.shape, array.dtype)
+    return f"napari-ncc-source-{tokenize(array.name)}", sliced
 
 
 # ---------------------------------------------------------------------------------------
