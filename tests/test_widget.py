@@ -141,10 +141,13 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     np.testing.assert_array_equal(ref_layer.data, before[0])
     np.testing.assert_array_equal(mov_layer.data, before[1])
 
-    # Running again with another radius and window updates the same layer in place.
+    # Running again with another radius and window updates the same layer in place
+    # (keeping the name the user gave it).
+    assert layer.name == "NCC reference ~ moving"
+    layer.name = "my map"
     n_layers = len(viewer.layers)
     again = _run(qtbot, widget, radius=2, window="gaussian", show_registered=False)
-    assert again is layer and len(viewer.layers) == n_layers
+    assert again is layer and len(viewer.layers) == n_layers and layer.name == "my map"
     assert layer.metadata["napari_ncc"]["radius"] == 2
     shift = layer.metadata["napari_ncc"]["registration"]["shift"]
     _assert_registered_ncc(layer.data, reference, moving, shift, 2, window="gaussian")

@@ -375,6 +375,13 @@ def ncc_levels(
     ):
         if levels and any(ref.shape[ax] <= r for ax, r in zip(windowed, radii, strict=True)):
             break
+        if (
+            levels
+            and registration is not None
+            and registration.shifts is not None
+            and ref.shape[registration.per_plane] != len(registration.shifts)
+        ):
+            break  # a pyramid that also merges planes: one shift per plane no longer fits
         ncc, _ = ncc_confidence(
             da.asarray(ref),
             da.asarray(mov),

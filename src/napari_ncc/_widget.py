@@ -186,6 +186,7 @@ class NCCConfidenceWidget(FunctionGui):
         self._cache: dict = {}
         self._cache_key = None
         self._previewed = None
+        self._auto_names: dict[int, str] = {}
         super().__init__(
             self._run,
             call_button="Run",
@@ -264,10 +265,14 @@ class NCCConfidenceWidget(FunctionGui):
         if layer is not None and layer.multiscale == multiscale and layer.ndim == ndim:
             layer.data = data
             for key, value in kwargs.items():
-                if key not in ("name", "visible"):
+                if key == "name" and layer.name != self._auto_names.get(id(layer)):
+                    continue  # renamed by the user: keep their name
+                if key != "visible":
                     setattr(layer, key, value)
+            self._auto_names[id(layer)] = layer.name
             return layer
-        added = self._viewer.add_image(data, multiscale=multiscale, **kwargs)
+        added = _unwrap(self._viewer.add_image(data, multiscale=multiscale, **kwargs))
+        self._auto_names[id(added)] = added.name
         if layer is not None:  # an incompatible old layer: the new one takes its place
             index = self._viewer.layers.index(layer)
             self._viewer.layers.remove(layer)
