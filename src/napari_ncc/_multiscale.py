@@ -144,20 +144,38 @@ def pyramid_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
     return shapes
 
 
+def _mean_2x2(block: np.ndarray, axes: tuple[int, ...], dtype) -> np.ndarray:
+    """Mean of 2 x 2 pixel groups over `axes` (a trailing odd pixel dropped), as `dtype`."""
+    out = block.astype(np.promote_types(block.dtype, np.float32))
+    for ax in axes:
+        n = out.shape[ax] // 2 * 2
+        even = out.take(np.arange(0, n, 2), axis=ax)
+        odd = out.take(np.arange(1, n, 2), axis=ax)
+        out = (even + odd) * out.dtype.type(0.5)
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biu":
+        np.round(out, out=out)
+        if dtype.kind != "b":
+            info = np.iinfo(dtype)
+            np.clip(out, info.min, info.max, out=out)
+    return out.astype(dtype)
+
+
 def _coarsen(level: da.Array) -> da.Array:
-    """One pyramid step: the mean of 2x2 pixel blocks of the plane axes, input dtype kept."""
+    """One pyramid step: the mean of 2x2 pixel blocks of the plane axes, input dtype kept.
+
+    Floats become at least float32; a trailing odd row or column is dropped (the next
+    level has ``n // 2`` pixels).
+    """
     axes = plane_axes(level.ndim)
-    chunks = {ax: max(PYRAMID_CHUNK, PYRAMID_FACTOR) for ax in axes}
-    level = level.rechunk(chunks)
-    factors = {ax: PYRAMID_FACTOR for ax in axes}
-    coarse = da.coarsen(np.mean, level.astype(np.float32), factors, trim_excess=True)
-    if level.dtype.kind in "biu":
-        info = np.iinfo(level.dtype) if level.dtype.kind != "b" else None
-        coarse = da.round(coarse)
-        if info is not None:
-            coarse = da.clip(coarse, info.min, info.max)
-        return coarse.astype(level.dtype)
-    return coarse.astype(np.promote_types(level.dtype, np.float32))
+    level = level.rechunk({ax: PYRAMID_CHUNK for ax in axes})  # even chunks but the last
+    dtype = level.dtype if level.dtype.kind in "biu" else np.promote_types(level.dtype, "f4")
+    chunks = tuple(
+        tuple(c // 2 for c in level.chunks[ax]) if ax in axes else level.chunks[ax]
+        for ax in range(level.ndim)
+    )
+    # (an odd last chunk of length 1 gives an empty block, which dask handles)
+    return da.map_blocks(_mean_2x2, level, axes, dtype, chunks=chunks, dtype=dtype)
 
 
 def pyramid_blocks(shape: Sequence[int]) -> int:
