@@ -19,8 +19,18 @@ The layer
   A diverging map keeps the sign visible: contrast inversion is information too.
 - The reference layer's scale and translate; ``metadata["napari_ncc"]`` records the
   parameters, the shift and the registration quality.
-- Running again updates that layer in place (unless "new layer" is ticked). Since the
-  map is lazy, a new radius costs only the chunks on screen.
+- Running again updates that layer in place (unless "new layer" is ticked). The pyramids
+  built and the registration found are reused while the two layers and their data are the
+  same, and the map is lazy: a new radius or window costs only the chunks on screen.
+
+Gigapixel images
+----------------
+Pyramids (multiscale layers, or the pyramid cached for a single-scale input larger than
+:data:`~napari_ncc._multiscale.MULTISCALE_MIN_SIDE`) are first registered on a coarse level
+(:data:`~napari_ncc._multiscale.PREVIEW_MAX_SIDE` pixels a side at most): that preview map
+appears within a second or two and is right for the overview, where a screen pixel spans
+many image pixels. The full registration (refined on full-resolution tiles) then replaces
+it in place; ``metadata["napari_ncc"]["preview"]`` says which one is shown.
 """
 
 import warnings
