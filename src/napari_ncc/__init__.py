@@ -5,9 +5,10 @@ Importing this package imports neither napari nor Qt.
 """
 
 from ._confidence import ncc_confidence
-from ._io import read_image, write_ncc
-from ._lazy import local_ncc
+from ._io import read_image, write_ncc, write_zarr
+from ._lazy import local_ncc, shift_lazy
 from ._registration import Registration, RegistrationWarning, register
+from ._samples import sample_pair
 
 __version__ = "0.1.0"
 __all__ = [
@@ -17,5 +18,8 @@ __all__ = [
     "ncc_confidence",
     "read_image",
     "register",
+    "sample_pair",
+    "shift_lazy",
     "write_ncc",
+    "write_zarr",
 ]
