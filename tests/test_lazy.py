@@ -8,6 +8,7 @@ reference directly.
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
 import threading
 
@@ -190,7 +191,11 @@ def test_find_source(tmp_path, pair):
     found = find_source(da.from_array(memmap, chunks=8))[1]
     assert isinstance(found, np.ndarray)
     np.testing.assert_array_equal(found, a)
-    assert isinstance(find_source(da.from_array(a, chunks=8))[1], _lazy.ChunkedSource)
+    whole = find_source(da.from_array(a, chunks=8))[1]
+    assert isinstance(whole, np.ndarray) and not whole.flags.writeable
+    np.testing.assert_array_equal(whole, a)
+    persisted = da.from_array(a, chunks=8).map_blocks(np.copy).persist(scheduler="sync")
+    assert isinstance(find_source(persisted)[1], _lazy.ChunkedSource)
     assert find_source(da.from_array(a, chunks=8) + 1) is None
     assert find_source(computed(a, 8)) is None
     assert find_source(da.from_array(memmap, chunks=8, lock=True)) is None
@@ -235,9 +240,28 @@ def test_strided_slicing_falls_back(rng):
     np.testing.assert_allclose(out.compute(), core_ncc(a[::2, 3:], a[::2, 3:] ** 2, 2), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "view", [np.s_[:, :], np.s_[::-1, :], np.s_[1:-2, ::3], np.s_[::2, ::-2]], ids=str
+)
+def test_numpy_source_is_read_as_the_whole_array(pair, tiny_blocks, view):
+    """Chunks of ``da.from_array(numpy)`` are views of one array: halos are plain slices."""
+    a, b = pair
+    a, b = np.asfortranarray(a)[view], b.T.copy().T[view]
+    x0, x1 = da.from_array(a, chunks=(4, 3)), da.from_array(b, chunks=5)
+    for x, image in ((x0, a), (x1, b)):
+        whole = find_source(x)[1]
+        assert isinstance(whole, np.ndarray) and not whole.flags.writeable
+        np.testing.assert_array_equal(whole, image)
+    out = local_ncc(x0, x1, 2, moving_shift=(0.5, -1.5))
+    expected = core_ncc(a, scipy_shift(b, (0.5, -1.5)), 2)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
 def test_chunked_source_slices_like_the_array(pair):
     a, _ = pair
-    source = find_source(da.from_array(a, chunks=((3, 10, 10), (7, 7, 17))))[1]
+    blocks = da.from_array(a, chunks=((3, 10, 10), (7, 7, 17))).map_blocks(np.copy)
+    source = find_source(blocks.persist(scheduler="sync"))[1]
+    assert isinstance(source, _lazy.ChunkedSource)
     for box in [(slice(0, 23), slice(0, 31)), (slice(2, 14), slice(6, 8)), (slice(5, 6), None)]:
         box = tuple(slice(None) if s is None else s for s in box)
         np.testing.assert_array_equal(source[box], a[box])
@@ -299,6 +323,48 @@ def test_region_reads_only_the_input_chunks_its_windows_touch(rng):
     produced.clear()
     out[0:16, 80:96].compute()  # a corner: reflect reads nothing beyond the image
     assert produced == {(i, j) for i in (0, 1) for j in (4, 5)}
+
+
+@pytest.mark.parametrize("shift", [(-11.7, 15.3), (9.0, -0.25), (30.5, 0.0)])
+def test_shifted_block_reads_its_moved_box(rng, monkeypatch, shift):
+    """A shifted read moves the box by the shift; it does not widen it by |shift|."""
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 16 * 16)
+    a = rng.random((96, 96))
+    b = np.roll(a, (-12, 15), axis=(0, 1)) + 0.2 * rng.random(a.shape)
+    source0, source1 = RecordingArray(a), RecordingArray(b)
+    x0 = da.from_array(source0, chunks=16, asarray=False)
+    x1 = da.from_array(source1, chunks=16, asarray=False)
+    out = local_ncc(x0, x1, 3, moving_shift=shift)
+    source0.reads.clear()
+    source1.reads.clear()
+    region = out[48:64, 32:48].compute()
+    expected = core_ncc(a, scipy_shift(b, shift), 3)
+    np.testing.assert_allclose(region, expected[48:64, 32:48], atol=1e-5, rtol=0)
+    assert source0.reads == [((45, 67), (29, 51))]
+    # output[i] = input[i - s], linear: [start - ceil(s) - 1, stop - floor(s) + 1), with
+    # the NCC halo (3) around the block.
+    moved = tuple(
+        (a - math.ceil(s) - 1, b - math.floor(s) + 1) if s else (a, b)
+        for (a, b), s in zip([(45, 67), (29, 51)], shift, strict=True)
+    )
+    assert source1.reads == [tuple((max(0, a), min(96, b)) for a, b in moved)]
+    # The same block read by shift_lazy: 16 x 16 and the moved spare pixels, no more.
+    source1.reads.clear()
+    shifted = shift_lazy(x1, shift)[48:64, 32:48].compute()
+    np.testing.assert_allclose(shifted, scipy_shift(b, shift)[48:64, 32:48], atol=1e-6)
+    ((y0, y1), (x0_, x1_)), *_ = source1.reads
+    assert y1 - y0 <= 16 + 3 and x1_ - x0_ <= 16 + 3
+
+
+@pytest.mark.parametrize("mode", ["nearest", "constant", "grid-constant", "reflect", "mirror"])
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("shift", [(-11.7, 15.3), (40.2, -3.0), (-0.5, -37.9)])
+def test_shift_lazy_large_shifts_fold_at_the_borders_like_scipy(rng, mode, order, shift):
+    """Blocks whose moved box crosses (or lies beyond) the image border."""
+    x = rng.random((25, 34)).astype(np.float32)
+    out = shift_lazy(da.from_array(x, chunks=(4, 7)), shift, order=order, mode=mode)
+    expected = scipy_shift(x, shift, order=order, mode=mode)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
 
 class ChunkedRecordingArray(RecordingArray):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import threading
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -36,7 +37,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from scipy import ndimage
 
-from ._borders import border_index_map
+from ._borders import border_index_map, canonical_mode
 from ._ncc import NCCPlan, check_image, ncc_block, plan_ncc
 from ._ncc import local_ncc as _local_ncc_numpy
 
@@ -96,14 +97,71 @@ class ChunkedSource:
                     for i in range(first, max(first, last) + 1)
                 ]
             )
-        pieces = np.empty([len(r) for r in ranges], dtype=object)
+        if all(len(r) == 1 for r in ranges):
+            block = self.blocks[tuple(r[0][0] for r in ranges)]
+            return np.asarray(block[tuple(slice(r[0][1], r[0][2]) for r in ranges)])
+        # One copy into the result (np.block would concatenate axis by axis).
+        out = np.empty([sum(p[2] - p[1] for p in r) for r in ranges], dtype=self.dtype)
+        offsets = [np.cumsum([0] + [p[2] - p[1] for p in r]) for r in ranges]
         for combo in itertools.product(*(range(len(r)) for r in ranges)):
             parts = [ranges[ax][c] for ax, c in enumerate(combo)]
             block = self.blocks[tuple(p[0] for p in parts)]
-            pieces[combo] = block[tuple(slice(p[1], p[2]) for p in parts)]
-        if pieces.size == 1:
-            return np.asarray(pieces.flat[0])
-        return np.block(pieces.tolist())
+            target = tuple(
+                slice(int(o[c]), int(o[c + 1])) for o, c in zip(offsets, combo, strict=True)
+            )
+            out[target] = block[tuple(slice(p[1], p[2]) for p in parts)]
+        return out
+
+
+def _memory_span(array: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last byte addresses an array's elements occupy."""
+    low = high = array.__array_interface__["data"][0]
+    for n, stride in zip(array.shape, array.strides, strict=True):
+        reach = (n - 1) * stride
+        low, high = (low + reach, high) if reach < 0 else (low, high + reach)
+    return low, high + array.itemsize
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _whole_array(blocks: dict, chunks: tuple) -> np.ndarray | None:
+    """The NumPy array that all `blocks` are views of, as one read-only view, or None.
+
+    ``da.from_array(numpy_array)`` holds its chunks as views of the user's array: seeing
+    the whole array again lets a block read its halo as a plain slice (no reassembly).
+    Checked, not assumed: every block must sit in the same buffer exactly where its
+    position in the whole array puts it.
+    """
+    ndim = len(chunks)
+    first = blocks[(0,) * ndim]
+    root = _root(first)
+    strides = list(first.strides)
+    for block in blocks.values():  # strides along axes where some block is > 1 long
+        for ax in range(ndim):
+            if block.shape[ax] > 1:
+                strides[ax] = block.strides[ax]
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    origin = first.__array_interface__["data"][0]
+    for idx, block in blocks.items():
+        if _root(block) is not root:
+            return None
+        where = origin + sum(int(s[i]) * st for s, i, st in zip(starts, idx, strides, strict=True))
+        if block.__array_interface__["data"][0] != where or any(
+            n > 1 and st != expected
+            for n, st, expected in zip(block.shape, block.strides, strides, strict=True)
+        ):
+            return None
+    shape = tuple(int(s[-1]) for s in starts)
+    whole = np.lib.stride_tricks.as_strided(first, shape, tuple(strides), writeable=False)
+    low, high = _memory_span(whole)
+    root_low, root_high = _memory_span(root)
+    if low < root_low or high > root_high:
+        return None
+    return whole
 
 
 def _getters() -> tuple:
@@ -287,7 +345,9 @@ def find_source(array) -> tuple[str, object] | None:
             if value.dtype != array.dtype:
                 return None
             blocks[idx] = value
-        source = ChunkedSource(blocks, array.chunks, array.dtype)
+        source = _whole_array(blocks, array.chunks)
+        if source is None:
+            source = ChunkedSource(blocks, array.chunks, array.dtype)
         return f"napari-ncc-source-{tokenize(array.name)}", source
     deps = getattr(graph, "dependencies", {}).get(array.name, set())
     if len(deps) != 1 or len(layers) > 3:
@@ -317,30 +377,72 @@ def _shift_dtype(dtype) -> np.dtype:
 
 
 def _shift_margin(s: float, order: int) -> int:
+    """Pixels a shift by `s` may read beyond an output range, on either side."""
     if s == 0:
         return 0
     return math.ceil(abs(s)) + 1 + (_SPLINE_MARGIN if order > 1 else 0)
+
+
+def _shift_reach(length: int, start: int, stop: int, s: float, order: int, mode: str):
+    """Source range ``(lo, hi)`` read by outputs ``start..stop-1`` of a shift by `s`.
+
+    ``output[i] = input[i - s]`` interpolates between ``floor(i - s)`` and the next
+    pixel, so the range is the output range *moved* by the shift, ``[start - ceil(s) - 1,
+    stop - floor(s) + 1)`` (a spare pixel on each side), plus ``_SPLINE_MARGIN`` for
+    orders above 1. Positions beyond the image fold back by `mode`; on a side where they
+    do, the range reaches the image edge, so that the region's edge is the image's and a
+    shift of the region alone folds exactly like a shift of the whole image.
+    """
+    if s == 0:
+        return start, stop
+    extra = _SPLINE_MARGIN if order > 1 else 0
+    raw_lo = start - math.ceil(s) - 1 - extra
+    raw_hi = stop - math.floor(s) + 1 + extra
+    if canonical_mode(mode) in ("reflect", "mirror") and (
+        raw_lo < 1 - length or raw_hi > 2 * length - 1
+    ):
+        return 0, length  # folded more than once: only the whole axis folds the same
+    index = border_index_map(length, raw_lo, raw_hi, 0, mode)
+    index = index[index >= 0]  # "constant" reads nothing outside
+    lo = int(index.min()) if index.size else length
+    hi = int(index.max()) + 1 if index.size else 0
+    lo = 0 if raw_lo < 0 else lo
+    hi = length if raw_hi > length else hi
+    if hi <= lo:  # only constant values: keep the edge pixel the border is defined by
+        lo, hi = (0, 1) if raw_hi <= 0 else (length - 1, length)
+    return lo, hi
+
+
+def _shift_read_box(box, shape, shift, order, mode) -> tuple:
+    """Source box read by the output `box` of a shift (see :func:`_shift_reach`)."""
+    return tuple(
+        _shift_reach(n, a, b, s, order, mode)
+        for (a, b), n, s in zip(box, shape, shift, strict=True)
+    )
 
 
 def _slices(box) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in box)
 
 
-def _linear_shift_nearest(image: np.ndarray, shift) -> np.ndarray:
-    """``ndimage.shift(image, shift, order=1, mode="nearest")``, separably, in float64.
+def _linear_shift_nearest(image: np.ndarray, shift, offsets, out_shape) -> np.ndarray:
+    """``ndimage.shift(image, shift, order=1, mode="nearest")``, separably, in float64,
+    evaluated at ``offsets + (0..out_shape - 1)``.
 
     The shift is the same for every pixel, so linear interpolation along an axis is one
     weighted sum of two shifted copies: about twice as fast as scipy's general spline
     code, and equal to it to rounding (the sums are float64 like scipy's).
     """
     out = image
-    for ax, s in enumerate(shift):
-        if s == 0:
-            continue
+    for ax, (s, offset, m) in enumerate(zip(shift, offsets, out_shape, strict=True)):
         n = out.shape[ax]
+        if s == 0:
+            if offset or m != n:
+                out = out[(slice(None),) * ax + (slice(offset, offset + m),)]
+            continue
         whole = math.floor(-s)
         frac = -s - whole
-        index = np.arange(n) + whole
+        index = np.arange(m) + (whole + offset)
         lower = np.take(out, np.clip(index, 0, n - 1), axis=ax).astype(np.float64, copy=False)
         if frac == 0:
             out = lower
@@ -353,23 +455,43 @@ def _linear_shift_nearest(image: np.ndarray, shift) -> np.ndarray:
     return out
 
 
-def _shift_array(image: np.ndarray, shift, order: int, mode: str) -> np.ndarray:
-    """``ndimage.shift`` with a floating-point output (see :func:`shift_lazy`)."""
+def _shift_array(
+    image: np.ndarray, shift, order: int, mode: str, offsets=None, out_shape=None
+) -> np.ndarray:
+    """``ndimage.shift`` with a floating-point output (see :func:`shift_lazy`).
+
+    With `offsets` and `out_shape`, only the part of the shifted image starting at
+    `offsets` (``output[u] = image[u + offsets - shift]``) is computed.
+    """
     out_dtype = _shift_dtype(image.dtype)
     if image.dtype == np.float16:
         image = image.astype(np.float32)
+    offsets = (0,) * image.ndim if offsets is None else tuple(offsets)
+    out_shape = image.shape if out_shape is None else tuple(out_shape)
     if order == 1 and mode == "nearest":
-        return _linear_shift_nearest(image, shift).astype(out_dtype, copy=False)
-    return ndimage.shift(
-        image, shift, order=order, mode=mode, output=out_dtype, prefilter=order > 1
+        shifted = _linear_shift_nearest(image, shift, offsets, out_shape)
+        return shifted.astype(out_dtype, copy=False)
+    if not any(offsets) and out_shape == image.shape:
+        return ndimage.shift(
+            image, shift, order=order, mode=mode, output=out_dtype, prefilter=order > 1
+        )
+    # A diagonal affine transform is scipy's shift with an output window of its own.
+    return ndimage.affine_transform(
+        image,
+        np.ones(image.ndim),
+        offset=[o - s for o, s in zip(offsets, shift, strict=True)],
+        output_shape=out_shape,
+        order=order,
+        mode=mode,
+        output=out_dtype,
+        prefilter=order > 1,
     )
 
 
 def _shift_region(region, inner, outer, shift, order, mode) -> np.ndarray:
-    """Shift a region read with a margin, and crop it to the inner box."""
-    shifted = _shift_array(region, shift, order, mode)
-    crop = tuple(slice(a - oa, b - oa) for (a, b), (oa, _) in zip(inner, outer, strict=True))
-    return shifted[crop]
+    """The shifted values of the `inner` box, from a `region` read over the `outer` box."""
+    offsets = [a - lo for (a, _), (lo, _) in zip(inner, outer, strict=True)]
+    return _shift_array(region, shift, order, mode, offsets, [b - a for a, b in inner])
 
 
 def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -425,8 +547,11 @@ def storage_chunks(source, ndim: int) -> tuple[int, ...] | None:
     return None
 
 
-def _layout(runs, shape, margins, native, halo) -> tuple[tuple, tuple, dict]:
+def _layout(runs, shape, reach, native, halo) -> tuple[tuple, tuple, dict]:
     """How a block reads the boxes given by `runs` (see the comment above).
+
+    `reach` maps a box to the box read for it (a shifted read), or is None (the box
+    itself); a piece narrower than `halo` along an axis comes from a strip task.
 
     Returns
     -------
@@ -440,10 +565,7 @@ def _layout(runs, shape, margins, native, halo) -> tuple[tuple, tuple, dict]:
     entries, requests = [], {}
     for combo in itertools.product(*(range(len(r)) for r in runs)):
         inner = tuple(runs[ax][c] for ax, c in enumerate(combo))
-        outer = tuple(
-            (max(0, a - m), min(n, b + m))
-            for (a, b), m, n in zip(inner, margins, shape, strict=True)
-        )
+        outer = inner if reach is None else reach(inner)
         direct, stripped = [], []
         if native is None:
             direct.append(outer)
@@ -529,6 +651,35 @@ def _assemble(source, layout, strips, shift=None, order=1, mode="nearest") -> np
     return np.block(pieces.tolist())
 
 
+#: Per-thread read buffers reused from block to block (see :func:`_contiguous`).
+_BUFFERS = threading.local()
+
+#: Largest read buffer kept for reuse, in bytes; larger reads get a fresh array.
+BUFFER_BYTES = 2**26
+
+
+def _contiguous(region: np.ndarray, slot: int) -> np.ndarray:
+    """`region` as a C-contiguous array, copied into a reused per-thread buffer if needed.
+
+    A block read from an in-memory source is a strided view; the kernels want it
+    contiguous (their flat min/max pass would copy a strided array again). Copying it
+    into a buffer this thread already owns, rather than a fresh array, avoids the page
+    faults of freshly mapped memory, a large part of the cost of the copy itself. The
+    result is only valid until the same thread asks for `slot` again.
+    """
+    if region.flags.c_contiguous or region.nbytes > BUFFER_BYTES:
+        return np.ascontiguousarray(region)
+    pool = getattr(_BUFFERS, "pool", None)
+    if pool is None:
+        pool = _BUFFERS.pool = {}
+    buffer = pool.get(slot)
+    if buffer is None or buffer.nbytes < region.nbytes:
+        buffer = pool[slot] = np.empty(region.nbytes, dtype=np.uint8)
+    out = buffer[: region.nbytes].view(region.dtype).reshape(region.shape)
+    np.copyto(out, region)
+    return out
+
+
 def ncc_source_block(
     source0, source1, plan: NCCPlan, box, layout0, layout1, strips0, strips1, shift=None
 ) -> np.ndarray:
@@ -550,8 +701,8 @@ def ncc_source_block(
         ``mode="nearest"``) as it is read.
     """
     _, maps = _block_reads(plan, box)
-    block0 = _assemble(source0, layout0, strips0)
-    block1 = _assemble(source1, layout1, strips1, shift, 1, "nearest")
+    block0 = _contiguous(_assemble(source0, layout0, strips0), 0)
+    block1 = _contiguous(_assemble(source1, layout1, strips1, shift, 1, "nearest"), 1)
     return ncc_block(block0, block1, plan, maps, n_threads=1)
 
 
@@ -601,14 +752,14 @@ def ncc_overlap_block(block0, block1, plan: NCCPlan, chunks, block_id=None) -> n
 
 def shift_overlap_block(block, shape, chunks, shift, order, mode, block_id=None) -> np.ndarray:
     """One block of a shift of a computed Dask array, from its overlapped block."""
-    box, inner = [], []
+    offsets, out_shape = [], []
     for ax, s in enumerate(shift):
         starts = np.cumsum((0, *chunks[ax]))
         start, stop = int(starts[block_id[ax]]), int(starts[block_id[ax] + 1])
         lo = max(0, start - _shift_margin(s, order))
-        inner.append(slice(start - lo, stop - lo))
-        box.append((start, stop))
-    return _shift_array(block, shift, order, mode)[tuple(inner)]
+        offsets.append(start - lo)
+        out_shape.append(stop - start)
+    return _shift_array(block, shift, order, mode, offsets, out_shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -757,10 +908,16 @@ def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
         name = f"local-ncc-{token}"
         strips = (f"local-ncc-strips0-{token}", f"local-ncc-strips1-{token}")
         halo = [plan.depth[ax] for ax in range(ndim)]
-        margins = [0] * ndim if shift is None else [_shift_margin(s, 1) for s in shift]
+        if shift is None:
+            reach, margins = None, [0] * ndim
+        else:
+            reach = partial(
+                _shift_read_box, shape=plan.shape, shift=shift, order=1, mode="nearest"
+            )
+            margins = [_shift_margin(s, 1) for s in shift]
         settings = (
-            ([0] * ndim, halo),
-            (margins, [h + m for h, m in zip(halo, margins, strict=True)]),
+            (None, halo),
+            (reach, [h + m for h, m in zip(halo, margins, strict=True)]),
         )
         dsk: dict = {key0: source0, key1: source1}
         requests: tuple[dict, dict] = ({}, {})
@@ -1014,11 +1171,12 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
         strips = f"shift-strips-{token}"
         native = storage_chunks(source, image.ndim)
         margins = [_shift_margin(s, order) for s in shift]
+        reach = partial(_shift_read_box, shape=image.shape, shift=shift, order=order, mode=mode)
         dsk: dict = {key: source}
         requests: dict = {}
         for idx, box in _boxes(image.chunks):
             runs = [[ab] for ab in box]
-            grid, entries, wanted = _layout(runs, image.shape, margins, native, margins)
+            grid, entries, wanted = _layout(runs, image.shape, reach, native, margins)
             cells = [(strips, *c) for c in _merge_requests(requests, wanted)]
             layout = (grid, entries)
             dsk[(name, *idx)] = (shift_source_block, key, layout, cells, shift, order, mode)
