@@ -66,15 +66,23 @@ def bench_throughput(n: int, repeats: int = 5) -> None:
     in_memory(a[:256, :256], b[:256, :256], RADIUS)  # compile / warm up
 
     x0, x1 = da.from_array(a, chunks=CHUNK), da.from_array(b, chunks=CHUNK)
+    lazy = local_ncc(x0, x1, RADIUS)
     out = np.empty((n, n), np.float32)
 
     def chunked_store():
         # Each block written in place by the worker that computed it.
         da.store(local_ncc(x0, x1, RADIUS), out, lock=False, scheduler="threads")
 
+    def chunked_store_new_target():
+        # Like the in-memory kernel, which allocates its result: the target's pages are
+        # faulted in during the run.
+        target = np.empty((n, n), np.float32)
+        da.store(local_ncc(x0, x1, RADIUS), target, lock=False, scheduler="threads")
+
     runs = {
         "memory": lambda: in_memory(a, b, RADIUS),
         "store": chunked_store,
+        "store_new": chunked_store_new_target,
         "compute": lambda: local_ncc(x0, x1, RADIUS).compute(scheduler="threads"),
     }
     # Interleaved, best of `repeats`: the machine may be shared, so noise hits all alike.
@@ -84,15 +92,86 @@ def bench_throughput(n: int, repeats: int = 5) -> None:
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
-    t_mem, t_store, t_compute = (min(times[k]) for k in ("memory", "store", "compute"))
+    t_mem, t_store, t_new, t_compute = (min(times[k]) for k in runs)
+    error = float(np.abs(out - in_memory(a, b, RADIUS)).max())
     mp = n * n / 1e6
     print(f"\n1. Throughput, {n}x{n} float32 pair, radius {RADIUS}, {os.cpu_count()} cores")
+    print(
+        f"   input chunks {x0.chunksize}, output blocks {lazy.chunksize} "
+        f"({lazy.npartitions} tasks), dask threaded scheduler, best of {repeats} interleaved"
+    )
     print(f"   in-memory kernel          : {t_mem:7.2f} s  {mp / t_mem:7.1f} MP/s")
     print(f"   chunked ({CHUNK}^2), da.store : {t_store:7.2f} s  {mp / t_store:7.1f} MP/s")
+    print(f"   chunked, da.store, new target: {t_new:7.2f} s  {mp / t_new:7.1f} MP/s")
     print(f"   chunked, .compute()       : {t_compute:7.2f} s  {mp / t_compute:7.1f} MP/s")
     print(
         f"   ratio chunked / in-memory throughput: {t_mem / t_store:.2f} (store), "
+        f"{t_mem / t_new:.2f} (store, target allocated in the run), "
         f"{t_mem / t_compute:.2f} (compute, incl. dask's final concatenation)  (target >= 0.8)"
+    )
+    medians = {k: float(np.median(v)) for k, v in times.items()}
+    print(
+        f"   medians: in-memory {medians['memory']:.2f} s, store {medians['store']:.2f} s "
+        f"(ratio {medians['memory'] / medians['store']:.2f})"
+    )
+    print(f"   stored map vs in-memory map: max |difference| {error:.1e}")
+    bench_stages(a, b, x0, x1, lazy, out)
+
+
+def bench_stages(a, b, x0, x1, lazy, out, repeats: int = 3) -> None:
+    """Cost of each stage of a chunked block, one thread, summed over the blocks."""
+    from napari_ncc import _lazy
+    from napari_ncc._borders import border_index_map
+    from napari_ncc._ncc import ncc_block, plan_ncc
+
+    plan = plan_ncc(a.shape, b.shape, RADIUS)
+    (_, source0), (_, source1) = _lazy.find_source(x0), _lazy.find_source(x1)
+    blocks = list(_lazy._boxes(lazy.chunks))
+    stages = ("read (view)", "copy, reused buffer", "copy, fresh array", "kernel", "place")
+    best = dict.fromkeys(stages, np.inf)
+    for _ in range(repeats):
+        total = dict.fromkeys(stages, 0.0)
+        for _, box in blocks:
+            runs, maps = _lazy._block_reads(plan, box)
+            region = tuple(rs[0] for rs in runs)  # one run per axis (reflect mode)
+            t0 = time.perf_counter()
+            views = (source0[_lazy._slices(region)], source1[_lazy._slices(region)])
+            t1 = time.perf_counter()
+            block0, block1 = (_lazy._contiguous(v, i) for i, v in enumerate(views))
+            t2 = time.perf_counter()
+            result = ncc_block(block0, block1, plan, maps, n_threads=1)
+            t3 = time.perf_counter()
+            out[_lazy._slices(box)] = result
+            t4 = time.perf_counter()
+            fresh = [np.ascontiguousarray(v) for v in views]  # what a plain read costs
+            t5 = time.perf_counter()
+            del fresh, result
+            for stage, dt in zip(
+                stages, (t1 - t0, t2 - t1, t5 - t4, t3 - t2, t4 - t3), strict=True
+            ):
+                total[stage] += dt
+        best = {k: min(best[k], total[k]) for k in stages}
+    maps = [
+        border_index_map(n, 0, n, r, plan.mode)
+        for n, r in zip(plan.shape, plan.radius, strict=True)
+    ]
+    t_kernel = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ncc_block(a, b, plan, maps, n_threads=1)
+        t_kernel = min(t_kernel, time.perf_counter() - t0)
+    n_blocks = len(blocks)
+    print(f"   stages, one thread, over the {n_blocks} blocks (best of {repeats}):")
+    for stage in stages:
+        note = "  (not on the chunked path: the old way)" if "fresh" in stage else ""
+        print(
+            f"     {stage:20s}: {best[stage]:6.2f} s  "
+            f"{best[stage] / n_blocks * 1e3:6.2f} ms/block{note}"
+        )
+    used = sum(best[k] for k in stages if "fresh" not in k)
+    print(
+        f"     chunked total       : {used:6.2f} s;  in-memory kernel, one thread: "
+        f"{t_kernel:6.2f} s  (ratio {t_kernel / used:.2f})"
     )
 
 

@@ -511,9 +511,14 @@ def _block_reads(plan: NCCPlan, box) -> tuple[list, list]:
             continue
         r = plan.radius[plan.axes.index(ax)]
         index = border_index_map(plan.shape[ax], start, stop, r, plan.mode)
-        needed = np.unique(index[index >= 0])
-        runs.append(_runs(needed))
-        maps.append(np.where(index >= 0, np.searchsorted(needed, index), -1))
+        inside = index >= 0
+        lo = int(index[inside].min())
+        read = np.zeros(int(index.max()) - lo + 1, dtype=bool)
+        read[index[inside] - lo] = True
+        # Local index of a source index: its rank among the indices read.
+        rank = np.arange(len(read)) if read.all() else np.cumsum(read) - 1
+        runs.append(_runs(np.flatnonzero(read) + lo))
+        maps.append(np.where(inside, rank[np.where(inside, index - lo, 0)], -1))
     return runs, maps
 
 
