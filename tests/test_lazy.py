@@ -289,7 +289,9 @@ class RecordingArray:
 
     def __getitem__(self, index):
         with self._lock:
-            self.reads.append(tuple((s.start, s.stop) for s in index))
+            self.reads.append(
+                tuple((s.start, s.stop) if isinstance(s, slice) else s for s in index)
+            )
         return self.data[index]
 
 
@@ -354,6 +356,26 @@ def test_shifted_block_reads_its_moved_box(rng, monkeypatch, shift):
     np.testing.assert_allclose(shifted, scipy_shift(b, shift)[48:64, 32:48], atol=1e-6)
     ((y0, y1), (x0_, x1_)), *_ = source1.reads
     assert y1 - y0 <= 16 + 3 and x1_ - x0_ <= 16 + 3
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_per_plane_registration_apply_reads_each_plane_from_the_source(rng, dtype):
+    """Registration.apply on a stack: every plane's blocks read their moved box from the
+    source (no cast in between that would hide it, no overlap graph)."""
+    stack = (rng.random((3, 48, 40)) * 1000).astype(dtype)
+    source = RecordingArray(stack)
+    x = da.from_array(source, chunks=(1, 16, 20), asarray=False)
+    shifts = np.array([[0.0, 1.5, -2.25], [0.0, -7.5, 3.0], [0.0, 0.0, 0.0]])
+    registration = napari_ncc.Registration(shift=(0.0, 0.0, 0.0), shifts=shifts, per_plane=0)
+    out = registration.apply(x)
+    assert out.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert not [name for name in out.__dask_graph__().layers if "overlap" in name]
+    source.reads.clear()
+    expected = np.stack([scipy_shift(p, s[1:]) for p, s in zip(stack, shifts, strict=True)])
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-4, rtol=1e-6)
+    assert len(source.reads) == out.npartitions
+    for t, (y0, y1), (x0, x1) in source.reads:  # one plane, the block moved (+3 at most)
+        assert isinstance(t, int) and y1 - y0 <= 16 + 3 and x1 - x0 <= 20 + 3
 
 
 @pytest.mark.parametrize("mode", ["nearest", "constant", "grid-constant", "reflect", "mirror"])
@@ -497,6 +519,35 @@ def test_shift_lazy_errors(rng):
         shift_lazy(x, (1, 1), order=7)
     with pytest.raises(TypeError, match="sequence"):
         shift_lazy(x, 1.5)
+
+
+@pytest.mark.parametrize("path", ["source", "overlap"])
+def test_output_chunks_are_the_blocks_computed(pair, path):
+    a, b = pair
+    make = da.from_array if path == "source" else computed
+    with _lazy.output_chunks((6, 7)):
+        out = local_ncc(make(a, 8), make(b, 5), 3, moving_shift=(0.5, -1.0))
+    assert out.chunks == da.core.normalize_chunks((6, 7), a.shape)
+    assert local_ncc(make(a, 8), make(b, 5), 3).chunks != out.chunks  # only inside the block
+    expected = core_ncc(a, scipy_shift(b, (0.5, -1.0)), 3)
+    np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_command_line_chunks_are_the_blocks_computed(tmp_path, rng):
+    """``--chunks``: the map is built at that block size, not rechunked once computed."""
+    from napari_ncc._cli import main
+
+    a = rng.random((40, 50)).astype(np.float32)
+    b = (a + 0.3 * rng.random(a.shape)).astype(np.float32)
+    for name, image in (("a.zarr", a), ("b.zarr", b)):
+        z = zarr.create_array(store=tmp_path / name, shape=a.shape, chunks=(32, 32), dtype="f4")
+        z[:] = image
+    out = tmp_path / "out.zarr"
+    args = ["compare", tmp_path / "a.zarr", tmp_path / "b.zarr", "-o", out]
+    assert main([*map(str, args), "--chunks", "16", "--no-register", "-q"]) == 0
+    written = zarr.open_array(out, mode="r")
+    assert written.chunks == (16, 16)
+    np.testing.assert_allclose(written[...], core_ncc(a, b, 3), atol=1e-5, rtol=0)
 
 
 # --- errors ------------------------------------------------------------------------------

@@ -647,11 +647,13 @@ def compare(args) -> dict:
             )
         if kind == "tiff":
             _check_tiff_size(reference.shape, out)
-        ncc, registration = _confidence_map(
-            reference, moving, args, args.per_plane, ref_levels, mov_levels
-        )
-        if args.chunks:
-            ncc = ncc.rechunk(args.chunks)
+        from ._lazy import output_chunks
+
+        # Blocks computed at the asked size (rechunking finished blocks would hold several).
+        with output_chunks(args.chunks or None):
+            ncc, registration = _confidence_map(
+                reference, moving, args, args.per_plane, ref_levels, mov_levels
+            )
         params = _parameters(args, args.per_plane, registration, (ref_path, mov_path))
         if kind == "zarr":
             from ._io import ATTRS_KEY, read_image, write_zarr

@@ -22,6 +22,8 @@ All task functions are module-level and their arguments picklable, so the graphs
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import math
 import operator
@@ -884,7 +886,41 @@ def _check_shift_mode(mode) -> str:
     return mode
 
 
+#: Output chunks for lazy maps built inside :func:`output_chunks` (None: the default).
+_OUTPUT_CHUNKS: contextvars.ContextVar = contextvars.ContextVar(
+    "napari_ncc_output_chunks", default=None
+)
+
+
+@contextlib.contextmanager
+def output_chunks(chunks):
+    """Build lazy NCC maps with these output chunks inside the ``with`` block.
+
+    For callers that build a map through layers that do not pass chunks on (the command
+    line's ``--chunks`` through ``ncc_confidence``): the blocks are then computed at the
+    wanted size, instead of finished blocks being rechunked (which holds several of them
+    in memory at once).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from napari_ncc._lazy import local_ncc, output_chunks
+    >>> x = da.ones((64, 64), chunks=32)
+    >>> with output_chunks(16):
+    ...     ncc = local_ncc(x, x, 3)
+    >>> ncc.chunksize
+    (16, 16)
+    """
+    token = _OUTPUT_CHUNKS.set(chunks)
+    try:
+        yield
+    finally:
+        _OUTPUT_CHUNKS.reset(token)
+
+
 def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
+    if chunks is None:
+        chunks = _OUTPUT_CHUNKS.get()
     src0, src1 = _as_source(image0), _as_source(image1)
     dask_inputs = [x for x in (image0, image1) if isinstance(x, da.Array)]
     base_chunks = dask_inputs[0].chunks

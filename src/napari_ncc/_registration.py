@@ -226,7 +226,9 @@ class Registration:
 
         check_image(image, "image")
         self._check_shape(image.shape)
-        image = image.astype(_output_dtype(image.dtype))
+        # No astype here: shift_lazy already gives floats (float32 for integer, bool and
+        # float16 input, as _output_dtype), and a cast would hide the source it reads
+        # each plane's blocks from.
         if self.shifts is None:
             return _shift_lazy(image, self.shift, order=order, mode=mode)
         planes = []
