@@ -133,13 +133,15 @@ def _root(array: np.ndarray) -> np.ndarray:
 def _whole_array(blocks: dict, chunks: tuple) -> np.ndarray | None:
     """The NumPy array that all `blocks` are views of, as one read-only view, or None.
 
-    ``da.from_array(numpy_array)`` holds its chunks as views of the user's array: seeing
-    the whole array again lets a block read its halo as a plain slice (no reassembly).
-    Checked, not assumed: every block must sit in the same buffer exactly where its
-    position in the whole array puts it.
+    ``da.from_array(numpy_array)`` holds its chunks as views of one array (its copy of
+    the user's array): seeing the whole array again lets a block read its halo as a
+    plain slice (no reassembly). Checked, not assumed: every block must sit in the same
+    buffer exactly where its position in the whole array puts it.
     """
     ndim = len(chunks)
     first = blocks[(0,) * ndim]
+    if any(block.size == 0 for block in blocks.values()):
+        return None
     root = _root(first)
     strides = list(first.strides)
     for block in blocks.values():  # strides along axes where some block is > 1 long
