@@ -1176,9 +1176,11 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
 
     Notes
     -----
-    Each output chunk reads only its own region plus a margin of ``ceil(|shift|) + 1``
-    pixels from the source when the Dask array is backed by something sliceable (see
-    :func:`find_source`), and uses ``dask.array.overlap`` otherwise. Orders above 1
+    When the Dask array is backed by something sliceable (see :func:`find_source`), each
+    output chunk reads from the source only its own box moved by the shift,
+    ``[start - ceil(shift) - 1, stop - floor(shift) + 1)`` per axis (reaching the image
+    edge where the shifted positions fold back across it); computed arrays go through
+    ``dask.array.overlap`` with a margin of ``ceil(|shift|) + 1`` pixels. Orders above 1
     prefilter with a margin of 32 more pixels, which differs from the whole-image
     prefilter by less than about 1e-10 relative.
 
