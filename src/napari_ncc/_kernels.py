@@ -212,20 +212,21 @@ def ncc2d_weighted(a, b, ymap, xmap, wy, wx, ca, cb, floor_a, floor_b, fill, out
 
 @njit(**_JIT)
 def value_range(a):
-    """Minimum, maximum and sum of an array (any shape) in float64, in one pass.
+    """Minimum, maximum and sum of a 2D array (any strides) in float64, in one pass.
 
     The sum is only there to detect NaN and infinity cheaply: it is finite iff they are absent
     (short of float64 overflow).
     """
-    flat = a.ravel()
     lo = np.inf
     hi = -np.inf
     total = 0.0
-    for i in range(flat.shape[0]):
-        v = np.float64(flat[i])
-        lo = min(lo, v)
-        hi = max(hi, v)
-        total += v
+    for i in range(a.shape[0]):
+        row = a[i]
+        for j in range(row.shape[0]):
+            v = np.float64(row[j])
+            lo = min(lo, v)
+            hi = max(hi, v)
+            total += v
     return lo, hi, total
 
 

@@ -220,6 +220,11 @@ def _as_kernel_input(image: np.ndarray) -> np.ndarray:
 
 def _value_range(image: np.ndarray, name: str, n_threads: int) -> tuple[float, float]:
     """Minimum and maximum of `image`, raising if it holds NaN or infinity."""
+    # The kernel reads 2D arrays of any strides; fold other shapes (a view when possible).
+    if image.ndim == 1:
+        image = image[np.newaxis]
+    elif image.ndim > 2:
+        image = image.reshape(-1, image.shape[-1])
     if n_threads > 1 and image.ndim and image.shape[0] > 1 and image.size > 1 << 20:
         pieces = np.array_split(image, min(n_threads, image.shape[0]), axis=0)
         parts = list(_pool().map(_kernels.value_range, pieces))
