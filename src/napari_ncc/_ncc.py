@@ -19,8 +19,12 @@ import numpy as np
 
 from . import _kernels
 from ._borders import border_index_map, canonical_mode
+from ._validation import WINDOWS, check_image, check_same_shape, normalize_axes
 
-WINDOWS = ("box", "gaussian")
+# Re-exported for the modules that still import them from here.
+_normalize_axes = normalize_axes
+__all__ = ["WINDOWS", "NCCPlan", "check_image", "local_ncc", "ncc_block", "plan_ncc"]
+
 
 #: A window is flat when its standard deviation is at most this fraction of the block's
 #: half-range (max |x - centre|) -- below that, float64 running sums cannot resolve it.
@@ -64,50 +68,6 @@ class NCCPlan:
             ax: self.radius[self.axes.index(ax)] if ax in self.axes else 0
             for ax in range(len(self.shape))
         }
-
-
-def check_image(image, name: str) -> None:
-    """Raise a clear error if `image` cannot be an NCC input.
-
-    Checks that it has a real numeric dtype (bool, integer or float), at least one
-    dimension and no empty axis.
-    """
-    dtype = getattr(image, "dtype", None)
-    dtype = np.asarray(image).dtype if dtype is None else np.dtype(dtype)
-    if dtype.kind not in "biuf" or dtype.itemsize > 8:
-        raise TypeError(
-            f"{name} has unsupported dtype {dtype}; expected a real numeric dtype "
-            "(bool, integer or float of at most 64 bits)"
-        )
-    shape = tuple(image.shape)
-    if len(shape) == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
-    if 0 in shape:
-        raise ValueError(f"{name} is empty (shape {shape})")
-
-
-def _normalize_axes(axes, ndim: int) -> tuple[int, ...]:
-    if axes is None:
-        return tuple(range(ndim))
-    if isinstance(axes, Integral) and not isinstance(axes, bool):
-        axes = (axes,)
-    try:
-        axes = tuple(axes)
-    except TypeError:
-        raise TypeError(f"axes must be an int or a sequence of ints, got {axes!r}") from None
-    if not axes:
-        raise ValueError("axes must name at least one axis")
-    normalized = []
-    for ax in axes:
-        if isinstance(ax, bool) or not isinstance(ax, Integral):
-            raise TypeError(f"axes must contain integers, got {ax!r}")
-        if not -ndim <= ax < ndim:
-            raise ValueError(f"axis {ax} is out of range for a {ndim}-D image")
-        ax = int(ax) % ndim
-        if ax in normalized:
-            raise ValueError(f"axes contains axis {ax} more than once: {axes}")
-        normalized.append(ax)
-    return tuple(normalized)
 
 
 def _normalize_radius(radius, axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -160,19 +120,13 @@ def plan_ncc(
         With a message naming the offending argument.
     """
     shape0, shape1 = tuple(shape0), tuple(shape1)
-    if len(shape0) != len(shape1):
-        raise ValueError(
-            "image0 and image1 must have the same number of dimensions, "
-            f"got {len(shape0)} and {len(shape1)} (shapes {shape0} and {shape1})"
-        )
-    if shape0 != shape1:
-        raise ValueError(f"image0 and image1 must have the same shape, got {shape0} and {shape1}")
+    check_same_shape(shape0, shape1, ("image0", "image1"))
     if window not in WINDOWS:
         raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
     mode = canonical_mode(mode)
     if isinstance(fill_value, bool) or not isinstance(fill_value, Real):
         raise TypeError(f"fill_value must be a real number (or nan), got {fill_value!r}")
-    axes = _normalize_axes(axes, len(shape0))
+    axes = normalize_axes(axes, len(shape0))
     radius = _normalize_radius(radius, axes)
     for ax, r in zip(axes, radius, strict=True):
         if r >= shape0[ax]:
