@@ -22,6 +22,10 @@ from reference import brute_force_ncc
 
 FILL = -7.0
 
+#: A shift within this of an integer is that integer (rounding noise, e.g. -6e-18 for a
+#: plane registered onto itself): no expected band may depend on the noise's sign.
+ZERO = 1e-6
+
 
 def shifted_pair(image, shift, region):
     """Crop `region` of `image` (reference) and of ``image(y + shift)`` (moving)."""
@@ -41,9 +45,9 @@ def expected_map(reference, moving, shift, radius, fill=FILL, **kwargs):
         x = np.arange(n)
         # Positions whose window [x - r, x + r] reads only x' with 0 <= x' - s <= n - 1;
         # a side the shift does not cut is an ordinary image border (mode applies).
-        lo = x - radius if s > 0 else x
-        hi = x + radius if s < 0 else x
-        ok = (lo - s >= -1e-9) & (hi - s <= n - 1 + 1e-9)
+        lo = x - radius if s > ZERO else x
+        hi = x + radius if s < -ZERO else x
+        ok = (lo - s >= -ZERO) & (hi - s <= n - 1 + ZERO)
         shape = [1] * reference.ndim
         shape[ax] = n
         valid &= ok.reshape(shape)
@@ -67,8 +71,8 @@ def test_map_with_a_given_registration_equals_brute_force(shift, radius):
     assert (ncc[~valid] == FILL).all()
     # The band has the expected width: ceil(|s|) + radius on each cut side.
     for ax, s in enumerate(shift):
-        if s:
-            band = math.ceil(abs(s) - 1e-9) + radius
+        if abs(s) > ZERO:
+            band = math.ceil(abs(s) - ZERO) + radius
             profile = valid.any(axis=1 - ax)
             assert profile.sum() == reference.shape[ax] - band
 
@@ -111,7 +115,7 @@ def test_register_false_is_plain_local_ncc():
     reference, moving = shifted_pair(data.camera(), (2.0, 1.0), CAMERA)
     ncc, reg = ncc_confidence(reference, moving, 2, register=False, mode="nearest")
     assert reg is None
-    np.testing.assert_array_equal(ncc, local_ncc(reference, moving, 2, mode="nearest"))
+    np.testing.assert_allclose(ncc, local_ncc(reference, moving, 2, mode="nearest"), atol=1e-6)
 
 
 def test_gaussian_window_and_nan_fill():
@@ -237,6 +241,10 @@ def test_drift_correction_compares_every_plane_with_the_reference_plane():
     ncc, reg = ncc_confidence(stack, stack, 2, fill_value=FILL, per_plane=0, reference_plane=0)
     assert reg.reference_plane == 0
     np.testing.assert_allclose(reg.shifts[:, 1:], DRIFTS, atol=0.15)
+    # Plane 0 onto itself: zero up to rounding is stored as exactly 0 (not -6e-18), so
+    # no fill band depends on the sign of rounding noise.
+    assert reg.shifts[0].tolist() == [0.0, 0.0, 0.0]
+    assert not np.signbit(reg.shifts[0]).any()
     for t, drift in enumerate(DRIFTS):
         expected, valid = expected_map(stack[0], stack[t], reg.shifts[t, 1:], 2)
         np.testing.assert_allclose(ncc[t][valid], expected[valid], atol=2e-5)
@@ -251,6 +259,35 @@ def test_drift_correction_compares_every_plane_with_the_reference_plane():
         registration=reg,
     )
     np.testing.assert_allclose(lazy.compute(), ncc, atol=1e-5)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+@pytest.mark.parametrize(
+    ("exact", "noisy"),
+    [
+        ((0.0, 0.0), (-6e-18, 1e-17)),
+        ((0.0, -2.0), (3e-9, -2.0 - 3e-9)),
+        ((3.0, 0.0), (2.9999999999, -1e-17)),
+        ((-4.0, 1.5), (-4.0 + 4e-7, 1.5)),
+    ],
+)
+def test_fill_band_ignores_rounding_noise_in_the_shift(exact, noisy, lazy):
+    """A shift that is an integer up to rounding gives the band of that integer, whatever
+    the sign of the noise (issue 12: -6e-18 made a band appear on another machine)."""
+    reference, moving = shifted_pair(data.camera(), exact, CAMERA)
+    inputs = (reference, moving)
+    if lazy:
+        inputs = tuple(da.from_array(x, chunks=40) for x in inputs)
+    maps = []
+    for shift in (exact, noisy):
+        ncc, reg = ncc_confidence(*inputs, 2, fill_value=FILL, registration=Registration(shift))
+        maps.append(np.asarray(ncc))
+    assert reg.shift == exact
+    np.testing.assert_array_equal(maps[1] == FILL, maps[0] == FILL)
+    np.testing.assert_allclose(maps[1], maps[0], atol=1e-6)
+    expected, valid = expected_map(reference, moving, exact, 2)
+    assert ((maps[1] == FILL) == ~valid).all()
+    np.testing.assert_allclose(maps[1][valid], expected[valid], atol=2e-5)
 
 
 def test_bad_input_raises_naming_the_problem():

@@ -39,6 +39,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ._ncc import _normalize_axes, check_image
+from ._validation import snap_shift
 
 __all__ = ["NORMALIZATIONS", "Registration", "RegistrationWarning", "register"]
 
@@ -93,6 +94,8 @@ class Registration:
 
     Same convention as ``skimage.registration.phase_cross_correlation``:
     ``scipy.ndimage.shift(moving, reg.shift)`` is (approximately) the reference.
+    Shifts within ``SHIFT_TOLERANCE`` (1e-6 px) of an integer are stored as that integer
+    (``-0.0`` as ``0.0``), so a shift that is zero up to rounding is exactly zero.
 
     Attributes
     ----------
@@ -141,9 +144,12 @@ class Registration:
     qualities: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        self.shift = tuple(float(s) for s in np.ravel(self.shift))
+        # Snapped, so that a shift that is an integer up to rounding (-6e-18 for a plane
+        # registered onto itself) is that integer on every machine: valid regions, fill
+        # bands and "shifted or not" never depend on rounding noise.
+        self.shift = tuple(float(s) for s in snap_shift(np.ravel(self.shift)))
         if self.shifts is not None:
-            self.shifts = np.asarray(self.shifts, dtype=np.float64)
+            self.shifts = snap_shift(self.shifts)
             if self.shifts.ndim != 2 or self.shifts.shape[1] != len(self.shift):
                 raise ValueError(
                     f"shifts must have shape (n_planes, {len(self.shift)}), "
@@ -367,14 +373,14 @@ def _plane_index(ndim: int, axis: int, t: int) -> tuple:
 
 def _valid_slices(shape, shift, skip=None) -> tuple[slice, ...]:
     out = []
-    for ax, (n, s) in enumerate(zip(shape, shift, strict=True)):
+    for ax, (n, s) in enumerate(zip(shape, snap_shift(shift).tolist(), strict=True)):
         if ax == skip:
             out.append(slice(0, n))
             continue
-        # x - s must lie in [0, n - 1]; a hair of tolerance for shifts that are integers
-        # up to rounding.
-        lo = min(max(math.ceil(s - 1e-6), 0), n)
-        hi = min(max(math.floor(n - 1 + s + 1e-6) + 1, lo), n)
+        # x - s must lie in [0, n - 1]; s is snapped, so an integer up to rounding counts
+        # as that integer.
+        lo = min(max(math.ceil(s), 0), n)
+        hi = min(max(math.floor(n - 1 + s) + 1, lo), n)
         out.append(slice(lo, hi))
     return tuple(out)
 
@@ -509,12 +515,12 @@ def _aligned_overlap(ref, mov, shift, *, margin=0, order=3):
     """
     shape = ref.shape
     # Snap shifts within rounding of an integer, so that floor and ceil agree with them.
-    shift = [round(s) if abs(s - round(s)) < 1e-9 else float(s) for s in shift]
+    shift = snap_shift(shift).tolist()
     lo, hi, crop, local = [], [], [], []
     integer = [math.floor(s) for s in shift]
     for n, s, si in zip(shape, shift, integer, strict=True):
-        a = min(max(math.ceil(s - 1e-9), 0) + (margin if s else 0), n)
-        b = max(min(math.floor(n - 1 + s + 1e-9) + 1, n) - (margin if s else 0), a)
+        a = min(max(math.ceil(s), 0) + (margin if s else 0), n)
+        b = max(min(math.floor(n - 1 + s) + 1, n) - (margin if s else 0), a)
         if b - a < 2 and n > 1:
             return None
         c0 = max(a - si - _SPLINE_PAD, 0)
@@ -598,6 +604,11 @@ class _Estimate:
     error: float
     reliable: bool
     notes: list
+
+    def __post_init__(self):
+        # Every estimate is snapped (see Registration), so that strategies built on
+        # estimates (tiles, planes) never carry rounding noise either.
+        self.shift = snap_shift(self.shift)
 
 
 def _estimate(ref, mov, axes, *, upsample_factor, normalization, disambiguate, refine):
