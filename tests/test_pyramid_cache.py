@@ -154,3 +154,20 @@ def test_a_failed_build_leaves_no_entry(tmp_path, big_zarr):
     assert [entries for _, entries, _ in os.walk(cache)][1:] == [[]]  # the path's folder only
     levels = cached_pyramid(path, cache_dir=cache)  # and a later build succeeds
     assert len(levels) == 4
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_a_cancelled_build_leaves_nothing(tmp_path, big_zarr):
+    _, path = big_zarr
+
+    def cancel(done, total):
+        if done == 3:
+            raise Cancelled  # what a napari progress bar's cancel button does
+
+    cache = tmp_path / "cache"
+    with pytest.raises(Cancelled):
+        cached_pyramid(path, cache_dir=cache, progress=cancel)
+    assert [entries for _, entries, _ in os.walk(cache)][1:] == [[]]

@@ -95,6 +95,7 @@ def _staged(path: str, overwrite: bool) -> Iterator[str]:
 
     On any exception the temporary directory is removed and `path` is left as it was; an
     existing `path` (``overwrite=True``) is replaced only once the new one is complete.
+    The same steps as :func:`napari_ncc._io.write_zarr`'s, which has them inline.
     """
     parent, base = os.path.split(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -103,7 +104,6 @@ def _staged(path: str, overwrite: bool) -> Iterator[str]:
     try:
         yield tmp
         if os.path.lexists(path):
-            _check_free(path, overwrite)  # it may have appeared while we were writing
             trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
             os.replace(path, trash)
             os.replace(tmp, path)

@@ -11,6 +11,7 @@ changed file gets a new pyramid (the old one is removed). :func:`open_image_pyra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -209,14 +210,15 @@ def cached_pyramid(
     >>> calls, [level.shape for level in again] == [level.shape for level in levels]
     ([], True)
     """
-    steps = iter_cached_pyramid(path, image, cache_dir=cache_dir)
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    # (closed at once when `progress` raises, so that the partial build is removed)
+    with contextlib.closing(iter_cached_pyramid(path, image, cache_dir=cache_dir)) as steps:
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(done, total)
 
 
 def open_image_pyramid(
