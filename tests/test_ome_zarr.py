@@ -227,3 +227,18 @@ def test_read_refuses_what_is_not_an_ome_zarr_image(tmp_path):
     for name in ("plain.zarr", "group.zarr", "missing.zarr"):
         with pytest.raises(ValueError, match=r"zarr group|no OME-Zarr multiscale"):
             read_ome_zarr(tmp_path / name)
+
+
+@pytest.mark.parametrize("damage", ["missing-level", "no-datasets"])
+def test_read_refuses_broken_metadata(tmp_path, rng, damage):
+    out = tmp_path / "broken.ome.zarr"
+    write_ome_zarr(rng.random((600, 600)).astype(np.float32), out, progress=False)
+    group = zarr.open_group(str(out), mode="r+")
+    ome = group.attrs["ome"]
+    if damage == "missing-level":
+        ome["multiscales"][0]["datasets"][1]["path"] = "9"
+    else:
+        ome["multiscales"][0]["datasets"] = []
+    group.attrs["ome"] = ome
+    with pytest.raises(ValueError, match=r"broken OME-Zarr metadata|no OME-Zarr multiscale"):
+        read_ome_zarr(out)

@@ -324,13 +324,16 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[list[da.Array], dict]:
         raise ValueError(f"{path} is not a readable zarr group: {err}") from None
     # Telling the reader the version avoids its "version mismatch" warning on 0.4 stores.
     fmt = ome_format.FormatV04() if group.metadata.zarr_format == 2 else ome_format.FormatV05()
-    location = ome_io.parse_url(path, fmt=fmt)
     node = None
-    if location is not None:
-        for candidate in ome_reader.Reader(location)():
-            if candidate.load(ome_reader.Multiscales) is not None:
-                node = candidate
-                break
+    try:
+        location = ome_io.parse_url(path, fmt=fmt)
+        if location is not None:
+            for candidate in ome_reader.Reader(location)():
+                if candidate.load(ome_reader.Multiscales) is not None:
+                    node = candidate
+                    break
+    except Exception as err:  # the reader raises whatever zarr or its validation raise
+        raise ValueError(f"{path}: broken OME-Zarr metadata: {err}") from None
     if node is None or not node.data:
         raise ValueError(f"{path} holds no OME-Zarr multiscale image ('multiscales' metadata)")
     levels = []
