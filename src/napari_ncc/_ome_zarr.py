@@ -225,12 +225,14 @@ def write_ome_zarr(
     --------
     >>> import os, tempfile
     >>> import dask.array as da
-    >>> out = os.path.join(tempfile.mkdtemp(), "ramp.ome.zarr")
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = os.path.join(folder.name, "ramp.ome.zarr")
     >>> image = da.arange(1200 * 1100, dtype="float32").reshape(1200, 1100).rechunk(512)
     >>> _ = write_ome_zarr(image, out, attrs={"napari_ncc": {"radius": 3}}, progress=False)
     >>> levels, meta = read_ome_zarr(out)
     >>> [level.shape for level in levels], meta["axes"], meta["napari_ncc"]
     ([(1200, 1100), (600, 550), (300, 275)], ('y', 'x'), {'radius': 3})
+    >>> folder.cleanup()
     """
     ome_format, _, _, ome_writer, axes_type = _ome_zarr()
     import zarr

@@ -198,10 +198,10 @@ def cached_pyramid(
     --------
     >>> import os, tempfile
     >>> import numpy as np, zarr
-    >>> folder = tempfile.mkdtemp()
-    >>> path = os.path.join(folder, "tall.zarr")
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "tall.zarr")
     >>> _ = zarr.create_array(path, data=np.ones((1200, 600), "uint8"), chunks=(512, 512))
-    >>> cache = os.path.join(folder, "cache")
+    >>> cache = os.path.join(folder.name, "cache")
     >>> levels = cached_pyramid(path, cache_dir=cache)
     >>> [level.shape for level in levels]
     [(1200, 600), (600, 300), (300, 150)]
@@ -209,6 +209,7 @@ def cached_pyramid(
     >>> again = cached_pyramid(path, cache_dir=cache, progress=lambda *done: calls.append(done))
     >>> calls, [level.shape for level in again] == [level.shape for level in levels]
     ([], True)
+    >>> folder.cleanup()
     """
     # (closed at once when `progress` raises, so that the partial build is removed)
     with contextlib.closing(iter_cached_pyramid(path, image, cache_dir=cache_dir)) as steps:
