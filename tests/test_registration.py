@@ -502,13 +502,19 @@ def test_large_dask_without_pyramid_reads_each_chunk_once_plus_tiles():
     shift = (-401.71, 655.28)
     reference = CountingSource((n, n), chunk, lambda r: texture.block(r))
     moving = CountingSource((n, n), chunk, lambda r: texture.block(r, shift))
-    reg = register(reference.array, moving.array, max_size=1024)
+    calls = []
+    reg = register(
+        reference.array, moving.array, max_size=1024, progress=lambda *c: calls.append(c)
+    )
     np.testing.assert_allclose(reg.shift, shift, atol=0.05)
     assert reg.reliable
     assert "block-mean" in reg.method and "tiles" in reg.method
     n_chunks = (n // chunk) ** 2
     assert reference.calls <= n_chunks + 4 * 4
     assert moving.calls <= n_chunks + 4 * 4
+    # Progress: the block-mean pass in slabs of chunk rows, then the tiles.
+    assert_progress(calls)
+    assert len(calls) > 2 * 3 + 4
 
 
 def test_large_numpy_takes_the_coarse_and_tiles_path():
@@ -534,6 +540,66 @@ def test_small_dask_input_is_registered_like_numpy():
     reference, moving = shifted_pair(data.camera(), (3.3, -2.6))
     lazy = register(da.from_array(reference, chunks=100), da.from_array(moving, chunks=100))
     np.testing.assert_allclose(lazy.shift, register(reference, moving).shift, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------
+
+
+def assert_progress(calls):
+    """(0, total) first, (total, total) last, `done` strictly increasing, total fixed."""
+    total = calls[0][1]
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert all(t == total for _, t in calls)
+    done = [d for d, _ in calls]
+    assert done == sorted(set(done))
+
+
+def test_progress_counts_planes():
+    stack = drifting_stack(DRIFTS)
+    calls = []
+    register(stack, stack, per_plane=0, reference_plane=0, progress=lambda *c: calls.append(c))
+    assert calls == [(t, len(DRIFTS)) for t in range(len(DRIFTS) + 1)]
+    calls.clear()
+    lazy = da.from_array(stack, chunks=(2, 200, 200))
+    register(lazy, lazy, per_plane=0, progress=lambda *c: calls.append(c))
+    assert calls == [(t, len(DRIFTS)) for t in range(len(DRIFTS) + 1)]
+    calls.clear()
+    register(stack[1], stack[2], progress=lambda *c: calls.append(c))
+    assert calls == [(0, 1), (1, 1)]
+
+
+def test_progress_counts_block_mean_slabs_and_tiles_of_a_large_image():
+    image = smooth_volume((1400, 1300), seed=4, sigma=1.5)
+    reference, moving = shifted_pair(image, (37.45, -81.3), crop=0.9)
+    calls = []
+    reg = register(reference, moving, max_size=256, n_tiles=3, progress=lambda *c: calls.append(c))
+    assert "block-mean" in reg.method
+    assert_progress(calls)
+    assert len(calls) >= 1 + 2 + 1  # a slab per image at least, and a tile
+    calls.clear()
+    stack = np.stack([reference, moving])
+    register(stack, stack[::-1], per_plane=0, max_size=256, progress=lambda *c: calls.append(c))
+    assert_progress(calls)
+    assert len(calls) >= 1 + 2 * (2 + 1)
+
+
+def test_an_exception_raised_by_progress_stops_the_registration():
+    class Cancelled(Exception):
+        pass
+
+    seen = []
+
+    def cancel_at_two(done, total):
+        seen.append(done)
+        if done == 2:
+            raise Cancelled
+
+    stack = drifting_stack(DRIFTS)
+    with pytest.raises(Cancelled):
+        register(stack, stack, per_plane=0, reference_plane=0, progress=cancel_at_two)
+    assert seen == [0, 1, 2]
 
 
 # --------------------------------------------------------------------------------------
@@ -569,6 +635,7 @@ A = np.zeros((32, 32))
         (dict(upsample_factor=2.5), TypeError, "upsample_factor must be an integer"),
         (dict(normalization="phasee"), ValueError, "unknown normalization 'phasee'"),
         (dict(max_size=4), ValueError, "max_size must be >= 16"),
+        (dict(progress=True), TypeError, "progress must be a callable progress"),
         (dict(moving=np.zeros((32, 32), complex)), TypeError, "moving has unsupported dtype"),
         (dict(reference="image"), TypeError, "reference has unsupported dtype"),
         (

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
 
@@ -759,35 +759,56 @@ def _coarse_factors(shape, axes, max_size, chunks=None) -> tuple[int, ...]:
     return tuple(factors)
 
 
-def _block_mean(image, factors) -> np.ndarray:
-    """Block-mean downsampling (float32), reading the image slab by slab."""
-    if _is_dask(image):
-        import dask.array as da
+def _block_mean_slabs(image, factors) -> list[tuple[int, int]]:
+    """Row ranges ``[a, b)`` of `image` whose block means are computed one at a time.
 
-        coarse = da.coarsen(
-            np.mean,
-            image.astype(np.float32),
-            {ax: f for ax, f in enumerate(factors) if f > 1},
-            trim_excess=True,
-            dtype=np.float32,
-        )
-        return np.asarray(coarse.compute())
+    Each range is a whole number of blocks along axis 0. For Dask input they also end on
+    chunk boundaries (each chunk is read once); for in-memory input they hold at most
+    256 MiB of float64 rows.
+    """
+    n, f = int(image.shape[0]), factors[0]
+    stop = (n // f) * f
+    if _is_dask(image):
+        ends = itertools.accumulate(image.chunks[0])
+        cuts = [int(e) for e in ends if e % f == 0 and 0 < e < stop] + [stop]
+    else:
+        row_bytes = math.prod(image.shape[1:]) * f * 8
+        rows = max(1, (256 * 2**20) // max(row_bytes, 1)) * f
+        cuts = [*range(rows, stop, rows), stop]
+    return list(itertools.pairwise([0, *cuts]))
+
+
+def _block_mean(image, factors, on_slab=None) -> np.ndarray:
+    """Block-mean downsampling (float32), reading the image slab by slab.
+
+    `on_slab` is called after each slab of :func:`_block_mean_slabs`.
+    """
     shape = tuple(image.shape)
     out_shape = tuple(n // f for n, f in zip(shape, factors, strict=True))
     out = np.empty(out_shape, dtype=np.float32)
-    row_bytes = math.prod(shape[1:]) * factors[0] * 8
-    rows = max(1, (256 * 2**20) // max(row_bytes, 1))
-    for i in range(0, out_shape[0], rows):
-        j = min(i + rows, out_shape[0])
-        slab = np.asarray(image[i * factors[0] : j * factors[0]], dtype=np.float64)
-        trim = tuple(
-            slice(0, n * f) for n, f in zip((j - i, *out_shape[1:]), factors, strict=True)
-        )
-        slab = slab[trim]
-        split = []
-        for n, f in zip((j - i, *out_shape[1:]), factors, strict=True):
-            split += [n, f]
-        out[i:j] = slab.reshape(split).mean(axis=tuple(range(1, 2 * len(shape), 2)))
+    for a, b in _block_mean_slabs(image, factors):
+        rows = slice(a // factors[0], b // factors[0])
+        if _is_dask(image):
+            import dask.array as da
+
+            coarse = da.coarsen(
+                np.mean,
+                image[a:b].astype(np.float32),
+                {ax: f for ax, f in enumerate(factors) if f > 1},
+                trim_excess=True,
+                dtype=np.float32,
+            )
+            out[rows] = np.asarray(coarse.compute())
+        else:
+            slab = np.asarray(image[a:b], dtype=np.float64)
+            trim = tuple(slice(0, n * f) for n, f in zip(out_shape[1:], factors[1:], strict=True))
+            slab = slab[(slice(None), *trim)]
+            split = []
+            for n, f in zip(((b - a) // factors[0], *out_shape[1:]), factors, strict=True):
+                split += [n, f]
+            out[rows] = slab.reshape(split).mean(axis=tuple(range(1, 2 * len(shape), 2)))
+        if on_slab is not None:
+            on_slab()
     return out
 
 
@@ -807,7 +828,36 @@ def _read(regions):
     return out
 
 
-def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options):
+def _coarse_source(ref_levels, mov_levels, axes, max_size):
+    """Where the coarse estimate of a large pair comes from: ``(level, factors)``.
+
+    `level` is the pyramid level read (0: full resolution, no pyramid or none small
+    enough), `factors` the block-mean factors applied to it (None: read as it is).
+    """
+    level = 0
+    for i in range(1, min(len(ref_levels), len(mov_levels))):
+        if tuple(ref_levels[i].shape) != tuple(mov_levels[i].shape):
+            raise ValueError(
+                f"reference and moving pyramids differ at level {i}: shapes "
+                f"{tuple(ref_levels[i].shape)} and {tuple(mov_levels[i].shape)}"
+            )
+        level = i
+        if not _is_large(ref_levels[i].shape, axes, max_size):
+            return level, None
+    coarse = ref_levels[level]
+    return level, _coarse_factors(coarse.shape, axes, max_size, getattr(coarse, "chunks", None))
+
+
+def _large_steps(ref_levels, mov_levels, axes, max_size, n_tiles) -> int:
+    """Progress steps of :func:`_estimate_large`: block-mean slabs (or one read), tiles."""
+    level, factors = _coarse_source(ref_levels, mov_levels, axes, max_size)
+    if factors is None:
+        return 1 + n_tiles
+    slabs = [_block_mean_slabs(x[level], factors) for x in (ref_levels, mov_levels)]
+    return sum(map(len, slabs)) + n_tiles
+
+
+def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options, progress):
     """Register images too large for memory: coarse estimate, then full-resolution tiles."""
     ref0, mov0 = ref_levels[0], mov_levels[0]
     shape = tuple(int(n) for n in ref0.shape)
@@ -815,33 +865,19 @@ def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options):
     notes = []
 
     # 1. The coarse pair: a pyramid level small enough, or block means.
-    level = None
-    if len(ref_levels) > 1 and len(mov_levels) > 1:
-        for i in range(1, min(len(ref_levels), len(mov_levels))):
-            if tuple(ref_levels[i].shape) != tuple(mov_levels[i].shape):
-                raise ValueError(
-                    f"reference and moving pyramids differ at level {i}: shapes "
-                    f"{tuple(ref_levels[i].shape)} and {tuple(mov_levels[i].shape)}"
-                )
-            level = i
-            if not _is_large(ref_levels[i].shape, axes, max_size):
-                break
-    if level is not None:
-        ref_c, mov_c = ref_levels[level], mov_levels[level]
-        scale = np.array([a / b for a, b in zip(shape, ref_c.shape, strict=True)])
-        method = f"pyramid level {level}"
-        if _is_large(ref_c.shape, axes, max_size):
-            factors = _coarse_factors(ref_c.shape, axes, max_size, getattr(ref_c, "chunks", None))
-            ref_c, mov_c = _block_mean(ref_c, factors), _block_mean(mov_c, factors)
-            scale = scale * np.array(factors)
-            method += f" block-mean x{max(factors)}"
-        else:
-            ref_c, mov_c = _read([(ref_c, ()), (mov_c, ())])
+    level, factors = _coarse_source(ref_levels, mov_levels, axes, max_size)
+    ref_c, mov_c = ref_levels[level], mov_levels[level]
+    scale = np.array([a / b for a, b in zip(shape, ref_c.shape, strict=True)])
+    method = [f"pyramid level {level}"] if level else []
+    if factors is None:
+        ref_c, mov_c = _read([(ref_c, ()), (mov_c, ())])
+        progress.advance()
     else:
-        factors = _coarse_factors(shape, axes, max_size, getattr(ref0, "chunks", None))
-        ref_c, mov_c = _block_mean(ref0, factors), _block_mean(mov0, factors)
-        scale = np.array(factors, dtype=np.float64)
-        method = f"block-mean x{max(factors)}"
+        ref_c = _block_mean(ref_c, factors, progress.advance)
+        mov_c = _block_mean(mov_c, factors, progress.advance)
+        scale = scale * np.array(factors)
+        method.append(f"block-mean x{max(factors)}")
+    method = " ".join(method)
     _check_finite(np.asarray(ref_c, dtype=np.float32), "reference")
     _check_finite(np.asarray(mov_c, dtype=np.float32), "moving")
     coarse = _estimate(
@@ -893,6 +929,7 @@ def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options):
     for _, origin, m0 in cells:
         regions.append((ref0, tuple(slice(o, o + t) for o, t in zip(origin, tile, strict=True))))
         regions.append((mov0, tuple(slice(m, m + t) for m, t in zip(m0, tile, strict=True))))
+    # One pass: tiles that share a chunk read it once.
     values = _read(regions)
     results = []
     for i, (_, origin, m0) in enumerate(cells):
@@ -910,6 +947,7 @@ def _estimate_large(ref_levels, mov_levels, axes, *, max_size, options):
         )
         full = est.shift + np.array(origin) - np.array(m0)
         results.append((est, full))
+        progress.advance()
     tolerance = max(2.0, float(scale.max()))
     good = [
         (e, s)
@@ -960,6 +998,7 @@ def register(
     refine: bool = True,
     max_size: int = 2048,
     n_tiles: int = N_TILES,
+    progress: Callable[[int, int], object] | None = None,
 ) -> Registration:
     """Subpixel translation that registers `moving` onto `reference`.
 
@@ -1000,6 +1039,14 @@ def register(
         only full-resolution data read besides the downsampling pass).
     n_tiles : int, optional
         Full-resolution tiles used by the large-image path; the shift is their median.
+    progress : callable, optional
+        Called as ``progress(done, total)`` as the work goes: first ``(0, total)``, then
+        after every step, last ``(total, total)``. A step is a plane (per-plane
+        registration of in-memory planes), and on the large-image path a slab of the
+        block-mean pass or one full-resolution tile. `total` is fixed from the first
+        call; steps that turn out unnecessary are skipped at once (`done` jumps). Its
+        return value is ignored; an exception it raises stops the registration (a way to
+        cancel it). Called in the thread that runs :func:`register`.
 
     Returns
     -------
@@ -1103,6 +1150,10 @@ def register(
                 f"{per_plane}), got {reference_plane!r}"
             )
         reference_plane = int(reference_plane) % n
+    if progress is not None and not callable(progress):
+        raise TypeError(
+            f"progress must be a callable progress(done, total) or None, got {progress!r}"
+        )
     options = {
         "upsample_factor": upsample_factor,
         "normalization": normalization,
@@ -1112,7 +1163,10 @@ def register(
     }
 
     if per_plane is None:
-        est, method = _register_one(ref_levels, mov_levels, axes, max_size, options)
+        steps = _steps(ref_levels, mov_levels, axes, max_size, n_tiles)
+        tracker = _Progress(progress, steps)
+        est, method = _register_one(ref_levels, mov_levels, axes, max_size, options, tracker)
+        tracker.reach(steps)
         reg = Registration(
             shift=tuple(est.shift),
             quality=est.quality,
@@ -1141,6 +1195,12 @@ def register(
         and (_is_dask(ref0) or _is_dask(mov0))
         and not _is_large(plane_shape, plane_axes, max_size)
     )
+    plane_levels = (
+        [_take(level, per_plane, 0, shape0) for level in ref_levels],
+        [_take(level, per_plane, 0, shape0) for level in mov_levels],
+    )
+    steps = 1 if batched else _steps(*plane_levels, plane_axes, max_size, n_tiles)
+    tracker = _Progress(progress, n_planes * steps)
     if batched:
         # Small planes of a Dask stack: read them a slab of chunks at a time, so that a
         # chunk holding several planes is read once, not once per plane.
@@ -1158,17 +1218,19 @@ def register(
                 local = _plane_index(ndim, per_plane, t - t0)
                 ref_t = ref_fixed if ref_fixed is not None else ref_slab[local]
                 est, method = _register_one(
-                    [ref_t], [mov_slab[local]], plane_axes, max_size, options
+                    [ref_t], [mov_slab[local]], plane_axes, max_size, options, tracker
                 )
                 ests.append(est)
                 methods.add(method)
+                tracker.reach((t + 1) * steps)
     for t in range(n_planes if not batched else 0):
         source = t if reference_plane is None else reference_plane
         ref_t = [_take(level, per_plane, source, shape0) for level in ref_levels]
         mov_t = [_take(level, per_plane, t, shape0) for level in mov_levels]
-        est, method = _register_one(ref_t, mov_t, plane_axes, max_size, options)
+        est, method = _register_one(ref_t, mov_t, plane_axes, max_size, options, tracker)
         ests.append(est)
         methods.add(method)
+        tracker.reach((t + 1) * steps)
     shifts = np.array([np.insert(e.shift, per_plane, 0.0) for e in ests])
     qualities = np.array([e.quality for e in ests])
     unreliable = [t for t, e in enumerate(ests) if not e.reliable]
@@ -1225,10 +1287,38 @@ def _take(level, axis, index, full_shape):
     return level[_plane_index(len(level.shape), axis, i)]
 
 
-def _register_one(ref_levels, mov_levels, axes, max_size, options):
+class _Progress:
+    """Counts the finished steps of a registration and reports them to a callback."""
+
+    def __init__(self, callback, total: int):
+        self.callback, self.total, self.done = callback, max(int(total), 1), 0
+        if callback is not None:
+            callback(0, self.total)
+
+    def advance(self) -> None:
+        self.reach(self.done + 1)
+
+    def reach(self, done: int) -> None:
+        done = min(max(int(done), self.done), self.total)
+        if done != self.done:
+            self.done = done
+            if self.callback is not None:
+                self.callback(done, self.total)
+
+
+def _steps(ref_levels, mov_levels, axes, max_size, n_tiles) -> int:
+    """Progress steps of :func:`_register_one` on these levels."""
+    if _is_large(ref_levels[0].shape, axes, max_size):
+        return _large_steps(ref_levels, mov_levels, axes, max_size, n_tiles)
+    return 1
+
+
+def _register_one(ref_levels, mov_levels, axes, max_size, options, progress):
     ref0, mov0 = ref_levels[0], mov_levels[0]
     if _is_large(ref0.shape, axes, max_size):
-        return _estimate_large(ref_levels, mov_levels, axes, max_size=max_size, options=options)
+        return _estimate_large(
+            ref_levels, mov_levels, axes, max_size=max_size, options=options, progress=progress
+        )
     ref, mov = _read([(ref0, ()), (mov0, ())])
     _check_finite(ref, "reference")
     _check_finite(mov, "moving")
