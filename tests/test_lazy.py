@@ -20,9 +20,11 @@ import zarr
 from scipy import ndimage
 
 import napari_ncc
-from napari_ncc import _lazy
-from napari_ncc._lazy import find_source, local_ncc, shift_lazy
+from napari_ncc import _lazy, _sources
+from napari_ncc._lazy import local_ncc
 from napari_ncc._ncc import local_ncc as core_ncc
+from napari_ncc._shift import shift_lazy
+from napari_ncc._sources import find_source
 from reference import brute_force_ncc
 
 MODES = ["reflect", "mirror", "nearest", "wrap", "constant"]
@@ -195,7 +197,7 @@ def test_find_source(tmp_path, pair):
     assert isinstance(whole, np.ndarray) and not whole.flags.writeable
     np.testing.assert_array_equal(whole, a)
     persisted = da.from_array(a, chunks=8).map_blocks(np.copy).persist(scheduler="sync")
-    assert isinstance(find_source(persisted)[1], _lazy.ChunkedSource)
+    assert isinstance(find_source(persisted)[1], _sources.ChunkedSource)
     assert find_source(da.from_array(a, chunks=8) + 1) is None
     assert find_source(computed(a, 8)) is None
     assert find_source(da.from_array(memmap, chunks=8, lock=True)) is None
@@ -220,7 +222,7 @@ def test_plain_slicing_of_a_source_is_read_from_the_source(rng, index):
     z0[:], z1[:] = a, b
     x0, x1 = da.from_zarr(z0)[index], da.from_zarr(z1)[index]
     for x in (x0, x1):
-        assert isinstance(find_source(x)[1], _lazy.SlicedSource)
+        assert isinstance(find_source(x)[1], _sources.SlicedSource)
     axes = (-2, -1)
     shift = (0.5,) * x0.ndim
     expected = core_ncc(a[index], scipy_shift(b[index], shift), 2, axes=axes)
@@ -261,7 +263,7 @@ def test_chunked_source_slices_like_the_array(pair):
     a, _ = pair
     blocks = da.from_array(a, chunks=((3, 10, 10), (7, 7, 17))).map_blocks(np.copy)
     source = find_source(blocks.persist(scheduler="sync"))[1]
-    assert isinstance(source, _lazy.ChunkedSource)
+    assert isinstance(source, _sources.ChunkedSource)
     for box in [(slice(0, 23), slice(0, 31)), (slice(2, 14), slice(6, 8)), (slice(5, 6), None)]:
         box = tuple(slice(None) if s is None else s for s in box)
         np.testing.assert_array_equal(source[box], a[box])
@@ -425,13 +427,6 @@ def test_each_storage_chunk_is_decoded_about_twice(rng, monkeypatch, shift):
         counts = source.decoded()
         assert len(counts) == 5 * 6
         assert max(counts.values()) <= 2  # a plain halo read would decode up to 9 times
-
-
-def test_huge_storage_chunks_are_read_directly(rng):
-    a = rng.random((40, 30))
-    assert _lazy.storage_chunks(ChunkedRecordingArray(a, (16, 16)), 2) == (16, 16)
-    assert _lazy.storage_chunks(ChunkedRecordingArray(a, (2**14, 2**13)), 2) is None
-    assert _lazy.storage_chunks(a, 2) is None
 
 
 def test_graph_is_picklable(pair, tmp_path):
