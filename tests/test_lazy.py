@@ -517,15 +517,33 @@ def test_shift_lazy_errors(rng):
 
 
 @pytest.mark.parametrize("path", ["source", "overlap"])
-def test_output_chunks_are_the_blocks_computed(pair, path):
+def test_chunks_are_the_blocks_computed(pair, path):
     a, b = pair
     make = da.from_array if path == "source" else computed
-    with _lazy.output_chunks((6, 7)):
-        out = local_ncc(make(a, 8), make(b, 5), 3, moving_shift=(0.5, -1.0))
+    out = local_ncc(make(a, 8), make(b, 5), 3, moving_shift=(0.5, -1.0), chunks=(6, 7))
     assert out.chunks == da.core.normalize_chunks((6, 7), a.shape)
-    assert local_ncc(make(a, 8), make(b, 5), 3).chunks != out.chunks  # only inside the block
+    if path == "source":  # the blocks read their regions: nothing is rechunked
+        assert not [name for name in out.__dask_graph__().layers if "rechunk" in name]
+    assert local_ncc(make(a, 8), make(b, 5), 3).chunks != out.chunks
     expected = core_ncc(a, scipy_shift(b, (0.5, -1.0)), 3)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_ncc_confidence_builds_its_map_in_the_given_chunks(rng):
+    a = rng.random((40, 50))
+    b = ndimage.shift(a, (1.5, -2.0), order=1, mode="nearest")
+    registration = napari_ncc.Registration(shift=(-1.5, 2.0))
+    x0, x1 = da.from_array(a, chunks=32), da.from_array(b, chunks=32)
+    ncc, _ = napari_ncc.ncc_confidence(x0, x1, radius=3, registration=registration, chunks=16)
+    assert ncc.chunks == da.core.normalize_chunks(16, a.shape)
+    expected, _ = napari_ncc.ncc_confidence(a, b, radius=3, registration=registration)
+    np.testing.assert_allclose(ncc.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_chunks_of_numpy_input_are_refused(pair):
+    a, b = pair
+    with pytest.raises(ValueError, match="chunks=16 is for the lazy map of Dask input"):
+        local_ncc(a, b, 3, chunks=16)
 
 
 def test_command_line_chunks_are_the_blocks_computed(tmp_path, rng):

@@ -19,8 +19,6 @@ All task functions are module-level and their arguments picklable, so the graphs
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -175,41 +173,7 @@ def _normalize_output_chunks(chunks, shape) -> tuple:
 # ---------------------------------------------------------------------------------------
 
 
-#: Output chunks for lazy maps built inside :func:`output_chunks` (None: the default).
-_OUTPUT_CHUNKS: contextvars.ContextVar = contextvars.ContextVar(
-    "napari_ncc_output_chunks", default=None
-)
-
-
-@contextlib.contextmanager
-def output_chunks(chunks):
-    """Build lazy NCC maps with these output chunks inside the ``with`` block.
-
-    For callers that build a map through layers that do not pass chunks on (the command
-    line's ``--chunks`` through ``ncc_confidence``): the blocks are then computed at the
-    wanted size, instead of finished blocks being rechunked (which holds several of them
-    in memory at once).
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> from napari_ncc._lazy import local_ncc, output_chunks
-    >>> x = da.ones((64, 64), chunks=32)
-    >>> with output_chunks(16):
-    ...     ncc = local_ncc(x, x, 3)
-    >>> ncc.chunksize
-    (16, 16)
-    """
-    token = _OUTPUT_CHUNKS.set(chunks)
-    try:
-        yield
-    finally:
-        _OUTPUT_CHUNKS.reset(token)
-
-
 def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
-    if chunks is None:
-        chunks = _OUTPUT_CHUNKS.get()
     src0, src1 = as_source(image0), as_source(image1)
     dask_inputs = [x for x in (image0, image1) if isinstance(x, da.Array)]
     base_chunks = dask_inputs[0].chunks
@@ -296,6 +260,7 @@ def local_ncc(
     fill_value: float = 0.0,
     axes: int | Sequence[int] | None = None,
     moving_shift: Sequence[float] | None = None,
+    chunks=None,
 ):
     """Local normalized cross-correlation (Pearson correlation of patches) of two images.
 
@@ -332,6 +297,12 @@ def local_ncc(
         interpolation and ``mode="nearest"``, as ``scipy.ndimage.shift(image1,
         moving_shift, order=1, mode="nearest")`` (so that the shifted moving image matches
         the reference). Lazily, each block is shifted as it is read.
+    chunks : int, tuple or str, optional
+        Blocks of the lazy map, in any form ``dask.array.rechunk`` accepts (``16``,
+        ``(256, 512)``, ``"auto"``): each block is computed at that size, which is cheaper
+        than rechunking the finished map (that holds several blocks at once). By default
+        the input chunks, merged to about ``BLOCK_PIXELS`` pixels when read from a source.
+        Only for Dask input: NumPy images give a NumPy map, computed in one piece.
 
     Returns
     -------
@@ -377,33 +348,13 @@ def local_ncc(
     >>> bool(np.allclose(lazy.compute(), m, atol=1e-5))
     True
     """
-    return _local_ncc(
-        image0,
-        image1,
-        radius,
-        window=window,
-        mode=mode,
-        fill_value=fill_value,
-        axes=axes,
-        moving_shift=moving_shift,
-    )
-
-
-def _local_ncc(
-    image0,
-    image1,
-    radius=3,
-    *,
-    window="box",
-    mode="reflect",
-    fill_value=0.0,
-    axes=None,
-    moving_shift=None,
-    chunks=None,
-):
-    """:func:`local_ncc`, with the output chunks of the lazy path optionally given."""
     lazy = isinstance(image0, da.Array) or isinstance(image1, da.Array)
     if not lazy:
+        if chunks is not None:
+            raise ValueError(
+                f"chunks={chunks!r} is for the lazy map of Dask input, but both images are "
+                "in memory; wrap one with dask.array.from_array to build a lazy map"
+            )
         image0, image1 = np.asarray(image0), np.asarray(image1)
     for image, name in ((image0, "image0"), (image1, "image1")):
         if isinstance(image, da.Array) and any(math.isnan(n) for n in image.shape):
