@@ -121,7 +121,7 @@ def bench_throughput(n: int, repeats: int = 5) -> None:
 def bench_stages(a, b, x0, x1, lazy, out, repeats: int = 3) -> None:
     """Cost of each stage of a chunked block, one thread, summed over the blocks."""
     from napari_ncc import _lazy
-    from napari_ncc._blocks import block_boxes, box_slices, contiguous
+    from napari_ncc._blocks import block_boxes, borrowed_contiguous, box_slices
     from napari_ncc._borders import border_index_map
     from napari_ncc._ncc import ncc_block, plan_ncc
     from napari_ncc._sources import find_source
@@ -139,10 +139,10 @@ def bench_stages(a, b, x0, x1, lazy, out, repeats: int = 3) -> None:
             t0 = time.perf_counter()
             views = (source0[box_slices(region)], source1[box_slices(region)])
             t1 = time.perf_counter()
-            block0, block1 = (contiguous(v, i) for i, v in enumerate(views))
-            t2 = time.perf_counter()
-            result = ncc_block(block0, block1, plan, maps, n_threads=1)
-            t3 = time.perf_counter()
+            with borrowed_contiguous(*views) as (block0, block1):
+                t2 = time.perf_counter()
+                result = ncc_block(block0, block1, plan, maps, n_threads=1)
+                t3 = time.perf_counter()
             out[box_slices(box)] = result
             t4 = time.perf_counter()
             fresh = [np.ascontiguousarray(v) for v in views]  # what a plain read costs

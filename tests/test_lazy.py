@@ -11,6 +11,7 @@ import itertools
 import math
 import pickle
 import threading
+import tracemalloc
 
 import dask
 import dask.array as da
@@ -601,3 +602,40 @@ def test_nan_is_reported_on_compute(pair):
     out = local_ncc(da.from_array(a, chunks=8), b)
     with pytest.raises(ValueError, match="NaN"):
         out.compute()
+
+
+# --- read buffers ------------------------------------------------------------------------
+
+
+def test_read_buffers_kept_between_computations_are_bounded(rng, monkeypatch):
+    """Blocks copied into reused buffers: what stays allocated once the compute is over
+    is at most BUFFER_POOL_BYTES, whatever the number of threads (it used to be two
+    buffers per thread that ever ran a block, for the life of the thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_ncc import _blocks
+
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 256 * 256)
+    a = rng.random((1024, 1024))
+    b = a + rng.random(a.shape)
+    block_bytes = 262 * 262 * 8  # a block and its halo, float64
+    monkeypatch.setattr(_blocks, "BUFFER_POOL_BYTES", 2 * block_bytes)
+    _blocks.BUFFERS.clear()
+    out = local_ncc(da.from_array(a, chunks=256), da.from_array(b, chunks=256), 3)
+    assert out.npartitions == 16
+    out.compute(scheduler="sync")  # first-use caches (of Dask, of the kernels) filled here
+    with ThreadPoolExecutor(8) as pool:  # its threads outlive the compute, like Dask's
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            result = dask.compute(out, scheduler="threads", pool=pool)[0]
+            np.testing.assert_allclose(result[::97, ::89], core_ncc(a, b, 3)[::97, ::89])
+            del result
+            kept = tracemalloc.get_traced_memory()[0] - before
+            assert 0 < _blocks.BUFFERS.held_bytes() <= 2 * block_bytes
+            assert kept <= 2 * block_bytes + 2**20  # + 1 MiB for Dask's own bookkeeping
+            _blocks.BUFFERS.clear()
+            assert _blocks.BUFFERS.held_bytes() == 0
+            assert tracemalloc.get_traced_memory()[0] - before < kept - block_bytes
+        finally:
+            tracemalloc.stop()

@@ -19,6 +19,7 @@ so what strip tasks keep in memory is a few thin strips, not whole chunks.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -27,11 +28,12 @@ import numpy as np
 
 __all__ = [
     "BUFFER_BYTES",
+    "BUFFER_POOL_BYTES",
     "add_strip_tasks",
     "assemble",
     "block_boxes",
+    "borrowed_contiguous",
     "box_slices",
-    "contiguous",
     "merge_chunks",
     "merge_requests",
     "overlap_chunks",
@@ -224,30 +226,93 @@ def assemble(source, layout, strips, transform: Callable | None = None) -> np.nd
 # Reused read buffers
 # ---------------------------------------------------------------------------------------
 
-#: Per-thread read buffers reused from block to block (see :func:`contiguous`).
-_BUFFERS = threading.local()
-
 #: Largest read buffer kept for reuse, in bytes; larger reads get a fresh array.
 BUFFER_BYTES = 2**26
 
+#: Most bytes the pool keeps between reads, all threads together.
+BUFFER_POOL_BYTES = 2**28
 
-def contiguous(region: np.ndarray, slot: int) -> np.ndarray:
-    """`region` as a C-contiguous array, copied into a reused per-thread buffer if needed.
+
+class _BufferPool:
+    """Byte buffers lent to one block task at a time, kept up to a total size.
+
+    Why a shared, bounded pool: copying a strided block into memory that was used before
+    avoids the page faults of freshly mapped memory, a large part of the cost of the copy.
+    Buffers kept per thread (as before) stayed for the life of the process, 2 x 64 MiB for
+    every thread Dask ever ran a block on, however long ago. Here a task borrows buffers
+    while it runs and gives them back; the pool keeps at most :data:`BUFFER_POOL_BYTES`
+    (the largest ones) for the next tasks and drops the rest, so the memory held between
+    computations is bounded whatever the number of threads, and :meth:`clear` frees it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """The smallest free buffer of at least `nbytes`, or a new one."""
+        with self._lock:
+            fits = [b for b in self._free if b.nbytes >= nbytes]
+            if fits:
+                buffer = min(fits, key=lambda b: b.nbytes)
+                self._free = [b for b in self._free if b is not buffer]
+                return buffer
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def give(self, buffer: np.ndarray) -> None:
+        """Keep `buffer` for reuse if the pool has room (dropping smaller ones for it)."""
+        with self._lock:
+            kept = sorted([*self._free, buffer], key=lambda b: b.nbytes, reverse=True)
+            total, self._free = 0, []
+            for b in kept:
+                if total + b.nbytes <= BUFFER_POOL_BYTES:
+                    self._free.append(b)
+                    total += b.nbytes
+
+    def held_bytes(self) -> int:
+        """Bytes kept for reuse now."""
+        with self._lock:
+            return sum(b.nbytes for b in self._free)
+
+    def clear(self) -> None:
+        """Free every kept buffer."""
+        with self._lock:
+            self._free = []
+
+
+#: The read buffers of the lazy layer (see :class:`_BufferPool`).
+BUFFERS = _BufferPool()
+
+
+@contextlib.contextmanager
+def borrowed_contiguous(*regions: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """`regions` as C-contiguous arrays, copied into buffers borrowed from :data:`BUFFERS`.
 
     A block read from an in-memory source is a strided view; the kernels want it
-    contiguous (their flat min/max pass would copy a strided array again). Copying it
-    into a buffer this thread already owns, rather than a fresh array, avoids the page
-    faults of freshly mapped memory, a large part of the cost of the copy itself. The
-    result is only valid until the same thread asks for `slot` again.
+    contiguous (their flat min/max pass would copy a strided array again). Regions that
+    are already contiguous, or larger than :data:`BUFFER_BYTES`, are used as they are or
+    copied into a fresh array. The arrays are valid only inside the ``with`` block: the
+    buffers go back to the pool when it ends.
+
+    Examples
+    --------
+    >>> image = np.arange(12.0).reshape(3, 4)
+    >>> with borrowed_contiguous(image[:, ::2], image) as (a, b):
+    ...     bool(a.flags.c_contiguous), b is image
+    (True, True)
     """
-    if region.flags.c_contiguous or region.nbytes > BUFFER_BYTES:
-        return np.ascontiguousarray(region)
-    pool = getattr(_BUFFERS, "pool", None)
-    if pool is None:
-        pool = _BUFFERS.pool = {}
-    buffer = pool.get(slot)
-    if buffer is None or buffer.nbytes < region.nbytes:
-        buffer = pool[slot] = np.empty(region.nbytes, dtype=np.uint8)
-    out = buffer[: region.nbytes].view(region.dtype).reshape(region.shape)
-    np.copyto(out, region)
-    return out
+    out, borrowed = [], []
+    try:
+        for region in regions:
+            if region.flags.c_contiguous or region.nbytes > BUFFER_BYTES:
+                out.append(np.ascontiguousarray(region))
+                continue
+            buffer = BUFFERS.take(region.nbytes)
+            borrowed.append(buffer)
+            view = buffer[: region.nbytes].view(region.dtype).reshape(region.shape)
+            np.copyto(view, region)
+            out.append(view)
+        yield out
+    finally:
+        for buffer in borrowed:
+            BUFFERS.give(buffer)

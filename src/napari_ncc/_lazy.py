@@ -31,7 +31,7 @@ from ._blocks import (
     add_strip_tasks,
     assemble,
     block_boxes,
-    contiguous,
+    borrowed_contiguous,
     merge_chunks,
     merge_requests,
     overlap_chunks,
@@ -104,8 +104,8 @@ def ncc_source_block(
     region0 = assemble(source0, layout0, strips0)
     transform = None if shift is None else shift_transform(shift, 1, "nearest")
     region1 = assemble(source1, layout1, strips1, transform)
-    block0, block1 = contiguous(region0, 0), contiguous(region1, 1)
-    return ncc_block(block0, block1, plan, maps, n_threads=1)
+    with borrowed_contiguous(region0, region1) as (block0, block1):
+        return ncc_block(block0, block1, plan, maps, n_threads=1)
 
 
 # ---------------------------------------------------------------------------------------
