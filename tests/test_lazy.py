@@ -1,8 +1,9 @@
-"""Lazy, chunked local NCC on Dask arrays: the numbers never depend on the chunking.
+"""Lazy, chunked local NCC on Dask arrays: the numbers do not depend on the chunking.
 
 The lazy path is checked against the in-memory core (itself checked against the brute-force
 reference in ``test_ncc_reference.py``) and, for a few cases, against the brute-force
-reference directly.
+reference directly, to float32 rounding. (Windows flat up to rounding may differ: the
+float flat-window threshold is per block, see ``local_ncc``'s Notes; the data here has none.)
 """
 
 from __future__ import annotations

@@ -319,7 +319,14 @@ def local_ncc(
 
     Lazily, every output block is computed from the input block plus a halo of `radius`
     pixels on each windowed axis, with the image-border modes applied exactly as in
-    memory, so the chunking never changes the result. Building the graph reads no pixel.
+    memory, so seams and borders give the in-memory values (to float32 rounding: the
+    moments are centred on each block's mid-range). One thing does depend on the
+    chunking: for data whose sums are not exact (floats, Gaussian windows, integers of
+    more than 16 bits), the flat-window threshold is ``FLAT_RTOL`` times the half-range of
+    the block and its halo, not of the whole image, so a window whose standard deviation
+    lies between the two thresholds (about 1e-6 of the value range: flat up to rounding)
+    can be `fill_value` with one chunking and a correlation with another. Building the
+    graph reads no pixel.
     When the inputs are backed by something sliceable (``da.from_zarr``, a TIFF zarr
     store, ``da.from_array`` of a NumPy array or memory map), each block reads its own
     halo from the source, so storing the map (``to_zarr``, ``da.store``,
