@@ -121,12 +121,14 @@ def bench_throughput(n: int, repeats: int = 5) -> None:
 def bench_stages(a, b, x0, x1, lazy, out, repeats: int = 3) -> None:
     """Cost of each stage of a chunked block, one thread, summed over the blocks."""
     from napari_ncc import _lazy
+    from napari_ncc._blocks import block_boxes, borrowed_contiguous, box_slices
     from napari_ncc._borders import border_index_map
     from napari_ncc._ncc import ncc_block, plan_ncc
+    from napari_ncc._sources import find_source
 
     plan = plan_ncc(a.shape, b.shape, RADIUS)
-    (_, source0), (_, source1) = _lazy.find_source(x0), _lazy.find_source(x1)
-    blocks = list(_lazy._boxes(lazy.chunks))
+    (_, source0), (_, source1) = find_source(x0), find_source(x1)
+    blocks = list(block_boxes(lazy.chunks))
     stages = ("read (view)", "copy, reused buffer", "copy, fresh array", "kernel", "place")
     best = dict.fromkeys(stages, np.inf)
     for _ in range(repeats):
@@ -135,13 +137,13 @@ def bench_stages(a, b, x0, x1, lazy, out, repeats: int = 3) -> None:
             runs, maps = _lazy._block_reads(plan, box)
             region = tuple(rs[0] for rs in runs)  # one run per axis (reflect mode)
             t0 = time.perf_counter()
-            views = (source0[_lazy._slices(region)], source1[_lazy._slices(region)])
+            views = (source0[box_slices(region)], source1[box_slices(region)])
             t1 = time.perf_counter()
-            block0, block1 = (_lazy._contiguous(v, i) for i, v in enumerate(views))
-            t2 = time.perf_counter()
-            result = ncc_block(block0, block1, plan, maps, n_threads=1)
-            t3 = time.perf_counter()
-            out[_lazy._slices(box)] = result
+            with borrowed_contiguous(*views) as (block0, block1):
+                t2 = time.perf_counter()
+                result = ncc_block(block0, block1, plan, maps, n_threads=1)
+                t3 = time.perf_counter()
+            out[box_slices(box)] = result
             t4 = time.perf_counter()
             fresh = [np.ascontiguousarray(v) for v in views]  # what a plain read costs
             t5 = time.perf_counter()

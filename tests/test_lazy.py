@@ -1,8 +1,9 @@
-"""Lazy, chunked local NCC on Dask arrays: the numbers never depend on the chunking.
+"""Lazy, chunked local NCC on Dask arrays: the numbers do not depend on the chunking.
 
 The lazy path is checked against the in-memory core (itself checked against the brute-force
 reference in ``test_ncc_reference.py``) and, for a few cases, against the brute-force
-reference directly.
+reference directly, to float32 rounding. (Windows flat up to rounding may differ: the
+float flat-window threshold is per block, see ``local_ncc``'s Notes; the data here has none.)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import math
 import pickle
 import threading
+import tracemalloc
 
 import dask
 import dask.array as da
@@ -20,9 +22,11 @@ import zarr
 from scipy import ndimage
 
 import napari_ncc
-from napari_ncc import _lazy
-from napari_ncc._lazy import find_source, local_ncc, shift_lazy
+from napari_ncc import _lazy, _sources
+from napari_ncc._lazy import local_ncc
 from napari_ncc._ncc import local_ncc as core_ncc
+from napari_ncc._shift import shift_lazy
+from napari_ncc._sources import find_source
 from reference import brute_force_ncc
 
 MODES = ["reflect", "mirror", "nearest", "wrap", "constant"]
@@ -195,7 +199,7 @@ def test_find_source(tmp_path, pair):
     assert isinstance(whole, np.ndarray) and not whole.flags.writeable
     np.testing.assert_array_equal(whole, a)
     persisted = da.from_array(a, chunks=8).map_blocks(np.copy).persist(scheduler="sync")
-    assert isinstance(find_source(persisted)[1], _lazy.ChunkedSource)
+    assert isinstance(find_source(persisted)[1], _sources.ChunkedSource)
     assert find_source(da.from_array(a, chunks=8) + 1) is None
     assert find_source(computed(a, 8)) is None
     assert find_source(da.from_array(memmap, chunks=8, lock=True)) is None
@@ -220,7 +224,7 @@ def test_plain_slicing_of_a_source_is_read_from_the_source(rng, index):
     z0[:], z1[:] = a, b
     x0, x1 = da.from_zarr(z0)[index], da.from_zarr(z1)[index]
     for x in (x0, x1):
-        assert isinstance(find_source(x)[1], _lazy.SlicedSource)
+        assert isinstance(find_source(x)[1], _sources.SlicedSource)
     axes = (-2, -1)
     shift = (0.5,) * x0.ndim
     expected = core_ncc(a[index], scipy_shift(b[index], shift), 2, axes=axes)
@@ -261,7 +265,7 @@ def test_chunked_source_slices_like_the_array(pair):
     a, _ = pair
     blocks = da.from_array(a, chunks=((3, 10, 10), (7, 7, 17))).map_blocks(np.copy)
     source = find_source(blocks.persist(scheduler="sync"))[1]
-    assert isinstance(source, _lazy.ChunkedSource)
+    assert isinstance(source, _sources.ChunkedSource)
     for box in [(slice(0, 23), slice(0, 31)), (slice(2, 14), slice(6, 8)), (slice(5, 6), None)]:
         box = tuple(slice(None) if s is None else s for s in box)
         np.testing.assert_array_equal(source[box], a[box])
@@ -427,13 +431,6 @@ def test_each_storage_chunk_is_decoded_about_twice(rng, monkeypatch, shift):
         assert max(counts.values()) <= 2  # a plain halo read would decode up to 9 times
 
 
-def test_huge_storage_chunks_are_read_directly(rng):
-    a = rng.random((40, 30))
-    assert _lazy.storage_chunks(ChunkedRecordingArray(a, (16, 16)), 2) == (16, 16)
-    assert _lazy.storage_chunks(ChunkedRecordingArray(a, (2**14, 2**13)), 2) is None
-    assert _lazy.storage_chunks(a, 2) is None
-
-
 def test_graph_is_picklable(pair, tmp_path):
     a, b = pair
     z = zarr.create_array(store=tmp_path / "a.zarr", shape=a.shape, chunks=(8, 8), dtype="f8")
@@ -522,15 +519,33 @@ def test_shift_lazy_errors(rng):
 
 
 @pytest.mark.parametrize("path", ["source", "overlap"])
-def test_output_chunks_are_the_blocks_computed(pair, path):
+def test_chunks_are_the_blocks_computed(pair, path):
     a, b = pair
     make = da.from_array if path == "source" else computed
-    with _lazy.output_chunks((6, 7)):
-        out = local_ncc(make(a, 8), make(b, 5), 3, moving_shift=(0.5, -1.0))
+    out = local_ncc(make(a, 8), make(b, 5), 3, moving_shift=(0.5, -1.0), chunks=(6, 7))
     assert out.chunks == da.core.normalize_chunks((6, 7), a.shape)
-    assert local_ncc(make(a, 8), make(b, 5), 3).chunks != out.chunks  # only inside the block
+    if path == "source":  # the blocks read their regions: nothing is rechunked
+        assert not [name for name in out.__dask_graph__().layers if "rechunk" in name]
+    assert local_ncc(make(a, 8), make(b, 5), 3).chunks != out.chunks
     expected = core_ncc(a, scipy_shift(b, (0.5, -1.0)), 3)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_ncc_confidence_builds_its_map_in_the_given_chunks(rng):
+    a = rng.random((40, 50))
+    b = ndimage.shift(a, (1.5, -2.0), order=1, mode="nearest")
+    registration = napari_ncc.Registration(shift=(-1.5, 2.0))
+    x0, x1 = da.from_array(a, chunks=32), da.from_array(b, chunks=32)
+    ncc, _ = napari_ncc.ncc_confidence(x0, x1, radius=3, registration=registration, chunks=16)
+    assert ncc.chunks == da.core.normalize_chunks(16, a.shape)
+    expected, _ = napari_ncc.ncc_confidence(a, b, radius=3, registration=registration)
+    np.testing.assert_allclose(ncc.compute(), expected, atol=1e-5, rtol=0)
+
+
+def test_chunks_of_numpy_input_are_refused(pair):
+    a, b = pair
+    with pytest.raises(ValueError, match="chunks=16 is for the lazy map of Dask input"):
+        local_ncc(a, b, 3, chunks=16)
 
 
 def test_command_line_chunks_are_the_blocks_computed(tmp_path, rng):
@@ -588,3 +603,40 @@ def test_nan_is_reported_on_compute(pair):
     out = local_ncc(da.from_array(a, chunks=8), b)
     with pytest.raises(ValueError, match="NaN"):
         out.compute()
+
+
+# --- read buffers ------------------------------------------------------------------------
+
+
+def test_read_buffers_kept_between_computations_are_bounded(rng, monkeypatch):
+    """Blocks copied into reused buffers: what stays allocated once the compute is over
+    is at most BUFFER_POOL_BYTES, whatever the number of threads (it used to be two
+    buffers per thread that ever ran a block, for the life of the thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_ncc import _blocks
+
+    monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 256 * 256)
+    a = rng.random((1024, 1024))
+    b = a + rng.random(a.shape)
+    block_bytes = 262 * 262 * 8  # a block and its halo, float64
+    monkeypatch.setattr(_blocks, "BUFFER_POOL_BYTES", 2 * block_bytes)
+    _blocks.BUFFERS.clear()
+    out = local_ncc(da.from_array(a, chunks=256), da.from_array(b, chunks=256), 3)
+    assert out.npartitions == 16
+    out.compute(scheduler="sync")  # first-use caches (of Dask, of the kernels) filled here
+    with ThreadPoolExecutor(8) as pool:  # its threads outlive the compute, like Dask's
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            result = dask.compute(out, scheduler="threads", pool=pool)[0]
+            np.testing.assert_allclose(result[::97, ::89], core_ncc(a, b, 3)[::97, ::89])
+            del result
+            kept = tracemalloc.get_traced_memory()[0] - before
+            assert 0 < _blocks.BUFFERS.held_bytes() <= 2 * block_bytes
+            assert kept <= 2 * block_bytes + 2**20  # + 1 MiB for Dask's own bookkeeping
+            _blocks.BUFFERS.clear()
+            assert _blocks.BUFFERS.held_bytes() == 0
+            assert tracemalloc.get_traced_memory()[0] - before < kept - block_bytes
+        finally:
+            tracemalloc.stop()

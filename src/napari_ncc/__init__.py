@@ -6,9 +6,10 @@ Importing this package imports neither napari nor Qt.
 
 from ._confidence import ncc_confidence
 from ._io import read_image, write_ncc, write_zarr
-from ._lazy import local_ncc, shift_lazy
+from ._lazy import local_ncc
 from ._registration import Registration, RegistrationWarning, register
 from ._samples import sample_pair
+from ._shift import shift_lazy
 
 __version__ = "0.1.0"
 __all__ = [

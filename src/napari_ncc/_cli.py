@@ -576,7 +576,9 @@ def _registration_input(levels: list):
     return levels if len(levels) > 1 else levels[0]
 
 
-def _confidence_map(reference, moving, args, per_plane, ref_levels=None, mov_levels=None):
+def _confidence_map(
+    reference, moving, args, per_plane, ref_levels=None, mov_levels=None, chunks=None
+):
     """Register (unless --no-register), then the lazy NCC map of the registered pair."""
     from ._confidence import ncc_confidence
     from ._ncc import plan_ncc
@@ -623,6 +625,7 @@ def _confidence_map(reference, moving, args, per_plane, ref_levels=None, mov_lev
         mode=args.mode,
         fill_value=args.fill_value,
         per_plane=per_plane,
+        chunks=chunks,
     )
     return ncc, registration
 
@@ -647,13 +650,10 @@ def compare(args) -> dict:
             )
         if kind == "tiff":
             _check_tiff_size(reference.shape, out)
-        from ._lazy import output_chunks
-
         # Blocks computed at the asked size (rechunking finished blocks would hold several).
-        with output_chunks(args.chunks or None):
-            ncc, registration = _confidence_map(
-                reference, moving, args, args.per_plane, ref_levels, mov_levels
-            )
+        ncc, registration = _confidence_map(
+            reference, moving, args, args.per_plane, ref_levels, mov_levels, args.chunks or None
+        )
         params = _parameters(args, args.per_plane, registration, (ref_path, mov_path))
         if kind == "zarr":
             from ._io import ATTRS_KEY, read_image, write_zarr

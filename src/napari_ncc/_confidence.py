@@ -4,7 +4,7 @@
 registration it is given), computes the local normalized cross-correlation of the reference
 and the *registered* moving image, and writes `fill_value` wherever a window reaches pixels
 that were shifted in from outside the moving image, so that made-up data never looks
-confident. NumPy in, NumPy out; Dask in, lazy Dask out (Dask is imported only then).
+confident. NumPy in, NumPy out; Dask in, lazy Dask out.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from numbers import Integral
 
 import numpy as np
 
-from ._ncc import _normalize_axes, check_image, local_ncc, plan_ncc
+from ._lazy import local_ncc
+from ._ncc import _normalize_axes, check_image, plan_ncc
 from ._registration import Registration, _is_dask
 from ._registration import register as _register
 
@@ -36,6 +37,7 @@ def ncc_confidence(
     reference_plane: int | None = None,
     upsample_factor: int = 20,
     registration: Registration | None = None,
+    chunks=None,
 ):
     """Register `moving` onto `reference`, then map their local NCC.
 
@@ -68,6 +70,8 @@ def ncc_confidence(
         Passed to :func:`napari_ncc.register`.
     registration : Registration, optional
         Use this registration instead of estimating one (`register` is then ignored).
+    chunks : int, tuple or str, optional
+        Blocks of the lazy map (Dask input only), as in :func:`napari_ncc.local_ncc`.
 
     Returns
     -------
@@ -168,26 +172,19 @@ def ncc_confidence(
 
     options = dict(radius=radius, window=window, mode=mode, fill_value=fill_value, axes=axes)
     if registration is None:
-        if lazy:
-            from ._lazy import local_ncc as lazy_local_ncc
-
-            return lazy_local_ncc(reference, moving, **options), None
-        return local_ncc(reference, moving, **options), None
+        return local_ncc(reference, moving, chunks=chunks, **options), None
 
     compared = reference
     if registration.reference_plane is not None:
         compared = _broadcast_plane(
             reference, registration.per_plane, registration.reference_plane, lazy
         )
-    if lazy:
-        from ._lazy import local_ncc as lazy_local_ncc
-
-        if registration.shifts is None:
-            ncc = lazy_local_ncc(compared, moving, moving_shift=registration.shift, **options)
-        else:
-            ncc = lazy_local_ncc(compared, registration.apply(moving), **options)
+    if lazy and registration.shifts is None:
+        # Each block of the moving image is shifted as it is read.
+        shift = registration.shift
+        ncc = local_ncc(compared, moving, moving_shift=shift, chunks=chunks, **options)
     else:
-        ncc = local_ncc(compared, registration.apply(moving), **options)
+        ncc = local_ncc(compared, registration.apply(moving), chunks=chunks, **options)
     return _fill_invalid(ncc, registration, plan, fill_value), registration
 
 

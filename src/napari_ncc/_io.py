@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import dask.array as da
 import numpy as np
 
-from ._lazy import _local_ncc
+from ._lazy import local_ncc
 
 __all__ = ["read_image", "write_ncc", "write_zarr"]
 
@@ -346,7 +346,7 @@ def write_ncc(
     image0, image1 = _as_input(image0, "image0"), _as_input(image1, "image1")
     if not isinstance(image0, da.Array) and not isinstance(image1, da.Array):
         image0 = da.from_array(image0, chunks="auto")
-    ncc = _local_ncc(
+    ncc = local_ncc(
         image0,
         image1,
         radius,
