@@ -68,6 +68,18 @@ def _axes_and_radii(ndim: int, radius, axes) -> tuple[tuple[int, ...], tuple[int
     return axes, radii
 
 
+def _window_geometry(ndim: int, radius, axes):
+    """Windowed axes (sorted) with their radii, ``np.pad`` widths and the window shape."""
+    axes, radii = _axes_and_radii(ndim, radius, axes)
+    order = sorted(range(len(axes)), key=lambda i: axes[i])
+    axes = tuple(axes[i] for i in order)
+    radii = tuple(radii[i] for i in order)
+    pad_width = [(0, 0)] * ndim
+    for ax, r in zip(axes, radii, strict=True):
+        pad_width[ax] = (r, r)
+    return axes, radii, pad_width, tuple(2 * r + 1 for r in radii)
+
+
 def brute_force_ncc(
     image0,
     image1,
@@ -109,17 +121,9 @@ def brute_force_ncc(
     a = np.asarray(image0).astype(np.float64)
     b = np.asarray(image1).astype(np.float64)
     assert a.shape == b.shape
-    axes, radii = _axes_and_radii(a.ndim, radius, axes)
-    order = sorted(range(len(axes)), key=lambda i: axes[i])
-    axes = tuple(axes[i] for i in order)
-    radii = tuple(radii[i] for i in order)
-
-    pad_width = [(0, 0)] * a.ndim
-    for ax, r in zip(axes, radii, strict=True):
-        pad_width[ax] = (r, r)
+    axes, radii, pad_width, window_shape = _window_geometry(a.ndim, radius, axes)
     pad_mode = PAD_MODES[mode]
     weights = window_weights(radii, window).ravel()
-    window_shape = tuple(2 * r + 1 for r in radii)
 
     results = []
     stds = []
@@ -193,15 +197,8 @@ def brute_force_masked_ncc(
     a = np.where(mask, np.asarray(image0, dtype=np.float64), 0.0)
     b = np.where(mask, np.asarray(image1, dtype=np.float64), 0.0)
     assert a.shape == b.shape == mask.shape
-    axes, radii = _axes_and_radii(a.ndim, radius, axes)
-    order = sorted(range(len(axes)), key=lambda i: axes[i])
-    axes = tuple(axes[i] for i in order)
-    radii = tuple(radii[i] for i in order)
-    pad_width = [(0, 0)] * a.ndim
-    for ax, r in zip(axes, radii, strict=True):
-        pad_width[ax] = (r, r)
+    axes, radii, pad_width, window_shape = _window_geometry(a.ndim, radius, axes)
     pad_mode = PAD_MODES[mode]
-    window_shape = tuple(2 * r + 1 for r in radii)
 
     def windows(x, **kw):
         padded = np.pad(x, pad_width, mode=pad_mode, **kw)
@@ -241,11 +238,7 @@ def flat_mask(image0, image1, radius=3, *, mode: str = "reflect", axes=None) -> 
     """True where either window contains a single distinct value."""
     a = np.asarray(image0).astype(np.float64)
     b = np.asarray(image1).astype(np.float64)
-    axes, radii = _axes_and_radii(a.ndim, radius, axes)
-    pad_width = [(0, 0)] * a.ndim
-    for ax, r in zip(axes, radii, strict=True):
-        pad_width[ax] = (r, r)
-    window_shape = tuple(2 * r + 1 for r in radii)
+    axes, _, pad_width, window_shape = _window_geometry(a.ndim, radius, axes)
     mask = np.zeros(a.shape, dtype=bool)
     for image in (a, b):
         padded = np.pad(image, pad_width, mode=PAD_MODES[mode])

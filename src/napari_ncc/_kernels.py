@@ -255,6 +255,42 @@ def _add_plane_moments(a, b, j, ymap, xmap, ca, cb, sign, moments, row_a, row_b)
 
 
 @njit(**_JIT)
+def _window_sums_of_row(moments, c, s, y, ry, nx):
+    """Box sums ``s[m]`` of output row ``y`` of the padded plane sums ``moments[m]``.
+
+    ``c`` holds the column sums over padded rows ``y .. y + 2*ry``: built at ``y == 0``,
+    then moved down one row per call.
+    """
+    n_moments, _, wp = moments.shape
+    width = s.shape[1]
+    if y == 0:
+        c[:] = 0.0
+        for k in range(2 * ry + 1):
+            for m in range(n_moments):
+                mk = moments[m, k]
+                cm = c[m]
+                for x in range(wp):
+                    cm[x] += mk[x]
+    else:
+        for m in range(n_moments):
+            new = moments[m, y + 2 * ry]
+            old = moments[m, y - 1]
+            cm = c[m]
+            for x in range(wp):
+                cm[x] += new[x] - old[x]
+    for m in range(n_moments):
+        cm = c[m]
+        sm = s[m]
+        t = 0.0
+        for x in range(nx):
+            t += cm[x]
+        sm[0] = t
+        for x in range(1, width):
+            t += cm[x + nx - 1] - cm[x - 1]
+            sm[x] = t
+
+
+@njit(**_JIT)
 def ncc3d_box(a, b, zmap, ymap, xmap, rz, ry, rx, ca, cb, floor_a, floor_b, fill, out):
     """Box-window NCC of a 3D volume: running sums over planes, then rows, then columns.
 
@@ -280,31 +316,8 @@ def ncc3d_box(a, b, zmap, ymap, xmap, rz, ry, rx, ca, cb, floor_a, floor_b, fill
                 a, b, zmap[z + 2 * rz], ymap, xmap, ca, cb, 1.0, moments, row_a, row_b
             )
             _add_plane_moments(a, b, zmap[z - 1], ymap, xmap, ca, cb, -1.0, moments, row_a, row_b)
-        c[:] = 0.0
-        for k in range(ny):
-            for m in range(5):
-                mk = moments[m, k]
-                cm = c[m]
-                for x in range(wp):
-                    cm[x] += mk[x]
         for y in range(height):
-            if y > 0:
-                for m in range(5):
-                    new = moments[m, y + 2 * ry]
-                    old = moments[m, y - 1]
-                    cm = c[m]
-                    for x in range(wp):
-                        cm[x] += new[x] - old[x]
-            for m in range(5):
-                cm = c[m]
-                sm = s[m]
-                t = 0.0
-                for x in range(nx):
-                    t += cm[x]
-                sm[0] = t
-                for x in range(1, width):
-                    t += cm[x + nx - 1] - cm[x - 1]
-                    sm[x] = t
+            _window_sums_of_row(moments, c, s, y, ry, nx)
             _finalize_row(s[0], s[1], s[2], s[3], s[4], n, floor_a, floor_b, fill, out[z, y])
 
 
@@ -583,7 +596,6 @@ def ncc3d_box_masked(
     """
     depth, height, width = out.shape
     nz = 2 * rz + 1
-    ny = 2 * ry + 1
     nx = 2 * rx + 1
     hp = height + 2 * ry
     wp = width + 2 * rx
@@ -602,31 +614,8 @@ def ncc3d_box_masked(
             j_out = zmap[z - 1]
             _add_plane_moments_masked(a, b, mask, j_in, ymap, xmap, ca, cb, 1.0, moments, rows)
             _add_plane_moments_masked(a, b, mask, j_out, ymap, xmap, ca, cb, -1.0, moments, rows)
-        c[:] = 0.0
-        for k in range(ny):
-            for m in range(6):
-                mk = moments[m, k]
-                cm = c[m]
-                for x in range(wp):
-                    cm[x] += mk[x]
         for y in range(height):
-            if y > 0:
-                for m in range(6):
-                    new = moments[m, y + 2 * ry]
-                    old = moments[m, y - 1]
-                    cm = c[m]
-                    for x in range(wp):
-                        cm[x] += new[x] - old[x]
-            for m in range(6):
-                cm = c[m]
-                sm = s[m]
-                t = 0.0
-                for x in range(nx):
-                    t += cm[x]
-                sm[0] = t
-                for x in range(1, width):
-                    t += cm[x + nx - 1] - cm[x - 1]
-                    sm[x] = t
+            _window_sums_of_row(moments, c, s, y, ry, nx)
             _finalize_row_masked(
                 s[0], s[1], s[2], s[3], s[4], s[5], min_count, floor_a, floor_b, fill, out[z, y]
             )
