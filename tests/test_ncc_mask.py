@@ -250,12 +250,22 @@ def test_ncc_block_of_a_sub_block(rng, engine, mode):
 
 
 @pytest.mark.parametrize("n_threads", [2, 5])
-def test_threads(rng, n_threads):
-    a, b = correlated_pair(rng, (45, 23))
-    mask = holes_and_dropouts(rng, a.shape)
-    plan = plan_ncc(a.shape, b.shape, 4, fill_value=np.nan)
+@pytest.mark.parametrize(
+    ("shape", "radius", "axes"),
+    [
+        ((45, 23), 4, None),
+        ((3, 20, 9), 3, (1, 2)),
+        ((11, 8, 7), (2, 1, 3), None),
+        ((4, 30), 2, (1,)),
+    ],
+)
+def test_threads(rng, n_threads, shape, radius, axes):
+    """Strips of a plane, of a stack of planes, of a volume and of rows, one per thread."""
+    a, b = correlated_pair(rng, shape)
+    mask = holes_and_dropouts(rng, shape)
+    plan = plan_ncc(shape, shape, radius, axes=axes, fill_value=np.nan)
     result = ncc_block(a, b, plan, full_maps(plan), mask=mask, n_threads=n_threads)
-    assert_matches_masked_reference(result, a, b, mask, 4, fill_value=np.nan)
+    assert_matches_masked_reference(result, a, b, mask, radius, axes=axes, fill_value=np.nan)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -386,6 +386,9 @@ def ncc2d_box_masked(
 
     Same arguments as :func:`ncc2d_box`, plus `mask` (2D uint8, read through the same index
     maps as the images) and `min_count`: a window with fewer true pixels is ``fill``.
+    The loops are those of :func:`ncc2d_box` with a sixth sum, written out again on purpose:
+    the five (six) sums fused in one loop are what makes the kernel fast, and a shared loop
+    over a moment axis would slow the unmasked kernel down.
     """
     height, width = out.shape
     ny = 2 * ry + 1
