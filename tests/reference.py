@@ -68,6 +68,18 @@ def _axes_and_radii(ndim: int, radius, axes) -> tuple[tuple[int, ...], tuple[int
     return axes, radii
 
 
+def _window_geometry(ndim: int, radius, axes):
+    """Windowed axes (sorted) with their radii, ``np.pad`` widths and the window shape."""
+    axes, radii = _axes_and_radii(ndim, radius, axes)
+    order = sorted(range(len(axes)), key=lambda i: axes[i])
+    axes = tuple(axes[i] for i in order)
+    radii = tuple(radii[i] for i in order)
+    pad_width = [(0, 0)] * ndim
+    for ax, r in zip(axes, radii, strict=True):
+        pad_width[ax] = (r, r)
+    return axes, radii, pad_width, tuple(2 * r + 1 for r in radii)
+
+
 def brute_force_ncc(
     image0,
     image1,
@@ -109,17 +121,9 @@ def brute_force_ncc(
     a = np.asarray(image0).astype(np.float64)
     b = np.asarray(image1).astype(np.float64)
     assert a.shape == b.shape
-    axes, radii = _axes_and_radii(a.ndim, radius, axes)
-    order = sorted(range(len(axes)), key=lambda i: axes[i])
-    axes = tuple(axes[i] for i in order)
-    radii = tuple(radii[i] for i in order)
-
-    pad_width = [(0, 0)] * a.ndim
-    for ax, r in zip(axes, radii, strict=True):
-        pad_width[ax] = (r, r)
+    axes, radii, pad_width, window_shape = _window_geometry(a.ndim, radius, axes)
     pad_mode = PAD_MODES[mode]
     weights = window_weights(radii, window).ravel()
-    window_shape = tuple(2 * r + 1 for r in radii)
 
     results = []
     stds = []
@@ -153,15 +157,88 @@ def brute_force_ncc(
     return np.where(flat, fill_value, ncc)
 
 
+def brute_force_masked_ncc(
+    image0,
+    image1,
+    mask,
+    radius=3,
+    *,
+    window: str = "box",
+    mode: str = "reflect",
+    fill_value: float = 0.0,
+    axes=None,
+    min_fraction: float = 0.5,
+    fraction_atol: float = 1e-9,
+):
+    """Per-window weighted Pearson correlation over the pixels where `mask` is true.
+
+    Parameters
+    ----------
+    image0, image1 : array_like
+        Images of the same shape; values under a false mask are never used (NaN is fine).
+    mask : array_like of bool
+        True where the pixels are data. Padded like the images; with mode "constant" the
+        pixels beyond the border are data (value 0), as in the unmasked map.
+    radius, window, mode, fill_value, axes
+        As in :func:`brute_force_ncc`.
+    min_fraction : float
+        A window whose true pixels carry less than ``min_fraction - fraction_atol`` of its
+        (normalised) weight gets `fill_value`.
+
+    Returns
+    -------
+    ncc : ndarray of float64
+        Same shape as the inputs; `fill_value` where a window has too few true pixels or
+        its true values of either image are all equal.
+    count : ndarray of int
+        Number of true pixels in each window (the constant border included).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    a = np.where(mask, np.asarray(image0, dtype=np.float64), 0.0)
+    b = np.where(mask, np.asarray(image1, dtype=np.float64), 0.0)
+    assert a.shape == b.shape == mask.shape
+    axes, radii, pad_width, window_shape = _window_geometry(a.ndim, radius, axes)
+    pad_mode = PAD_MODES[mode]
+
+    def windows(x, **kw):
+        padded = np.pad(x, pad_width, mode=pad_mode, **kw)
+        return sliding_window_view(padded, window_shape, axis=axes).reshape(*a.shape, -1)
+
+    inside = windows(mask, constant_values=True) if pad_mode == "constant" else windows(mask)
+    weights = window_weights(radii, window).ravel() * inside  # zero on masked-off pixels
+    total = weights.sum(axis=-1)
+    count = inside.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = weights / total[..., None]
+
+    centred = []
+    flat = count == 0
+    for image in (a, b):
+        view = windows(image)
+        values = view[inside]
+        shift = 0.5 * (values.min() + values.max()) if values.size else 0.0
+        shifted = np.where(inside, view - shift, 0.0)
+        mean = np.nansum(shifted * normalised, axis=-1)
+        deviation = np.where(inside, shifted - mean[..., None], 0.0)
+        centred.append(deviation)
+        lo = np.where(inside, view, np.inf).min(axis=-1)
+        hi = np.where(inside, view, -np.inf).max(axis=-1)
+        flat |= lo == hi
+    da, db = centred
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = np.nansum(da * db * normalised, axis=-1)
+        var_a = np.nansum(da * da * normalised, axis=-1)
+        var_b = np.nansum(db * db * normalised, axis=-1)
+        ncc = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
+    too_few = total < min_fraction - fraction_atol
+    return np.where(flat | too_few, fill_value, ncc), count
+
+
 def flat_mask(image0, image1, radius=3, *, mode: str = "reflect", axes=None) -> np.ndarray:
     """True where either window contains a single distinct value."""
     a = np.asarray(image0).astype(np.float64)
     b = np.asarray(image1).astype(np.float64)
-    axes, radii = _axes_and_radii(a.ndim, radius, axes)
-    pad_width = [(0, 0)] * a.ndim
-    for ax, r in zip(axes, radii, strict=True):
-        pad_width[ax] = (r, r)
-    window_shape = tuple(2 * r + 1 for r in radii)
+    axes, _, pad_width, window_shape = _window_geometry(a.ndim, radius, axes)
     mask = np.zeros(a.shape, dtype=bool)
     for image in (a, b):
         padded = np.pad(image, pad_width, mode=PAD_MODES[mode])
