@@ -156,7 +156,10 @@ def test_compare_zarr_inputs_without_registration_is_the_map_of_the_raw_pair(
     expected = brute_force_ncc(*pair, 2, window="gaussian")
     np.testing.assert_allclose(read_map(out), expected, atol=1e-4)
     fraction = float(re.search(r"confident \(NCC > 0\.5\) ([\d.]+)%", result.stdout)[1])
-    assert fraction == pytest.approx(100 * np.mean(expected > 0.5), abs=0.05)
+    # Printed to 0.1% (0.05 of rounding); pixels within the map's 1e-4 of the threshold
+    # may fall on either side, depending on the machine's rounding.
+    ambiguous = 100 * np.mean(np.abs(expected - 0.5) <= 1e-4)
+    assert abs(fraction - 100 * np.mean(expected > 0.5)) <= 0.05 + ambiguous + 1e-9
 
 
 def test_compare_ome_zarr_pyramids(pair, tmp_path):

@@ -7,7 +7,8 @@ Importing this package imports neither napari nor Qt.
 from ._confidence import ncc_confidence
 from ._io import read_image, write_ncc, write_zarr
 from ._lazy import local_ncc
-from ._registration import Registration, RegistrationWarning, register
+from ._register import register
+from ._registration import Registration, RegistrationWarning
 from ._samples import sample_pair
 from ._shift import shift_lazy
 

@@ -582,7 +582,7 @@ def _confidence_map(
     """Register (unless --no-register), then the lazy NCC map of the registered pair."""
     from ._confidence import ncc_confidence
     from ._ncc import plan_ncc
-    from ._registration import register
+    from ._register import register
 
     axes = None
     if per_plane is not None:

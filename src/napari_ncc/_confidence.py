@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from numbers import Integral
 
 import numpy as np
 
 from ._lazy import local_ncc
-from ._ncc import _normalize_axes, check_image, plan_ncc
-from ._registration import Registration, _is_dask
-from ._registration import register as _register
+from ._ncc import plan_ncc
+from ._register import is_pyramid
+from ._register import register as _register
+from ._registration import Registration
+from ._validation import check_image, check_per_plane, check_same_shape, is_dask, normalize_axes
 
 __all__ = ["ncc_confidence"]
 
@@ -114,30 +115,15 @@ def ncc_confidence(
     # is computed at full resolution.
     pyramids = reference, moving
     reference, moving = (_full_resolution(x) for x in pyramids)
-    lazy = _is_dask(reference) or _is_dask(moving)
+    lazy = is_dask(reference) or is_dask(moving)
     if not lazy:
         reference = np.asarray(reference)
         moving = np.asarray(moving)
     check_image(reference, "reference")
     check_image(moving, "moving")
+    check_same_shape(reference.shape, moving.shape)
     ndim = len(reference.shape)
-    if len(moving.shape) != ndim:
-        raise ValueError(
-            "reference and moving must have the same number of dimensions, got "
-            f"{ndim} and {len(moving.shape)} (shapes {tuple(reference.shape)} and "
-            f"{tuple(moving.shape)})"
-        )
-    if tuple(reference.shape) != tuple(moving.shape):
-        raise ValueError(
-            "reference and moving must have the same shape, got "
-            f"{tuple(reference.shape)} and {tuple(moving.shape)}"
-        )
-    if per_plane is not None:
-        if isinstance(per_plane, bool) or not isinstance(per_plane, Integral):
-            raise TypeError(f"per_plane must be an axis index (int) or None, got {per_plane!r}")
-        if not -ndim <= per_plane < ndim:
-            raise ValueError(f"per_plane axis {per_plane} is out of range for {ndim}-D images")
-        per_plane = int(per_plane) % ndim
+    per_plane = check_per_plane(per_plane, ndim)
     if axes is None and per_plane is not None:
         axes = tuple(ax for ax in range(ndim) if ax != per_plane)
     # Validate the NCC arguments before the (possibly long) registration.
@@ -157,11 +143,9 @@ def ncc_confidence(
                 f"registration must be a Registration (from register), got "
                 f"{type(registration).__name__}"
             )
-        registration._check_shape(reference.shape, "reference")
+        registration.check_shape(reference.shape, "reference")
     elif register:
-        registered_axes = (
-            tuple(ax for ax in _normalize_axes(axes, ndim) if ax != per_plane) or None
-        )
+        registered_axes = tuple(ax for ax in normalize_axes(axes, ndim) if ax != per_plane) or None
         registration = _register(
             *pyramids,
             axes=registered_axes,
@@ -189,9 +173,7 @@ def ncc_confidence(
 
 
 def _full_resolution(image):
-    if isinstance(image, (list, tuple)) and image and all(hasattr(x, "shape") for x in image):
-        return image[0]
-    return image
+    return image[0] if is_pyramid(image) else image
 
 
 def _broadcast_plane(image, axis, index, lazy):
@@ -285,7 +267,7 @@ def _fill_invalid(ncc, registration: Registration, plan, fill_value):
     full = (lo == 0).all() and (hi == np.array(ncc.shape)).all()
     if full:
         return ncc
-    if not _is_dask(ncc):
+    if not is_dask(ncc):
         return _fill_block(ncc, lo, hi, per_plane, fill_value, (0,) * ncc.ndim)
 
     def fill(block, block_info=None):

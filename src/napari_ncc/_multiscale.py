@@ -455,9 +455,9 @@ def register_level(reference_levels, moving_levels, level: int, **kwargs):
 
     A quick estimate for what the viewer shows first: at level ``k`` an error of a tenth
     of that level's pixel is invisible, and the estimate costs only that level's pixels.
-    ``kwargs`` go to :func:`napari_ncc._registration.register`.
+    ``kwargs`` go to :func:`napari_ncc.register`.
     """
-    from ._registration import register
+    from ._register import register
 
     registration = register(list(reference_levels[level:]), list(moving_levels[level:]), **kwargs)
     if level == 0:

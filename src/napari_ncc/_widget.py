@@ -146,7 +146,8 @@ class _Job:
         if p["register"] and registration is None:
             with warnings.catch_warnings():
                 # Reported as a napari notification once the layer is shown.
-                from ._registration import RegistrationWarning, register
+                from ._register import register
+                from ._registration import RegistrationWarning
 
                 warnings.simplefilter("ignore", RegistrationWarning)
                 level = _multiscale.coarse_level(
