@@ -173,6 +173,23 @@ def test_garbage_under_the_mask_changes_nothing(rng, garbage, engine, shape, rad
     assert_matches_masked_reference(dirty, a, b, mask, radius, window=window, fill_value=np.nan)
 
 
+def test_garbage_under_the_mask_of_a_large_image(rng):
+    """Over 2**20 pixels the value range is read in threaded pieces: masked-off NaN still
+    changes nothing, and a NaN where the mask is true is still found."""
+    a, b = correlated_pair(rng, (1100, 1000), np.float32)
+    mask = holes_and_dropouts(rng, a.shape)
+    plan = plan_ncc(a.shape, b.shape, 3, fill_value=np.nan)
+    clean = ncc_block(a, b, plan, full_maps(plan), mask=mask, n_threads=3)
+    a[~mask] = np.nan
+    b[~mask] = 1e12
+    dirty = ncc_block(a, b, plan, full_maps(plan), mask=mask, n_threads=3)
+    np.testing.assert_array_equal(dirty, clean)
+    assert np.isfinite(dirty[600:, 600:]).mean() > 0.9
+    mask[~np.isfinite(a)] = True
+    with pytest.raises(ValueError, match=r"image0 contains \d+ NaN or infinite values where"):
+        ncc_block(a, b, plan, full_maps(plan), mask=mask, n_threads=3)
+
+
 def test_nan_where_the_mask_is_true_is_an_error(rng):
     a, b = correlated_pair(rng, (12, 12))
     mask = np.ones(a.shape, bool)

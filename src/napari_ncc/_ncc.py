@@ -497,7 +497,7 @@ def local_ncc(
     mode: str = "reflect",
     fill_value: float = 0.0,
     axes: int | Sequence[int] | None = None,
-    mask=None,
+    mask: np.ndarray | None = None,
     min_fraction: float = 0.5,
 ) -> np.ndarray:
     """Local normalized cross-correlation (Pearson correlation of patches) of two images.
@@ -523,14 +523,15 @@ def local_ncc(
     fill_value : float, optional
         Written where the correlation is undefined because either patch is flat: its
         standard deviation is zero or below ``FLAT_RTOL`` (1e-6) times the image's
-        half-range. ``np.nan`` works too.
+        half-range (of its true pixels, with a mask), or, with a mask, because too few of
+        the window's pixels are true (see `min_fraction`). ``np.nan`` works too.
     axes : int or sequence of int, optional
         Axes the window spans (all by default). Other axes are independent: for example
         ``axes=(-2, -1)`` gives a per-plane 2D map through a time series.
     mask : array_like of bool, optional
         Of the images' shape, True where the pixels are data. Each window's correlation is
-        then computed over its true pixels only; the values under a false mask are never
-        read (they may be anything, NaN included). The mask follows `mode` at the border
+        then computed over its true pixels only; the values under a false mask never enter
+        the result (they may be anything, NaN included). The mask follows `mode` at the border
         like the images, and with ``mode="constant"`` the zeros beyond the border count as
         data, exactly as without a mask, so an all-true mask gives the unmasked map.
         Integer masks are refused: pass ``labels > 0`` or ``mask != 0``.
