@@ -13,9 +13,10 @@ import tifffile
 import zarr
 from scipy import ndimage
 
-from napari_ncc._io import TiffLevel, read_image, write_ncc, write_zarr
+from napari_ncc._io import write_ncc, write_zarr
 from napari_ncc._lazy import find_source
 from napari_ncc._ncc import local_ncc as core_ncc
+from napari_ncc._read import TiffLevel, read_image
 from reference import brute_force_ncc
 
 

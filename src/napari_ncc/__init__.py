@@ -5,8 +5,9 @@ Importing this package imports neither napari nor Qt.
 """
 
 from ._confidence import ncc_confidence
-from ._io import read_image, write_ncc, write_zarr
+from ._io import write_ncc, write_tiff, write_zarr
 from ._lazy import local_ncc, shift_lazy
+from ._read import read_image
 from ._registration import Registration, RegistrationWarning, register
 from ._samples import sample_pair
 
@@ -21,5 +22,6 @@ __all__ = [
     "sample_pair",
     "shift_lazy",
     "write_ncc",
+    "write_tiff",
     "write_zarr",
 ]
