@@ -78,7 +78,7 @@ def maps_figure(maps, titles, path: Path, shrink: float = 1.0) -> None:
     """NCC maps side by side, coloured as napari shows them, each with a title."""
     from PIL import ImageDraw, ImageFont
 
-    from napari_ncc._cli import colormap_lut
+    from napari_ncc._summary import colormap_lut
 
     lut = colormap_lut()
     h, w = maps[0].shape

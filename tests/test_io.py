@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
+import tempfile
 
 import dask.array as da
 import numpy as np
@@ -13,8 +17,10 @@ import tifffile
 import zarr
 from scipy import ndimage
 
-from napari_ncc._io import TiffLevel, read_image, write_ncc, write_zarr
+from napari_ncc._atomic import remove_stale_temporaries, temporary_path
+from napari_ncc._io import write_ncc, write_tiff, write_zarr
 from napari_ncc._ncc import local_ncc as core_ncc
+from napari_ncc._read import TiffLevel, read_image
 from napari_ncc._sources import find_source
 from reference import brute_force_ncc
 
@@ -121,6 +127,116 @@ def test_write_zarr_bad_arguments(tmp_path, pair):
         write_zarr(a, tmp_path / "missing" / "a.zarr", progress=False)
     assert not (tmp_path / "a.zarr").exists()
     assert leftovers(tmp_path) == []
+
+
+# --- write_tiff --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks"),
+    [
+        ((1300, 1100), (300, 250)),  # bands that do not fill whole rows of tiles
+        ((1100, 700), ((100, 900, 100), (700,))),  # irregular blocks
+        ((3, 700, 513), (2, 200, 200)),  # blocks of several pages
+        ((2, 2, 600, 600), (1, 2, 100, 600)),
+        ((50, 40), (7, 9)),  # smaller than a tile
+    ],
+)
+def test_write_tiff_streams_every_tile_in_place(tmp_path, rng, shape, chunks):
+    data = rng.random(shape).astype(np.float32)
+    path = tmp_path / "map.tif"
+    out = write_tiff(da.from_array(data, chunks=chunks), path, progress=False)
+    assert out == str(path)
+    with tifffile.TiffFile(path) as tif:
+        assert all(page.is_tiled for page in tif.pages)
+        assert len(tif.pages) == int(np.prod(shape[:-2]))
+        np.testing.assert_array_equal(tif.asarray(), data)
+    assert leftovers(tmp_path) == []
+
+
+def test_write_tiff_attrs_come_back_from_read_image(tmp_path, pair):
+    a, _ = pair
+    params = {"radius": [2, 3], "fill_value": "nan"}
+    write_tiff(a, tmp_path / "a.tif", attrs={"napari_ncc": params}, progress=False)
+    (level,), meta = read_image(tmp_path / "a.tif")
+    np.testing.assert_array_equal(level.compute(), a)
+    assert meta["napari_ncc"]["radius"] == [2, 3] and np.isnan(meta["napari_ncc"]["fill_value"])
+
+
+def test_write_tiff_refuses_an_existing_path_and_fails_cleanly(tmp_path, pair):
+    a, _ = pair
+    path = tmp_path / "a.tif"
+    write_tiff(a, path, progress=False)
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_tiff(a + 1, path, progress=False)
+    broken = da.from_array(a, chunks=16).map_blocks(failing, meta=np.empty((0, 0), a.dtype))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_tiff(broken, path, overwrite=True, progress=False)
+    np.testing.assert_array_equal(tifffile.imread(path), a)  # the old file, intact
+    write_tiff(a + 1, path, overwrite=True, progress=False, scheduler="synchronous")
+    np.testing.assert_array_equal(tifffile.imread(path), a + 1)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        write_tiff(a[0], tmp_path / "line.tif", progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_write_tiff_shows_progress(tmp_path, pair, capsys):
+    a, _ = pair
+    write_tiff(a, tmp_path / "a.tif")
+    assert "writing a.tif" in capsys.readouterr().err
+
+
+# --- temporaries -------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_only_stale_temporaries_of_the_same_path_are_removed(tmp_path, pair):
+    path = tmp_path / "map.zarr"
+    ours = os.path.basename(temporary_path(path))  # .map.zarr.tmp-HOST-PID-TOKEN
+    prefix, host, pid, token = re.fullmatch(r"(\.map\.zarr\.tmp-)(.+)-(\d+)-(\w+)", ours).groups()
+    assert int(pid) == os.getpid()
+    gone = dead_pid()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        stale = [f"{prefix}{host}-{gone}-{token}", f"{prefix}{host}-{gone}-{token[::-1]}"]
+        kept = [
+            f"{prefix}{host}-{alive.pid}-{token}",  # a write under way
+            f"{prefix}{host}-{os.getpid()}-{token}",  # this very process
+            f"{prefix}elsewhere-{gone}-{token}",  # another machine's
+            f".other.zarr.tmp-{host}-{gone}-{token}",  # another output's
+            f"{prefix}{gone}",  # not our pattern
+            f"map.zarr.tmp-{host}-{gone}-{token}",  # not hidden
+        ]
+        for name in stale + kept:
+            (tmp_path / name).mkdir()
+        (tmp_path / stale[1] / "chunk").write_bytes(b"x")
+        removed = remove_stale_temporaries(path)
+        assert sorted(os.path.basename(p) for p in removed) == sorted(stale)
+        assert sorted(os.listdir(tmp_path)) == sorted(kept)
+        # Every writer does it before writing.
+        for name in stale:
+            (tmp_path / name).mkdir()
+        write_zarr(pair[0], path, progress=False)
+        assert sorted(os.listdir(tmp_path)) == sorted([*kept, "map.zarr"])
+        alive.kill()
+
+
+def test_doctests_leave_no_files_behind(tmp_path, monkeypatch):
+    import doctest
+
+    import napari_ncc._atomic
+    import napari_ncc._io
+    import napari_ncc._read
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for module in (napari_ncc._io, napari_ncc._read, napari_ncc._atomic):
+        assert doctest.testmod(module).failed == 0
+    assert os.listdir(tmp_path) == []
 
 
 # --- write_ncc ---------------------------------------------------------------------------

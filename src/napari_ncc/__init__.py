@@ -5,8 +5,9 @@ Importing this package imports neither napari nor Qt.
 """
 
 from ._confidence import ncc_confidence
-from ._io import read_image, write_ncc, write_zarr
+from ._io import write_ncc, write_tiff, write_zarr
 from ._lazy import local_ncc
+from ._read import read_image
 from ._register import register
 from ._registration import Registration, RegistrationWarning
 from ._samples import sample_pair
@@ -23,5 +24,6 @@ __all__ = [
     "sample_pair",
     "shift_lazy",
     "write_ncc",
+    "write_tiff",
     "write_zarr",
 ]

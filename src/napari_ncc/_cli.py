@@ -1,44 +1,52 @@
 """Command line: ``napari-ncc compare`` and ``napari-ncc demo``.
 
-A thin front end. It parses arguments, then calls the reader (``read_image``), the
-registration (``register``), the map (``ncc_confidence``) and the atomic zarr writer
-(``write_zarr``), and prints what they found. The numbers all come from the floors below;
-this module only adds the one-line error messages, the progress display, the summary of a
-written map and the demo's preview picture.
+A thin front end. It parses arguments, calls the reader (``read_image``), the whole job
+(``ncc_confidence``: registration, then the map) and the atomic writers (``write_zarr``,
+``write_tiff``), and prints what they found with the shared summary (``_summary``). It adds
+only the one-line error messages, the progress display and the handling of signals.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
-import math
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ._borders import MODES
-from ._ncc import WINDOWS
+from ._io import (
+    LOCAL_SCHEDULERS,
+    dask_scheduler,
+    progress_callback,
+    write_png,
+    write_tiff,
+    write_zarr,
+)
+from ._read import ATTRS_KEY, TIFF_SUFFIXES, ZARR_SUFFIXES, is_rgb, read_image
 from ._samples import SAMPLES
+from ._summary import (
+    CONFIDENT,
+    describe,
+    format_shift,
+    summarize,
+    to_json,
+    window_spans_stack,
+)
+from ._validation import WINDOWS, check_per_plane, check_same_shape, json_float
 
 log = logging.getLogger("napari_ncc.cli")
 
-#: A pixel is "confident" when its NCC exceeds this (``--threshold``).
-CONFIDENT = 0.5
-
-#: The largest map a TIFF output may hold (it is computed in memory): 1 GiB of float32.
-TIFF_MAX_BYTES = 1 << 30
-
-#: Local Dask schedulers ``--scheduler`` accepts by name (else a distributed address).
-LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
-
-ZARR_SUFFIXES = (".zarr",)
-TIFF_SUFFIXES = (".tif", ".tiff")
+#: Signals handled like Ctrl-C: what batch schedulers, ``kill`` and a closed terminal send.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 #: The files ``napari-ncc demo`` writes into its output folder.
 DEMO_FILES = ("ncc.zarr", "preview.png", "summary.json")
@@ -59,10 +67,14 @@ is the local NCC of the reference and the registered moving image at full resolu
 one value in [-1, 1] per pixel, FILL where a window is flat or reaches pixels the shift
 brought in from outside the moving image.
 
-output: a .zarr store (written chunk by chunk, atomically: any size) or a .tif/.tiff
-file (computed in memory: maps up to 1 GiB). An existing OUT is never replaced unless
---overwrite. The summary goes to stdout (--json for a machine-readable one); progress
-and log lines go to stderr. Exit status: 0 done, 1 error, 2 bad arguments, 130 interrupted.
+output: a .zarr store (written chunk by chunk) or a tiled .tif/.tiff file (written tile
+by tile), both streamed (any size, bounded memory) to a hidden temporary name renamed at
+the end. An existing OUT is never replaced unless --overwrite. The summary goes to stdout
+(--json for a machine-readable one); progress and log lines go to stderr.
+
+exit status: 0 done, 1 error, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM), 129 hung up (SIGHUP). A stopped run removes its temporary output; a later run
+removes the temporary outputs of runs that were killed outright (SIGKILL, power loss).
 """
 
 EPILOG_DEMO = """\
@@ -107,24 +119,20 @@ def _radius(text: str) -> int | tuple[int, ...]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_or_zero_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+_positive_int, _positive_or_zero_int = _int_at_least(1), _int_at_least(0)
 
 
 def _axis(text: str) -> int:
@@ -152,10 +160,10 @@ def _threshold(text: str) -> float:
 
 
 def _scheduler(text: str) -> str:
-    if text in LOCAL_SCHEDULERS or "://" in text:
+    if text in LOCAL_SCHEDULERS[:3] or "://" in text:
         return text
     raise argparse.ArgumentTypeError(
-        f"must be one of {', '.join(LOCAL_SCHEDULERS)} or a dask.distributed scheduler "
+        f"must be one of {', '.join(LOCAL_SCHEDULERS[:3])} or a dask.distributed scheduler "
         f"address such as tcp://host:8786, got {text!r}"
     )
 
@@ -251,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="OUT",
-        help="where to write the map: a .zarr store (any size) or a .tif/.tiff file",
+        help="where to write the map: a .zarr store or a tiled .tif/.tiff file",
     )
     _add_ncc_options(compare)
     group = compare.add_argument_group("registration")
@@ -331,55 +339,39 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread: like KeyboardInterrupt, only clean-up
+    code (``finally``, ``except BaseException``) and :func:`main` see it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
-def _dask_scheduler(scheduler: str | None) -> Iterator[object]:
-    """Make `scheduler` the default for every ``compute`` inside the block.
+def _stop_on_signals() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGHUP raise :class:`Stopped` (once: later ones are
+    ignored, so that the clean-up they started runs to its end)."""
 
-    Yields what to pass on as ``scheduler=``: None, a local scheduler's name, or the
-    ``distributed.Client`` connected to the address (one connection for the whole run).
-    """
-    if scheduler is None:
-        yield None
-        return
-    import dask
+    def stop(signum, frame):
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        raise Stopped(signum)
 
-    if scheduler in LOCAL_SCHEDULERS:
-        with dask.config.set(scheduler=scheduler):
-            yield scheduler
+    try:
+        previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    except ValueError:  # not the main thread (main() called from a thread): leave them
+        yield
         return
     try:
-        from distributed import Client
-    except ImportError:
-        raise CLIError(
-            f"--scheduler {scheduler} needs dask.distributed, which is not installed "
-            "(pip install distributed)"
-        ) from None
-    try:
-        client = Client(scheduler, timeout="10s")
-    except (OSError, TimeoutError) as error:
-        raise CLIError(
-            f"cannot connect to the Dask scheduler at {scheduler}: {_one_line(error)}"
-        ) from None
-    with client:
-        workers = len(client.scheduler_info().get("workers", {}))
-        log.info("connected to the Dask scheduler at %s (%d workers)", scheduler, workers)
-        yield client
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _show_progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[None]:
-    """A progress bar on stderr for the local Dask computations inside the block."""
-    if not enabled:
-        yield
-        return
-    from ._io import _progress_callback
-
-    with _progress_callback(label):
-        yield
 
 
 def _check_input(path: str, role: str) -> Path:
@@ -393,7 +385,6 @@ def _check_input(path: str, role: str) -> Path:
 
 def _read(path: Path, role: str) -> tuple[list, dict]:
     """The resolution levels of an image file (lazy; RGB as luminance) and its metadata."""
-    from ._io import read_image
     from ._multiscale import as_luminance
 
     try:
@@ -403,11 +394,10 @@ def _read(path: Path, role: str) -> tuple[list, dict]:
         if str(path) in message:
             raise CLIError(f"{role}: {message}") from None
         raise CLIError(f"cannot read {role} {path}: {message}") from None
-    axes = metadata.get("axes") or ()
-    if axes and str(axes[-1]).lower() in ("c", "s") and levels[0].shape[-1] in (3, 4):
+    if is_rgb(metadata.get("axes"), levels[0].shape):
         log.info("%s %s is RGB: comparing its luminance", role, path)
         levels = [as_luminance(level) for level in levels]
-        metadata = {**metadata, "axes": tuple(axes[:-1])}
+        metadata = {**metadata, "axes": tuple(metadata["axes"][:-1])}
     return levels, metadata
 
 
@@ -417,7 +407,7 @@ def _output_kind(path: Path) -> str:
         return "zarr"
     if name.endswith(TIFF_SUFFIXES):
         return "tiff"
-    raise CLIError(f"OUT must end in .zarr (any size) or .tif/.tiff (fits in memory), got {path}")
+    raise CLIError(f"OUT must end in .zarr (a zarr store) or .tif/.tiff (a TIFF file), got {path}")
 
 
 def _check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
@@ -430,139 +420,38 @@ def _check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> N
         raise CLIError(f"cannot write {path}: folder {path.parent} does not exist")
 
 
-def _check_tiff_size(shape: tuple[int, ...], out: Path) -> None:
-    nbytes = math.prod(shape) * 4
-    if nbytes > TIFF_MAX_BYTES:
-        raise CLIError(
-            f"the map would take {nbytes / 2**30:.1f} GiB in memory, more than the "
-            f"{TIFF_MAX_BYTES / 2**30:.0f} GiB a TIFF output may hold: write a zarr store "
-            f"instead (-o {out.with_suffix('.zarr')})"
-        )
-
-
 def _one_line(error: BaseException | str) -> str:
     text = str(error).strip() or type(error).__name__
     return " ".join(text.split())
 
 
-def _format_shift(shift, axis_names: Sequence[str] | None = None) -> str:
-    shift = [float(s) for s in np.ravel(shift)]
-    names = [str(n).lower() for n in axis_names] if axis_names else []
-    # Single-letter codes other than t, c, z, y, x (tifffile's Q, I, S, ...) say nothing.
-    if len(names) != len(shift) or any(len(n) == 1 and n not in "tczyx" for n in names):
-        names = list("zyx"[-len(shift) :]) if len(shift) <= 3 else []
-    if not names:
-        names = [f"axis {i}" for i in range(len(shift))]
-    return ", ".join(f"{n} {s:+.2f}" for n, s in zip(names, shift, strict=True)) + " px"
-
-
-def summarize(ncc, fill_value: float, threshold: float = CONFIDENT) -> dict:
-    """Summary figures of an NCC map (NumPy, or Dask reduced chunk by chunk).
-
-    Returns a dict with ``mean`` (mean NCC over the defined pixels), ``confident``
-    (fraction of all pixels whose NCC exceeds `threshold`), ``undefined`` (fraction
-    holding `fill_value`: flat windows, or windows reaching data the registration shifted
-    in from outside), ``min`` and ``max`` (over the defined pixels).
-    """
-    import dask.array as da
-
-    xp = da if isinstance(ncc, da.Array) else np
-    if math.isnan(fill_value):
-        undefined = xp.isnan(ncc)
-    else:
-        undefined = ncc == np.float32(fill_value)
-    defined = ~undefined
-    parts = (
-        xp.where(defined, ncc, 0).astype(np.float64).sum(),
-        defined.sum(),
-        (ncc > threshold).sum(),
-        xp.where(defined, ncc, np.inf).min(),
-        xp.where(defined, ncc, -np.inf).max(),
+def _stack_hint(shape: Sequence[int], radius, per_plane: int | None) -> str | None:
+    """What to say when the window spans most of a stack axis: a forgotten --per-plane?"""
+    found = window_spans_stack(shape, radius, per_plane)
+    if found is None:
+        return None
+    ax, window = found
+    radii = [radius] * len(shape) if isinstance(radius, int) else list(radius)
+    example = ",".join("0" if i == ax else str(r) for i, r in enumerate(radii))
+    return (
+        f"the {window}-pixel window spans most of axis {ax}, which has only {shape[ax]} "
+        f"planes: if the images are stacks of planes along axis {ax}, pass --per-plane "
+        f"{ax} (or a radius of 0 along it: --radius {example})"
     )
-    if xp is da:
-        parts = da.compute(*parts)
-    total, n_defined, n_confident, lo, hi = (float(p) for p in parts)
-    size = float(math.prod(ncc.shape))
-    return {
-        "mean": total / n_defined if n_defined else None,
-        "confident": n_confident / size,
-        "threshold": threshold,
-        "undefined": 1.0 - n_defined / size,
-        "min": lo if n_defined else None,
-        "max": hi if n_defined else None,
-    }
 
 
 def _report(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, default=_jsonable))
-        return
-    sample = result.get("sample_info")
-    if sample:
-        print(f"sample {sample['name']!r}: {sample['description']}")
-        if sample.get("shift") is not None:
-            print(f"known shift: {_format_shift(sample['shift'])}")
-    reg = result.get("registration")
-    names = result.get("axes_names")
-    if reg is None:
-        print("registration: skipped (--no-register)")
-    elif reg.get("shifts") is not None:
-        shifts = np.asarray(reg["shifts"], dtype=float)
-        qualities = reg.get("qualities") or [None] * len(shifts)
-        onto = reg.get("reference_plane")
-        onto = "one shift each" if onto is None else f"each onto plane {onto} of REFERENCE"
-        print(f"registration: {len(shifts)} planes along axis {reg['per_plane']}, {onto}")
-        plane_axis = reg["per_plane"]
-        in_plane = [ax for ax in range(shifts.shape[1]) if ax != plane_axis]
-        plane_names = None
-        if names and len(names) == shifts.shape[1]:
-            plane_names = [names[ax] for ax in in_plane]
-        for t, (s, q) in enumerate(zip(shifts[:10], qualities, strict=False)):
-            quality = "" if q is None else f"  (quality {q:.3f})"
-            print(f"  plane {t}: shift {_format_shift(s[in_plane], plane_names)}{quality}")
-        if len(shifts) > 10:
-            print(f"  ... {len(shifts) - 10} more planes (all in --json and in the output)")
-    else:
-        quality = reg.get("quality")
-        quality = "" if quality is None else f"  (registration quality {quality:.3f})"
-        print(f"shift: {_format_shift(reg['shift'], names)}{quality}")
-    if reg is not None and not reg.get("reliable", True):
-        notes = "; ".join(reg.get("notes") or []) or "check that the images overlap"
-        print(f"  the registration is UNRELIABLE: {notes}")
-    s = result["summary"]
-    shape = " x ".join(str(n) for n in result["shape"])
-    mean = "undefined" if s["mean"] is None else f"{s['mean']:.3f}"
-    print(
-        f"NCC map {shape}, radius {result['radius']} ({result['window']} window): "
-        f"mean {mean}, confident (NCC > {s['threshold']:g}) {s['confident']:.1%}, "
-        f"undefined (flat, or outside the overlap) {s['undefined']:.1%}"
-    )
-    for name, path in result["written"].items():
-        print(f"{name}: {path}")
+    print(to_json(result) if as_json else "\n".join(describe(result)))
 
 
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _json_float(value: float):
-    return value if math.isfinite(value) else str(value)
-
-
-def _parameters(args, per_plane, registration, inputs) -> dict:
+def _parameters(args, registration, inputs) -> dict:
     """What the map was made from: stored with it and printed with --json."""
     return {
         "radius": args.radius if isinstance(args.radius, int) else list(args.radius),
         "window": args.window,
         "mode": args.mode,
-        "fill_value": _json_float(args.fill_value),
-        "per_plane": per_plane,
+        "fill_value": json_float(args.fill_value),
+        "per_plane": args.per_plane,
         "registration": None if registration is None else registration.to_dict(),
         "inputs": [str(p) for p in inputs],
     }
@@ -571,62 +460,46 @@ def _parameters(args, per_plane, registration, inputs) -> dict:
 # --------------------------------------------------------------------------- commands
 
 
-def _registration_input(levels: list):
-    """What :func:`register` gets: the pyramid when there is one, else the image."""
-    return levels if len(levels) > 1 else levels[0]
-
-
-def _confidence_map(
-    reference, moving, args, per_plane, ref_levels=None, mov_levels=None, chunks=None
-):
-    """Register (unless --no-register), then the lazy NCC map of the registered pair."""
+def _confidence_map(ref_levels: list, mov_levels: list, args):
+    """``ncc_confidence`` of the pair (registered unless --no-register): a lazy map."""
     from ._confidence import ncc_confidence
     from ._ncc import plan_ncc
-    from ._register import register
 
-    axes = None
-    if per_plane is not None:
-        ndim = len(reference.shape)
-        if ndim < 2 or not -ndim <= per_plane < ndim:
-            raise CLIError(f"--per-plane axis {per_plane} is out of range for {ndim}-D images")
-        axes = tuple(ax for ax in range(ndim) if ax != per_plane % ndim)
-    # Check the NCC arguments against the images before the (possibly long) registration.
-    plan_ncc(
-        reference.shape,
-        moving.shape,
-        args.radius,
-        window=args.window,
-        mode=args.mode,
-        fill_value=args.fill_value,
-        axes=axes,
-    )
-    if args.reference_plane is not None and per_plane is None:
+    if args.reference_plane is not None and args.per_plane is None:
         raise CLIError("--reference-plane needs --per-plane AXIS (the axis of the planes)")
-    registration = None
+    # Pyramids speed up the registration of huge images (the map is at full resolution).
+    pyramids = len(ref_levels) == len(mov_levels) > 1
+    reference, moving = (ref_levels, mov_levels) if pyramids else (ref_levels[0], mov_levels[0])
+    shape = ref_levels[0].shape
+    hint = _stack_hint(shape, args.radius, args.per_plane)
+    try:
+        # Arguments that do not fit the images fail now, not after a long registration.
+        per_plane = check_per_plane(args.per_plane, len(shape))
+        axes = None if per_plane is None else [ax for ax in range(len(shape)) if ax != per_plane]
+        options = dict(window=args.window, mode=args.mode, fill_value=args.fill_value)
+        plan_ncc(shape, shape, args.radius, axes=axes, **options)
+    except ValueError as error:
+        message = _one_line(error) if hint is None else f"{_one_line(error)}; {hint}"
+        raise CLIError(message) from None
+    if hint is not None:
+        log.warning("warning: %s", hint)
     if args.register:
         log.info("registering (upsample factor %d)", args.upsample_factor)
-        pyramids = ref_levels and mov_levels and len(ref_levels) == len(mov_levels) > 1
-        registration = register(
-            _registration_input(ref_levels) if pyramids else reference,
-            _registration_input(mov_levels) if pyramids else moving,
-            upsample_factor=args.upsample_factor,
-            per_plane=per_plane,
-            reference_plane=args.reference_plane,
-        )
-        if registration.shifts is None:
-            log.info("shift %s", _format_shift(registration.shift))
+    # The map's blocks are computed at the asked size (rechunking finished blocks would
+    # hold several of them in memory).
     ncc, registration = ncc_confidence(
         reference,
         moving,
         args.radius,
-        register=False,
-        registration=registration,
-        window=args.window,
-        mode=args.mode,
-        fill_value=args.fill_value,
+        register=args.register,
         per_plane=per_plane,
-        chunks=chunks,
+        reference_plane=args.reference_plane,
+        upsample_factor=args.upsample_factor,
+        chunks=getattr(args, "chunks", None) or None,
+        **options,
     )
+    if registration is not None and registration.shifts is None:
+        log.info("shift %s", format_shift(registration.shift))
     return ncc, registration
 
 
@@ -639,50 +512,40 @@ def compare(args) -> dict:
     _check_output(out, args.overwrite, (ref_path, mov_path))
     progress = _show_progress(args)
 
-    with _dask_scheduler(args.scheduler) as scheduler:
+    with dask_scheduler(args.scheduler) as scheduler:
         ref_levels, ref_meta = _read(ref_path, "REFERENCE")
         mov_levels, _ = _read(mov_path, "MOVING")
-        reference, moving = ref_levels[0], mov_levels[0]
-        if reference.shape != moving.shape:
-            raise CLIError(
-                f"REFERENCE and MOVING must have the same shape, got {reference.shape} "
-                f"({ref_path.name}) and {moving.shape} ({mov_path.name})"
+        try:
+            check_same_shape(
+                ref_levels[0].shape,
+                mov_levels[0].shape,
+                names=(f"REFERENCE ({ref_path.name})", f"MOVING ({mov_path.name})"),
             )
-        if kind == "tiff":
-            _check_tiff_size(reference.shape, out)
-        # Blocks computed at the asked size (rechunking finished blocks would hold several).
-        ncc, registration = _confidence_map(
-            reference, moving, args, args.per_plane, ref_levels, mov_levels, args.chunks or None
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        ncc, registration = _confidence_map(ref_levels, mov_levels, args)
+        params = _parameters(args, registration, (ref_path, mov_path))
+        log.info("writing the NCC map to %s", out)
+        write = write_zarr if kind == "zarr" else write_tiff
+        write(
+            ncc,
+            out,
+            attrs={ATTRS_KEY: params},
+            overwrite=args.overwrite,
+            progress=progress,
+            scheduler=scheduler,
         )
-        params = _parameters(args, args.per_plane, registration, (ref_path, mov_path))
-        if kind == "zarr":
-            from ._io import ATTRS_KEY, read_image, write_zarr
-
-            log.info("writing the NCC map to %s", out)
-            write_zarr(
-                ncc,
-                out,
-                attrs={ATTRS_KEY: params},
-                overwrite=args.overwrite,
-                progress=progress,
-                scheduler=scheduler,
-            )
-            (ncc, *_), _ = read_image(out)
-        else:
-            log.info("computing the NCC map")
-            with _progress(progress, "NCC map"):
-                ncc = np.asarray(ncc.compute())
-            log.info("writing the NCC map to %s", out)
-            _write_tiff(out, ncc, params)
+        # Summarise what was written (read back lazily) rather than compute the map twice.
+        (ncc, *_), _ = read_image(out)
         log.info("summarising the map")
         local = scheduler is None or isinstance(scheduler, str)
-        with _progress(progress and local, "summary"):
+        with progress_callback("summary") if progress and local else contextlib.nullcontext():
             summary = summarize(ncc, args.fill_value, args.threshold)
 
     return {
         "reference": str(ref_path),
         "moving": str(mov_path),
-        "shape": list(reference.shape),
+        "shape": list(ncc.shape),
         "axes_names": list(ref_meta["axes"]) if ref_meta.get("axes") else None,
         **params,
         "summary": summary,
@@ -690,22 +553,10 @@ def compare(args) -> dict:
     }
 
 
-def _write_tiff(out: Path, ncc: np.ndarray, params: dict) -> None:
-    """Write a map to a TIFF file atomically (temporary name, then rename)."""
-    import tifffile
-
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        tifffile.imwrite(tmp, ncc, compression="zlib", metadata={"napari_ncc": json.dumps(params)})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def demo(args) -> dict:
     """Run ``napari-ncc demo`` with parsed arguments; return the result dict."""
-    from ._io import ATTRS_KEY, write_zarr
     from ._samples import sample_pair
+    from ._summary import preview_image
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -720,8 +571,8 @@ def demo(args) -> dict:
     reference, moving, info = sample_pair(args.sample, grayscale=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("the %r sample pair, %s", args.sample, " x ".join(map(str, reference.shape)))
-    ncc, registration = _confidence_map(reference, moving, args, None)
-    params = _parameters(args, None, registration, ())
+    ncc, registration = _confidence_map([reference], [moving], args)
+    params = _parameters(args, registration, ())
     map_path = out_dir / "ncc.zarr"
     log.info("writing the NCC map to %s", map_path)
     write_zarr(
@@ -729,7 +580,7 @@ def demo(args) -> dict:
     )
     preview_path = out_dir / "preview.png"
     log.info("writing the preview to %s", preview_path)
-    _write_png(preview_path, preview_image(reference, moving, ncc))
+    write_png(preview_path, preview_image(reference, moving, ncc))
     summary_path = out_dir / "summary.json"
     result = {
         "sample": args.sample,
@@ -743,9 +594,7 @@ def demo(args) -> dict:
             "summary": str(summary_path),
         },
     }
-    summary_path.write_text(
-        json.dumps({"napari_ncc_demo": True, **result}, indent=2, default=_jsonable) + "\n"
-    )
+    summary_path.write_text(to_json({"napari_ncc_demo": True, **result}, indent=2) + "\n")
     return result
 
 
@@ -756,105 +605,17 @@ def _is_demo_output(folder: Path) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- preview
-
-
-def colormap_lut(n: int = 256) -> np.ndarray:
-    """An ``(n, 3)`` uint8 colour table for NCC values from -1 (row 0) to 1 (row n-1).
-
-    The colormap napari shows NCC layers with (``_multiscale.NCC_COLORMAP``: ColorBrewer's
-    colour-blind-safe PiYG, magenta at -1, white at 0, green at +1), its colours evenly
-    spaced and linearly interpolated.
-    """
-    from ._multiscale import NCC_COLORMAP
-
-    anchors = np.array(
-        [[int(c[k : k + 2], 16) for k in (1, 3, 5)] for c in NCC_COLORMAP["colors"]],
-        dtype=np.float64,
-    )
-    positions = np.linspace(0.0, 1.0, len(anchors))
-    t = np.linspace(0.0, 1.0, n)
-    lut = np.stack([np.interp(t, positions, anchors[:, c]) for c in range(3)], axis=1)
-    return np.round(lut).astype(np.uint8)
-
-
-def _to_gray8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    scaled = (np.asarray(image, dtype=np.float64) - lo) / max(hi - lo, 1e-12)
-    gray = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
-def preview_image(reference: np.ndarray, moving: np.ndarray, ncc: np.ndarray) -> np.ndarray:
-    """RGB uint8 picture: reference | moving | NCC map (with a colour bar), titled.
-
-    The two images share one grey scale (their joint 1st-99.5th percentiles), so a change
-    of intensity shows; the NCC map uses :func:`colormap_lut` from -1 to 1, undefined
-    (NaN) pixels in grey.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    reference = np.asarray(reference)
-    moving = np.asarray(moving)
-    if reference.ndim != 2:
-        raise ValueError(f"the preview needs 2D images, got shape {reference.shape}")
-    lo, hi = np.percentile(np.concatenate([reference.ravel(), moving.ravel()]), [1, 99.5])
-    lut = colormap_lut()
-    index = np.round((np.nan_to_num(ncc, nan=-1.0).clip(-1, 1) + 1) * 127.5).astype(int)
-    ncc_rgb = lut[index]
-    ncc_rgb[np.isnan(ncc)] = 128
-    panels = [_to_gray8(reference, lo, hi), _to_gray8(moving, lo, hi), ncc_rgb]
-    titles = ["reference", "moving", "local NCC (-1 to 1)"]
-
-    h, w = reference.shape
-    gap, top, bar = 12, 34, 40
-    canvas = np.full((top + h + bar, 3 * w + 4 * gap, 3), 255, dtype=np.uint8)
-    for k, panel in enumerate(panels):
-        x0 = gap + k * (w + gap)
-        canvas[top : top + h, x0 : x0 + w] = panel
-    # Colour bar under the NCC panel.
-    x0 = gap + 2 * (w + gap)
-    ramp = lut[np.linspace(0, 255, w).round().astype(int)]
-    canvas[top + h + 6 : top + h + 20, x0 : x0 + w] = ramp[None]
-
-    picture = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(picture)
-    try:
-        font = ImageFont.load_default(size=18)
-    except TypeError:  # Pillow < 10.1 has one bitmap size only.
-        font = ImageFont.load_default()
-    for k, title in enumerate(titles):
-        draw.text((gap + k * (w + gap), 8), title, fill=(0, 0, 0), font=font)
-    for value, frac, anchor in ((-1, 0.0, "la"), (0, 0.5, "ma"), (1, 1.0, "ra")):
-        draw.text(
-            (x0 + frac * (w - 1), top + h + 21),
-            str(value),
-            fill=(0, 0, 0),
-            font=font,
-            anchor=anchor,
-        )
-    return np.asarray(picture)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        Image.fromarray(rgb).save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------- main
 
 
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("napari-ncc: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
+    # The package's logger: the library's own lines (a removed leftover) show too.
+    package = logging.getLogger("napari_ncc")
+    package.handlers[:] = [handler]
+    package.setLevel(logging.WARNING if quiet else logging.INFO)
+    package.propagate = False
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         print(f"napari-ncc: warning: {_one_line(message)}", file=sys.stderr)
@@ -867,6 +628,14 @@ def _setup_logging(quiet: bool) -> None:
         root.addHandler(logging.NullHandler())
 
 
+def _no_colour_reset_at_exit() -> None:
+    """Keep colorama (initialised by numba) from writing ``\\x1b[0m`` to a terminal at
+    exit: a stray escape code after the last line of the output."""
+    colorama = sys.modules.get("colorama.initialise")
+    if colorama is not None and hasattr(colorama, "reset_all"):
+        atexit.unregister(colorama.reset_all)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-ncc`` console script; returns the exit status."""
     parser = build_parser()
@@ -874,9 +643,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     showwarning = warnings.showwarning
     _setup_logging(args.quiet)
     try:
-        return _run(args)
+        with _stop_on_signals():
+            return _run(args)
     finally:
         warnings.showwarning = showwarning
+        _no_colour_reset_at_exit()
 
 
 def _run(args) -> int:
@@ -886,10 +657,14 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("napari-ncc: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"napari-ncc: stopped by {name}, temporary output removed", file=sys.stderr)
+        return 128 + stopped.signum
     except CLIError as error:
         print(f"napari-ncc {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ImportError) as error:
         if args.debug:
             raise
         print(f"napari-ncc {args.command}: error: {_one_line(error)}", file=sys.stderr)

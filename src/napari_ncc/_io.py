@@ -1,39 +1,48 @@
-"""Reading images lazily and writing (lazy) arrays to zarr: the file side of the lazy layer.
+"""Writing (lazy) arrays to files, atomically: the file side of the lazy layer.
 
-:func:`read_image` opens zarr arrays, OME-Zarr multiscale groups, TIFF files (plain, tiled,
-pyramidal) and small PNG/JPEG-like images as Dask arrays without loading them.
-:func:`write_zarr` streams a Dask array into a zarr store chunk by chunk, atomically, and
-:func:`write_ncc` writes the local NCC map of two images of any size that way.
+:func:`write_zarr` streams a Dask array into a zarr store chunk by chunk, :func:`write_tiff`
+into a tiled TIFF tile by tile, and :func:`write_ncc` writes the local NCC map of two images
+of any size to zarr; :func:`write_png` writes small pictures. All of them write to a hidden
+temporary name and rename it at the end (:mod:`napari_ncc._atomic`). Reading is
+:func:`napari_ncc._read.read_image`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import logging
 import math
 import os
-import shutil
-import threading
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import dask.array as da
 import numpy as np
 
+from ._atomic import (
+    check_free,
+    install,
+    output_path,
+    remove,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from ._lazy import local_ncc
+from ._read import ATTRS_KEY, read_image
+from ._validation import json_float
 
-__all__ = ["read_image", "write_ncc", "write_zarr"]
+__all__ = [
+    "dask_scheduler",
+    "progress_bar",
+    "progress_callback",
+    "write_ncc",
+    "write_png",
+    "write_tiff",
+    "write_zarr",
+]
 
-#: Key of the NCC parameters in the attributes of a store written by :func:`write_ncc`.
-ATTRS_KEY = "napari_ncc"
-
-ZARR_SUFFIXES = (".zarr",)
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
-SMALL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-#: Dask chunks made when reading: native chunks grown to at least this many pixels...
-_MIN_CHUNK_PIXELS = 2**20
-#: ...and split along the last two axes when longer than this.
-_MAX_CHUNK_LENGTH = 4096
+log = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
 
@@ -41,13 +50,6 @@ LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threa
 # ---------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------
-
-
-def _check_free(path: str, overwrite: bool) -> None:
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; choose another path or pass overwrite=True to replace it"
-        )
 
 
 def _check_attrs(attrs) -> dict:
@@ -86,14 +88,25 @@ def _check_scheduler(scheduler) -> None:
     )
 
 
-def _progress_callback(total_hint: str):
-    from dask.callbacks import Callback
+def progress_bar(total: int, desc: str, unit: str):
+    """A progress bar on stderr (tqdm) for `total` steps of `unit`, labelled `desc`."""
     from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+def progress_callback(desc: str):
+    """A Dask callback showing the tasks of the local computations it is active for.
+
+    Use it as a context manager around ``compute`` calls (threads, processes or
+    synchronous schedulers; a distributed cluster has its own progress display).
+    """
+    from dask.callbacks import Callback
 
     class TqdmCallback(Callback):
         def _start_state(self, dsk, state):
             total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-            self._bar = tqdm(total=total, desc=total_hint, unit="task")
+            self._bar = progress_bar(total, desc, "task")
 
         def _posttask(self, key, result, dsk, state, worker_id):
             self._bar.update(1)
@@ -102,6 +115,49 @@ def _progress_callback(total_hint: str):
             self._bar.close()
 
     return TqdmCallback()
+
+
+@contextlib.contextmanager
+def dask_scheduler(scheduler: str | None) -> Iterator[object]:
+    """Make `scheduler` the default for every ``compute`` inside the block.
+
+    `scheduler` is None (Dask's default), a local scheduler's name, or the address of a
+    running ``dask.distributed`` scheduler. Yields what to pass on as ``scheduler=`` to
+    the writers: None, the name, or a ``distributed.Client`` connected to the address
+    (one connection for the whole block).
+
+    Raises
+    ------
+    ImportError
+        For an address, when ``distributed`` is not installed.
+    OSError
+        When the scheduler at the address cannot be reached.
+    """
+    if scheduler is None:
+        yield None
+        return
+    import dask
+
+    if scheduler in LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=scheduler):
+            yield scheduler
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError(
+            f"the Dask scheduler {scheduler} needs dask.distributed, which is not installed "
+            "(pip install distributed)"
+        ) from None
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise OSError(f"cannot connect to the Dask scheduler at {scheduler}: {message}") from None
+    with client:
+        workers = len(client.scheduler_info().get("workers", {}))
+        log.info("connected to the Dask scheduler at %s (%d workers)", scheduler, workers)
+        yield client
 
 
 def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
@@ -150,7 +206,7 @@ def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
         kwargs = {"scheduler": "processes", "pool": pool}
     try:
         if progress:
-            with _progress_callback(desc):
+            with progress_callback(desc):
                 delayed.compute(**kwargs)
         else:
             delayed.compute(**kwargs)
@@ -170,9 +226,11 @@ def write_zarr(
 ) -> str:
     """Stream a (lazy) array into a zarr store, chunk by chunk, atomically.
 
-    The store is written to a hidden temporary sibling of `path` and renamed to `path`
-    only once complete, so an interrupted run never leaves a half-written store under the
-    final name. Only a few chunks are in memory at a time when `array` is a Dask array.
+    The store is written to a hidden temporary sibling of `path` (see
+    :func:`temporary_path`) and renamed to `path` only once complete, so an interrupted
+    run never leaves a half-written store under the final name; temporaries that killed
+    runs left for `path` are removed first. Only a few chunks are in memory at a time
+    when `array` is a Dask array.
 
     Parameters
     ----------
@@ -204,20 +262,20 @@ def write_zarr(
 
     Examples
     --------
-    >>> import tempfile, os
+    >>> import os, tempfile
     >>> import dask.array as da
     >>> import zarr
     >>> from napari_ncc._io import write_zarr
-    >>> out = os.path.join(tempfile.mkdtemp(), "ones.zarr")
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = os.path.join(folder.name, "ones.zarr")
     >>> _ = write_zarr(da.ones((64, 64), chunks=32), out, attrs={"note": "ones"}, progress=False)
     >>> z = zarr.open(out, mode="r")
     >>> z.shape, z.attrs["note"]
     ((64, 64), 'ones')
+    >>> folder.cleanup()
     """
     import zarr
 
-    path = os.fspath(path)
-    _check_free(path, overwrite)
     attrs = _check_attrs(attrs)
     _check_scheduler(scheduler)
     if not isinstance(array, da.Array):
@@ -225,11 +283,10 @@ def write_zarr(
         array = da.from_array(array, chunks="auto")
     if array.ndim == 0 or 0 in array.shape:
         raise ValueError(f"cannot write an empty or 0-d array (shape {array.shape})")
+    path = output_path(path, overwrite)
     array = _regular_chunks(array)
-    parent, base = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
-    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
     try:
         chunks = tuple(c[0] for c in array.chunks)
         if hasattr(zarr, "create_array"):
@@ -242,25 +299,213 @@ def write_zarr(
             )
             target.attrs.update(attrs)
         delayed = da.store(array, target, lock=False, compute=False)
-        _compute(delayed, scheduler, progress, f"writing {base}")
-        if os.path.lexists(path):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            _remove(trash)
-        else:
-            os.replace(tmp, path)
+        _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
+        install(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     return path
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
+#: Tile shape of the TIFF files :func:`write_tiff` writes (rows, columns).
+TIFF_TILE = (512, 512)
+
+
+def write_tiff(
+    array,
+    path: str | os.PathLike,
+    *,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    scheduler=None,
+    compression: str | None = None,
+) -> str:
+    """Stream a (lazy) array into a tiled TIFF file, tile by tile, atomically.
+
+    The array is computed one band of Dask blocks at a time (along the second-to-last
+    axis, the next band while the previous one is written) and written as
+    :data:`TIFF_TILE` tiles, one page per plane of the leading axes, so memory holds about
+    two bands of blocks whatever the size. Like :func:`write_zarr`, it writes to a
+    hidden temporary sibling and renames it at the end.
+
+    Parameters
+    ----------
+    array : array_like or dask.array.Array
+        What to write, at least 2D (planes along the last two axes).
+    path : str or os.PathLike
+        Destination file (``.tif``, ``.tiff``). BigTIFF when it needs more than 2 GiB.
+    attrs : dict, optional
+        JSON-serialisable attributes, stored as JSON in the image description (and
+        returned by :func:`read_image` under ``"napari_ncc"`` when they have that key).
+    overwrite, progress, scheduler
+        As in :func:`write_zarr`.
+    compression : str, optional
+        A ``tifffile`` compression ("zlib", "lzw", ...). None, the default, writes
+        uncompressed: NCC maps hardly compress (about 15 %), and zlib would be the slowest
+        step by far.
+
+    Returns
+    -------
+    path : str
+
+    Raises
+    ------
+    FileExistsError
+        If `path` exists and `overwrite` is False.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import dask.array as da
+    >>> import tifffile
+    >>> from napari_ncc._io import write_tiff
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = os.path.join(folder.name, "ramp.tif")
+    >>> ramp = da.arange(700 * 900, dtype="f4", chunks=300 * 900).reshape(700, 900)
+    >>> _ = write_tiff(ramp, out, progress=False)
+    >>> bool((tifffile.imread(out) == ramp.compute()).all())
+    True
+    >>> folder.cleanup()
+    """
+    import tifffile
+
+    attrs = _check_attrs(attrs)
+    _check_scheduler(scheduler)
+    if not isinstance(array, da.Array):
+        array = da.from_array(np.asarray(array), chunks="auto")
+    if array.ndim < 2 or 0 in array.shape:
+        raise ValueError(
+            f"a TIFF file holds arrays of at least 2 dimensions with no empty axis, got "
+            f"shape {array.shape}"
+        )
+    path = output_path(path, overwrite)
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
+    tile_rows, tile_cols = TIFF_TILE
+    pages = math.prod(array.shape[:-2])
+    n_tiles = pages * -(-array.shape[-2] // tile_rows) * -(-array.shape[-1] // tile_cols)
+    bar = progress_bar(n_tiles, f"writing {os.path.basename(path)}", "tile") if progress else None
+    try:
+        with _band_computer(scheduler) as compute:
+            tifffile.imwrite(
+                tmp,
+                _tiles(array, compute, bar),
+                shape=array.shape,
+                dtype=array.dtype,
+                tile=TIFF_TILE,
+                photometric="minisblack",
+                compression=compression,
+                bigtiff=array.nbytes > 2**31,
+                metadata=attrs,
+            )
+        install(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return path
+
+
+@contextlib.contextmanager
+def _band_computer(scheduler):
+    """A function computing a Dask array to NumPy on `scheduler` (see :func:`write_zarr`)."""
+    if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
+        from distributed import Client
+
+        client = Client(scheduler) if isinstance(scheduler, str) else scheduler
+        try:
+            yield lambda band: np.asarray(client.compute(band).result())
+        finally:
+            if isinstance(scheduler, str):
+                client.close()
+        return
+    yield lambda band: np.asarray(band.compute(scheduler=scheduler))
+
+
+def _bands(array: da.Array) -> list[tuple[tuple[slice, ...], tuple[int, ...]]]:
+    """The bands :func:`write_tiff` computes in turn, each a tuple of slices of `array`.
+
+    A band is one block along every leading axis and whole Dask block rows along the
+    second-to-last axis (at least ~16 million pixels, so small blocks make few compute
+    calls), the full width: slicing on block boundaries computes every block once.
+    """
+    *lead, rows, _ = array.chunks
+    width = array.shape[-1]
+    min_rows = max(1, 2**24 // (width * max(1, math.prod(max(c) for c in lead))))
+    row_bands, start, stop = [], 0, 0
+    for n in rows:
+        stop += n
+        if stop - start >= min_rows:
+            row_bands.append(slice(start, stop))
+            start = stop
+    if start < stop:
+        row_bands.append(slice(start, stop))
+    lead_blocks = [
+        [slice(a, a + n) for a, n in zip(np.cumsum((0, *c[:-1])), c, strict=True)] for c in lead
+    ]
+    return [
+        (*block, band, slice(None))
+        for block in itertools.product(*lead_blocks)
+        for band in row_bands
+    ]
+
+
+def _tiles(array: da.Array, compute, bar) -> Iterator[np.ndarray]:
+    """The tiles of `array` in TIFF order (page by page, row-major), computed band by band.
+
+    While the tiles of one band are written, the next band is computed in a background
+    thread. Rows of a page that do not yet fill a row of tiles wait for the next band.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    tile_rows, tile_cols = TIFF_TILE
+    bands = _bands(array)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-ncc-tiff")
+    try:
+        future = pool.submit(compute, array[bands[0]])
+        pending: dict[tuple, list[np.ndarray]] = {}
+        for k, band in enumerate(bands):
+            block = future.result()
+            future = pool.submit(compute, array[bands[k + 1]]) if k + 1 < len(bands) else None
+            lead = band[:-2]
+            pages = list(itertools.product(*(range(s.start, s.stop) for s in lead)))
+            for page, plane in zip(pages, block.reshape(-1, *block.shape[-2:]), strict=True):
+                pending.setdefault(page, []).append(plane)
+            del block
+            last_band = k + 1 == len(bands) or bands[k + 1][:-2] != lead
+            # Only the first page of the band can be written as it comes; the others
+            # follow it in the file, so they wait for the end of their bands.
+            for i, page in enumerate(pages):
+                if i and not last_band:
+                    break
+                rows = np.concatenate(pending.pop(page))
+                full = len(rows) if last_band else len(rows) // tile_rows * tile_rows
+                for r in range(0, full, tile_rows):
+                    for c in range(0, rows.shape[1], tile_cols):
+                        yield rows[r : r + tile_rows, c : c + tile_cols]
+                        if bar is not None:
+                            bar.update(1)
+                if full < len(rows):
+                    pending[page] = [rows[full:]]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
+    """Write an RGB uint8 picture (such as a preview) to a PNG file, atomically."""
+    from PIL import Image
+
+    path = os.fspath(path)
+    tmp = temporary_path(path)
+    try:
+        Image.fromarray(np.asarray(rgb)).save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, path)
+    finally:
+        remove(tmp)
+    return path
 
 
 def _as_input(image, name: str):
@@ -277,10 +522,6 @@ def _json_ints(value):
     if np.ndim(value) == 0:
         return int(value)
     return [int(v) for v in value]
-
-
-def _json_float(value: float):
-    return value if math.isfinite(value) else str(value)
 
 
 def write_ncc(
@@ -332,13 +573,15 @@ def write_ncc(
     >>> from napari_ncc._io import read_image, write_ncc
     >>> rng = np.random.default_rng(0)
     >>> a = rng.random((64, 64)).astype(np.float32)
-    >>> out = write_ncc(a, 2 * a, os.path.join(tempfile.mkdtemp(), "ncc.zarr"), progress=False)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = write_ncc(a, 2 * a, os.path.join(folder.name, "ncc.zarr"), progress=False)
     >>> (ncc,), meta = read_image(out)
     >>> meta["napari_ncc"]["radius"], bool(np.allclose(ncc.compute(), 1, atol=1e-5))
     (3, True)
+    >>> folder.cleanup()
     """
     path = os.fspath(path)
-    _check_free(path, overwrite)
+    check_free(path, overwrite)
     _check_scheduler(scheduler)
     sources = [
         os.fspath(x) if isinstance(x, str | os.PathLike) else None for x in (image0, image1)
@@ -361,7 +604,7 @@ def write_ncc(
         "radius": _json_ints(radius),
         "window": window,
         "mode": mode,
-        "fill_value": _json_float(float(fill_value)),
+        "fill_value": json_float(fill_value),
         "axes": None if axes is None else _json_ints(axes),
         "moving_shift": None if moving_shift is None else [float(s) for s in moving_shift],
         "shape": list(ncc.shape),
@@ -374,295 +617,4 @@ def write_ncc(
         overwrite=overwrite,
         progress=progress,
         scheduler=scheduler,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------
-
-
-def _dask_chunks(native: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
-    """Dask chunks for reading: whole native chunks, grown when tiny, split when huge."""
-    chunks = [max(1, min(int(c), int(s))) for c, s in zip(native, shape, strict=True)]
-    spatial = list(range(max(0, len(shape) - 2), len(shape)))
-    for ax in spatial:
-        chunks[ax] = min(chunks[ax], _MAX_CHUNK_LENGTH)
-    for ax in range(len(shape) - 2):
-        if math.prod(chunks) > 4 * _MAX_CHUNK_LENGTH**2:
-            chunks[ax] = 1
-    while math.prod(chunks) < _MIN_CHUNK_PIXELS:
-        growable = [ax for ax in spatial if chunks[ax] < shape[ax]]
-        if not growable:
-            break
-        ax = min(growable, key=lambda a: chunks[a])
-        chunks[ax] = min(int(shape[ax]), chunks[ax] * 2)
-    return tuple(chunks)
-
-
-def _strip_suffixes(name: str) -> str:
-    lower = name.lower()
-    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", *ZARR_SUFFIXES, *TIFF_SUFFIXES):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return os.path.splitext(name)[0]
-
-
-def _ncc_attrs(attrs) -> dict | None:
-    params = attrs.get(ATTRS_KEY)
-    if not isinstance(params, dict):
-        return None
-    params = dict(params)
-    if isinstance(params.get("fill_value"), str):
-        params["fill_value"] = float(params["fill_value"])
-    return params
-
-
-def _zarr_level(array) -> da.Array:
-    return da.from_zarr(array, chunks=_dask_chunks(array.chunks, array.shape))
-
-
-def _read_zarr(path: str, name: str) -> tuple[list[da.Array], dict]:
-    import zarr
-
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable zarr store: {err}") from None
-    attrs = dict(node.attrs)
-    metadata: dict = {"name": name, "scale": None, "axes": None, "path": path}
-    if isinstance(node, zarr.Array):
-        levels = [_zarr_level(node)]
-    else:
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        if not multiscales:
-            raise ValueError(
-                f"{path} is a zarr group without OME-Zarr 'multiscales' metadata; open one "
-                "of its arrays instead (for example {path}/0)"
-            )
-        image = multiscales[0]
-        try:
-            levels = [_zarr_level(node[d["path"]]) for d in image["datasets"]]
-        except Exception as err:
-            raise ValueError(f"{path}: broken OME-Zarr multiscales metadata: {err}") from None
-        if not levels:
-            raise ValueError(f"{path}: OME-Zarr multiscales metadata lists no datasets")
-        axes = image.get("axes")
-        if axes:
-            metadata["axes"] = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes)
-        scale = np.ones(levels[0].ndim)
-        known = False
-        for transforms in (
-            image["datasets"][0].get("coordinateTransformations", []),
-            image.get("coordinateTransformations", []),
-        ):
-            for t in transforms:
-                if t.get("type") == "scale" and len(t.get("scale", ())) == levels[0].ndim:
-                    scale = scale * np.asarray(t["scale"], dtype=float)
-                    known = True
-        if known:
-            metadata["scale"] = tuple(float(s) for s in scale)
-        if image.get("name"):
-            metadata["name"] = str(image["name"])
-    params = _ncc_attrs(attrs)
-    if params is not None:
-        metadata[ATTRS_KEY] = params
-    return levels, metadata
-
-
-class TiffLevel:
-    """One pyramid level of a TIFF series, sliceable and picklable.
-
-    Opens the file through ``tifffile``'s zarr store on first access (in each process), so
-    a Dask graph reading it can run on ``dask.distributed`` workers.
-
-    Parameters
-    ----------
-    path : str
-    series, level : int
-    shape : tuple of int
-    dtype : numpy dtype
-    chunks : tuple of int
-        Native chunks (tiles or strips) of the level.
-    """
-
-    def __init__(self, path: str, series: int, level: int, shape, dtype, chunks) -> None:
-        self.path = path
-        self.series = series
-        self.level = level
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.chunks = tuple(chunks)
-        self._array = None
-        self._lock = threading.Lock()
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def _open(self):
-        if self._array is None:
-            with self._lock:
-                if self._array is None:
-                    import tifffile
-                    import zarr
-
-                    store = tifffile.imread(
-                        self.path, aszarr=True, series=self.series, level=self.level
-                    )
-                    self._array = zarr.open(store, mode="r")
-        return self._array
-
-    def __getitem__(self, index) -> np.ndarray:
-        return np.asarray(self._open()[index])
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_array", "_lock")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._array = None
-        self._lock = threading.Lock()
-
-    def __dask_tokenize__(self):
-        return (
-            TiffLevel.__name__,
-            self.path,
-            os.path.getmtime(self.path),
-            self.series,
-            self.level,
-        )
-
-
-def _tiff_scale(page, axes: str, ndim: int):
-    try:
-        xres, yres = page.get_resolution()
-    except Exception:
-        return None
-    if not (xres and yres) or (xres, yres) == (1, 1):
-        return None
-    if "X" not in axes or "Y" not in axes or len(axes) != ndim:
-        return None
-    scale = [1.0] * ndim
-    scale[axes.index("X")] = 1.0 / float(xres)
-    scale[axes.index("Y")] = 1.0 / float(yres)
-    return tuple(scale)
-
-
-def _read_tiff(path: str, name: str) -> tuple[list[da.Array], dict]:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise ValueError("no image series")
-            series = tif.series[0]
-            axes = series.axes
-            infos = []
-            for i in range(len(series.levels)):
-                store = tifffile.imread(path, aszarr=True, series=0, level=i)
-                try:
-                    import zarr
-
-                    z = zarr.open(store, mode="r")
-                    infos.append((tuple(z.shape), z.dtype, tuple(z.chunks)))
-                finally:
-                    store.close()
-            scale = _tiff_scale(series.pages[0] or tif.pages[0], axes, len(series.shape))
-    except ValueError as err:
-        raise ValueError(f"cannot read TIFF {path}: {err}") from None
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable TIFF file: {err}") from None
-    levels = []
-    for i, (shape, dtype, chunks) in enumerate(infos):
-        source = TiffLevel(path, 0, i, shape, dtype, chunks)
-        levels.append(
-            da.from_array(
-                source,
-                chunks=_dask_chunks(chunks, shape),
-                asarray=False,
-                meta=np.empty((0,) * len(shape), dtype=dtype),
-                name=f"tiff-{name}-{i}-" + _token(source),
-            )
-        )
-    metadata = {"name": name, "scale": scale, "axes": tuple(axes), "path": path}
-    return levels, metadata
-
-
-def _token(obj) -> str:
-    from dask.base import tokenize
-
-    return tokenize(obj)
-
-
-def _read_small(path: str, name: str) -> tuple[list[da.Array], dict]:
-    from skimage import io
-
-    try:
-        image = np.asarray(io.imread(path))
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable image file: {err}") from None
-    if image.ndim == 0 or 0 in image.shape or image.dtype.kind not in "biuf":
-        raise ValueError(f"{path} holds no image data (shape {image.shape}, {image.dtype})")
-    axes = None
-    if image.ndim == 2:
-        axes = ("y", "x")
-    elif image.ndim == 3 and image.shape[-1] in (3, 4):
-        axes = ("y", "x", "c")
-    level = da.from_array(image, chunks=_dask_chunks(image.shape, image.shape))
-    return [level], {"name": name, "scale": None, "axes": axes, "path": path}
-
-
-def read_image(path: str | os.PathLike) -> tuple[list[da.Array], dict]:
-    """Open an image lazily as Dask arrays, one per resolution level.
-
-    Never loads the whole image: zarr arrays, OME-Zarr multiscale groups (levels from the
-    ``multiscales`` metadata, full resolution first) and TIFF files (plain, tiled,
-    pyramidal; through ``tifffile``'s zarr store) are read chunk by chunk when computed.
-    Small PNG/JPEG/BMP/GIF/WebP images are read into memory and wrapped.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A ``.zarr`` directory (array or OME-Zarr group), a TIFF file or a small image file.
-
-    Returns
-    -------
-    levels : list of dask.array.Array
-        Full resolution first.
-    metadata : dict
-        ``"name"`` (file name without suffix), ``"scale"`` (pixel size per axis, or None if
-        unknown), ``"axes"`` (axis names, or None), ``"path"``, and ``"napari_ncc"`` (the
-        parameters) for a map written by :func:`write_ncc`.
-
-    Raises
-    ------
-    ValueError
-        If `path` does not exist, has an unsupported format or cannot be read.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from napari_ncc._io import read_image, write_zarr
-    >>> out = write_zarr(np.eye(8), os.path.join(tempfile.mkdtemp(), "eye.zarr"), progress=False)
-    >>> (level,), meta = read_image(out)
-    >>> meta["name"], level.shape, float(level.sum().compute())
-    ('eye', (8, 8), 8.0)
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"{path} does not exist")
-    base = os.path.basename(os.path.normpath(path))
-    name = _strip_suffixes(base)
-    lower = base.lower()
-    if os.path.isdir(path) or lower.endswith(ZARR_SUFFIXES):
-        return _read_zarr(path, name)
-    if lower.endswith(TIFF_SUFFIXES):
-        return _read_tiff(path, name)
-    if lower.endswith(SMALL_SUFFIXES):
-        return _read_small(path, name)
-    raise ValueError(
-        f"unsupported file type for {path}; expected a zarr store (.zarr directory), a TIFF "
-        f"({', '.join(TIFF_SUFFIXES)}) or an image file ({', '.join(SMALL_SUFFIXES)})"
     )

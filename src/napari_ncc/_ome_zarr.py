@@ -21,19 +21,11 @@ from collections.abc import Iterator, Sequence
 import dask.array as da
 import numpy as np
 
-from ._io import (
-    ATTRS_KEY,
-    _check_attrs,
-    _check_free,
-    _check_scheduler,
-    _compute,
-    _dask_chunks,
-    _ncc_attrs,
-    _regular_chunks,
-    _remove,
-    _strip_suffixes,
-)
+from ._atomic import check_free as _check_free
+from ._atomic import remove as _remove
+from ._io import _check_attrs, _check_scheduler, _compute, _regular_chunks
 from ._multiscale import PYRAMID_FACTOR, _coarsen, plane_axes, pyramid_shapes
+from ._read import ATTRS_KEY, _dask_chunks, _ncc_attrs, _strip_suffixes
 
 __all__ = ["is_ome_zarr", "read_ome_zarr", "write_ome_zarr"]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator
 
 import dask.array as da
 
-from ._io import _remove, read_image
+from ._atomic import remove as _remove
 from ._multiscale import (
     PYRAMID_CHUNK,
     PYRAMID_FACTOR,
@@ -29,6 +29,7 @@ from ._multiscale import (
     needs_pyramid,
     pyramid_shapes,
 )
+from ._read import read_image
 
 __all__ = ["cached_pyramid", "default_cache_dir", "iter_cached_pyramid", "open_image_pyramid"]
 

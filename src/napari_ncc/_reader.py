@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ._io import ATTRS_KEY, SMALL_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, read_image
 from ._multiscale import NCC_COLORMAP, NCC_CONTRAST_LIMITS
+from ._read import ATTRS_KEY, SMALL_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, read_image
 
 #: Axis names of a colour channel.
 _CHANNEL_AXES = ("c", "s", "rgb", "channel")
