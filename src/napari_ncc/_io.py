@@ -37,6 +37,33 @@ _MAX_CHUNK_LENGTH = 4096
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
 
+#: Names a file's metadata gives a colour-channel axis (OME "c", tifffile's "S" samples).
+CHANNEL_AXES = ("c", "s", "rgb", "channel")
+
+
+def is_rgb(axes: Sequence[str] | None, shape: Sequence[int]) -> bool:
+    """Whether an image with these axis names and shape is RGB(A).
+
+    The one rule every front end uses (napari's reader, the command line): the last axis
+    is named as a colour channel (:data:`CHANNEL_AXES`, any case) and holds 3 or 4 samples,
+    in an image of at least 3 dimensions with one name per axis. Such an image is compared
+    by its luminance (:func:`napari_ncc._multiscale.as_luminance`).
+
+    Examples
+    --------
+    >>> is_rgb(("y", "x", "c"), (480, 640, 3)), is_rgb("YXS", (480, 640, 4))
+    (True, True)
+    >>> is_rgb(("z", "y", "x"), (10, 480, 3)), is_rgb(None, (480, 640, 3))
+    (False, False)
+    """
+    shape = tuple(shape)
+    return bool(
+        axes
+        and len(axes) == len(shape) >= 3
+        and str(axes[-1]).lower() in CHANNEL_AXES
+        and shape[-1] in (3, 4)
+    )
+
 
 # ---------------------------------------------------------------------------------------
 # Writing
