@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -131,7 +131,23 @@ def _progress_callback(total_hint: str):
     return TqdmCallback()
 
 
-def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
+def _reporting_callbacks(report: Callable[[int, int], object]) -> tuple:
+    """Dask scheduler callbacks (the documented 5-tuple) calling ``report(done, total)``
+    after every task, local to one computation (a ``Callback`` context is process-wide)."""
+    count = {"done": 0, "total": 0}
+
+    def start_state(dsk, state):
+        count["total"] = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+        report(0, count["total"])
+
+    def posttask(key, result, dsk, state, worker_id):
+        count["done"] += 1
+        report(count["done"], count["total"])
+
+    return (None, start_state, None, posttask, None)
+
+
+def _compute(delayed, scheduler, progress, desc: str) -> None:
     """Compute `delayed`; if a task fails, return only once no task can still write."""
     if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
         from distributed import Client
@@ -141,7 +157,7 @@ def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
         future = None
         try:
             future = client.compute(delayed)
-            if progress:
+            if progress is True:
                 distributed_progress(future)
             future.result()
         except BaseException:
@@ -176,7 +192,9 @@ def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
         kwargs = {"scheduler": "processes", "pool": pool}
     try:
-        if progress:
+        if callable(progress):
+            delayed.compute(**kwargs, callbacks=[_reporting_callbacks(progress)])
+        elif progress:
             with _progress_callback(desc):
                 delayed.compute(**kwargs)
         else:
@@ -192,7 +210,7 @@ def write_zarr(
     *,
     attrs: dict | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], object] = True,
     scheduler=None,
 ) -> str:
     """Stream a (lazy) array into a zarr store, chunk by chunk, atomically.
@@ -212,8 +230,11 @@ def write_zarr(
         JSON-serialisable attributes stored with the array.
     overwrite : bool, optional
         Replace an existing `path` (only after the new store is complete).
-    progress : bool, optional
-        Show a progress bar (tqdm locally; distributed's progress bar on a cluster).
+    progress : bool or callable, optional
+        Show a progress bar (tqdm locally; distributed's progress bar on a cluster), or
+        call ``progress(done, total)`` (in tasks) after every task of a local scheduler,
+        in the calling thread (napari's writer feeds its activity panel this way). An
+        exception it raises stops the write, which leaves nothing behind.
     scheduler : str or distributed.Client, optional
         None (Dask's default or the active distributed client), "threads", "processes",
         "synchronous", a ``dask.distributed`` scheduler address such as
@@ -270,6 +291,7 @@ def write_zarr(
             target.attrs.update(attrs)
         delayed = da.store(array, target, lock=False, compute=False)
         _compute(delayed, scheduler, progress, f"writing {base}")
+        _check_free(path, overwrite)  # (another writer may have got there meanwhile)
         if os.path.lexists(path):
             trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
             os.replace(path, trash)
