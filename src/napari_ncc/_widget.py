@@ -61,6 +61,8 @@ RADIUS_TOOLTIP = (
 
 RUN, CANCEL, CANCELLING = "Run", "Cancel", "Cancelling..."
 
+RESULT_HINT = "not run yet"
+
 
 def _radius_label(radius: int) -> str:
     side = 2 * int(radius) + 1
@@ -317,7 +319,8 @@ class NCCConfidenceWidget(FunctionGui):
                 },
             },
         )
-        self.result = Label(value="", name="result", gui_only=True)
+        # What the last run found (the shift, the registration quality, any doubt).
+        self.result = Label(value=RESULT_HINT, name="result", gui_only=True)
         self.result.native.setWordWrap(True)
         self.result.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.append(self.result)
