@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import tifffile
 import zarr
 
 from napari_ncc import _multiscale
+from napari_ncc._io import write_zarr
 from napari_ncc._reader import napari_get_reader
 from napari_ncc._writer import write_image
 
@@ -137,10 +141,34 @@ def test_reader_declines_unsupported_and_corrupt_files(tmp_path):
     assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
 
 
-@pytest.mark.gui
-def test_viewer_saves_and_opens_an_ncc_layer_through_the_plugin(make_napari_viewer, tmp_path):
+@pytest.fixture
+def notifications():
     pytest.importorskip("napari")
-    viewer = make_napari_viewer()
+    from napari.utils.notifications import notification_manager
+
+    received = []
+    notification_manager.notification_ready.connect(received.append)
+    yield received
+    notification_manager.notification_ready.disconnect(received.append)
+
+
+@pytest.fixture
+def progress_bars():
+    """The description and totals of every napari progress bar (the activity panel's)."""
+    pytest.importorskip("napari")
+    from napari.utils.progress import progress
+
+    bars = []
+
+    def watch(event):
+        bars.extend(event.added)
+
+    progress._all_instances.events.changed.connect(watch)
+    yield bars
+    progress._all_instances.events.changed.disconnect(watch)
+
+
+def _ncc_layer(viewer):
     ncc = np.linspace(-1, 1, 40 * 30, dtype=np.float32).reshape(40, 30)
     layer = viewer.add_image(
         da.from_array(ncc, chunks=16),
@@ -150,12 +178,81 @@ def test_viewer_saves_and_opens_an_ncc_layer_through_the_plugin(make_napari_view
         contrast_limits=(-1, 1),
         scale=(2, 2),
     )
-    path = str(tmp_path / "saved.zarr")
     viewer.layers.selection = {layer}
-    viewer.layers.save(path, selected=True, plugin="napari-ncc")
+    return ncc, layer
+
+
+@pytest.mark.gui
+def test_viewer_saves_in_the_background_and_opens_an_ncc_layer(
+    make_napari_viewer, qtbot, tmp_path, notifications, progress_bars
+):
+    viewer = make_napari_viewer()
+    ncc, _ = _ncc_layer(viewer)
+    path = str(tmp_path / "saved.zarr")
+    assert viewer.layers.save(path, selected=True, plugin="napari-ncc") == [path]
+    # Written in a worker thread, with a progress bar in the activity panel; the store
+    # appears under its name only once complete.
+    qtbot.waitUntil(lambda: any(n.message.startswith("napari-ncc saved") for n in notifications))
+    assert os.path.isdir(path)
+    [bar] = [bar for bar in progress_bars if "Saving saved.zarr" in str(bar.desc)]
+    assert bar.total > 0 and bar.n == bar.total  # counted in Dask tasks, to the last one
+    assert not [n for n in notifications if n.severity == "error"]
+
     [opened] = viewer.open(path, plugin="napari-ncc")
     np.testing.assert_array_equal(np.asarray(opened.data), ncc)
     assert tuple(opened.contrast_limits) == (-1.0, 1.0)
     assert opened.colormap.name == _multiscale.NCC_COLORMAP["name"]
     assert opened.metadata["napari_ncc"]["radius"] == 3
     np.testing.assert_allclose(opened.scale, (2, 2))
+
+
+@pytest.mark.gui
+def test_saving_onto_an_existing_path_is_a_notification_not_a_traceback(
+    make_napari_viewer, tmp_path, notifications, image
+):
+    viewer = make_napari_viewer()
+    _ncc_layer(viewer)
+    path = str(tmp_path / "taken.zarr")
+    write_zarr(image, path, progress=False)
+    with pytest.warns(UserWarning, match="did not return any written paths"):
+        assert viewer.layers.save(path, selected=True, plugin="napari-ncc") == []
+    [warning] = [n for n in notifications if n.severity == "warning"]
+    assert "already exists" in warning.message and path in warning.message
+    np.testing.assert_array_equal(zarr.open(path, mode="r")[...], image)  # untouched
+
+
+@pytest.mark.gui
+def test_save_dialog_names_the_format_once():
+    pytest.importorskip("napari")
+    from napari.layers import Image
+    from napari.plugins._npe2 import file_extensions_string_for_layers
+
+    # What napari's save dialog lists: "<plugin display name> <writer display name> (*.ext)"
+    filters, _ = file_extensions_string_for_layers([Image(np.zeros((4, 4)))])
+    ours = [f for f in filters.split(";;") if f.startswith("napari-ncc")]
+    assert ours == ["napari-ncc chunked zarr (*.zarr)"]
+
+
+@pytest.mark.gui
+def test_two_saves_to_one_path_keep_the_first(
+    make_napari_viewer, qtbot, tmp_path, notifications, rng
+):
+    viewer = make_napari_viewer()
+    first = rng.random((64, 48)).astype(np.float32)
+    second = first + 1
+    path = str(tmp_path / "once.zarr")
+    for name, data in (("first", first), ("second", second)):
+        viewer.layers.selection = {viewer.add_image(data, name=name)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # napari: "did not return any paths"
+            viewer.layers.save(path, selected=True, plugin="napari-ncc")
+    # The second save is refused, whether the first had finished (a warning at once) or
+    # not (an error when the second is about to rename its complete store into place).
+    qtbot.waitUntil(
+        lambda: (
+            sum(n.message.startswith("napari-ncc saved") for n in notifications) == 1
+            and any("already exists" in n.message for n in notifications)
+        )
+    )
+    np.testing.assert_array_equal(zarr.open(path, mode="r")[...], first)
+    assert [p.name for p in tmp_path.iterdir()] == ["once.zarr"]  # no temporary left

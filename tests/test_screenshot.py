@@ -36,6 +36,15 @@ def test_screenshot_shows_the_ncc_layer(make_napari_viewer, qtbot, tmp_path):
     rgb = shot[..., :3].astype(float)
     assert rgb.std() > 10  # not blank
 
+    # The legend: napari's colour bar, drawn in the top right corner of the canvas.
+    assert layer.colorbar.visible
+    layer.colorbar.visible = False
+    no_bar = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    layer.colorbar.visible = True
+    rows, cols = np.nonzero(np.abs(rgb - no_bar).sum(axis=-1) > 30)
+    assert len(rows) > 500
+    assert rows.max() < shot.shape[0] / 2 and cols.min() > shot.shape[1] / 2
+
     layer.visible = False
     without = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
     layer.visible = True

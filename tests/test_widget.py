@@ -7,6 +7,10 @@ moving image shifted with ``scipy.ndimage.shift`` by the shift the widget record
 
 from __future__ import annotations
 
+import gc
+import inspect
+import re
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -19,8 +23,12 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 from napari.utils.notifications import notification_manager  # noqa: E402
+from napari.utils.progress import progress  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_ncc import _multiscale  # noqa: E402
+from napari_ncc._registration import register  # noqa: E402
+from napari_ncc._widget import _Job  # noqa: E402
 
 WIDGET = ("napari-ncc", "NCC confidence")
 
@@ -89,6 +97,31 @@ def _run(qtbot, widget, **values):
     return widget.ncc_layer
 
 
+def _click(qtbot, widget):
+    """Press the Run/Cancel button, as a user does."""
+    qtbot.mouseClick(widget.call_button.native, Qt.MouseButton.LeftButton)
+
+
+@pytest.fixture
+def progress_steps():
+    """Every (description, done, total) the activity panel's progress bars showed."""
+    steps = []
+
+    def recorder(bar):
+        def record(event):
+            steps.append((bar.desc, event.value, bar.total))
+
+        return record
+
+    def watch(event):
+        for bar in event.added:
+            bar.events.value.connect(recorder(bar))
+
+    progress._all_instances.events.changed.connect(watch)
+    yield steps
+    progress._all_instances.events.changed.disconnect(watch)
+
+
 @pytest.fixture
 def notifications():
     received = []
@@ -121,6 +154,7 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     assert layer is not None and isinstance(layer.data, da.Array)
     assert tuple(layer.contrast_limits) == (-1.0, 1.0)
     assert layer.colormap.name == _multiscale.NCC_COLORMAP["name"]
+    assert layer.colorbar.visible  # the legend: what -1, 0 and +1 look like
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     np.testing.assert_allclose(layer.translate, (3, 4))
 
@@ -130,6 +164,14 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     # register undoes the displacement (skimage's convention), to a small fraction of a pixel
     np.testing.assert_allclose(shift, [-d for d in DISPLACEMENT], atol=0.2)
     assert meta["registration"]["reliable"]
+    # The widget says what it found: the shift (to 0.01 px) and the registration quality.
+    text = widget.result.value
+    found = re.search(r"shift: y ([-+]\d+\.\d\d), x ([-+]\d+\.\d\d) px", text)
+    assert found, text
+    np.testing.assert_allclose([float(v) for v in found.groups()], shift, atol=0.0051)
+    quality = re.search(r"registration quality: (\d\.\d\d)", text)
+    assert quality and abs(float(quality[1]) - meta["registration"]["quality"]) <= 0.0051
+    assert "unreliable" not in text
 
     # Values: the NCC of reference and the moving image registered by that shift.
     _assert_registered_ncc(layer.data, reference, moving, shift, 4)
@@ -156,6 +198,9 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     again = _run(qtbot, widget, radius=2, window="gaussian", show_registered=False)
     assert again is layer and len(viewer.layers) == n_layers and layer.name == "my map"
     assert layer.metadata["napari_ncc"]["radius"] == 2
+    # ...however many times it runs.
+    assert _run(qtbot, widget, radius=5) is layer and layer.name == "my map"
+    assert _run(qtbot, widget, radius=2) is layer and layer.name == "my map"
     shift = layer.metadata["napari_ncc"]["registration"]["shift"]
     _assert_registered_ncc(layer.data, reference, moving, shift, 2, window="gaussian")
     assert tuple(layer.contrast_limits) == (-1.0, 1.0)
@@ -339,3 +384,182 @@ def test_failures_and_doubts_are_notifications(make_napari_viewer, qtbot, notifi
     assert not layer.metadata["napari_ncc"]["registration"]["reliable"]
     warnings = [n.message for n in notifications if n.severity == "warning"]
     assert any("unreliable" in message for message in warnings)
+
+
+def test_moving_defaults_to_another_image_of_the_same_shape(
+    make_napari_viewer, qtbot, notifications
+):
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair((64, 80))
+    ref_layer = viewer.add_image(reference, name="cell reference")
+    mov_layer = viewer.add_image(moving, name="cell moving")
+    widget = _open(viewer)
+    assert widget.reference.value is ref_layer or widget.reference.value.name == "cell reference"
+    assert widget.moving.value.name == "cell moving"
+
+    # Pressing Run as it opens compares the two images, with no warning.
+    _click(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.worker is None and widget.ncc_layer is not None, timeout=60_000)
+    layer = widget.ncc_layer
+    assert layer.name == "NCC cell reference ~ cell moving"
+    assert np.median(np.asarray(layer.data)) < 0.99  # not a layer against itself
+    assert not [n for n in notifications if n.severity == "warning"]
+
+    # Layers of another shape, and the map itself, are never picked; when the moving
+    # layer goes, another image of the reference's shape takes its place.
+    viewer.add_image(np.zeros((10, 10), np.float32), name="small")
+    other = viewer.add_image(moving[::-1].copy(), name="other")
+    assert widget.moving.value.name == "cell moving"
+    viewer.layers.remove(mov_layer)
+    assert widget.moving.value.name == "other"
+    viewer.layers.remove(other)
+    assert widget.moving.value.name == "cell reference"  # nothing else of that shape
+    # A new reference: moving follows when it was the reference itself.
+    viewer.add_image(moving, name="again")
+    widget.reference.value = viewer.layers["cell reference"]
+    assert widget.moving.value.name == "again"
+
+
+def test_a_layer_against_itself_gets_a_warning(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer(show=True)
+    reference, _ = _pair((64, 80))
+    widget = _open(viewer)
+    only = viewer.add_image(reference, name="only")
+    layer = _run(qtbot, widget, reference=only, moving=only)
+    np.testing.assert_allclose(np.asarray(layer.data), 1, atol=1e-5)
+    warned = [n.message for n in notifications if n.severity == "warning"]
+    assert any("same layer" in message and "'only'" in message for message in warned)
+    assert "same layer" in widget.result.value
+
+
+def test_result_area_never_prints_a_negative_zero(make_napari_viewer, qtbot):
+    # Two copies of one image: the shift is zero up to rounding, whatever its sign.
+    viewer = make_napari_viewer(show=True)
+    reference, _ = _pair((96, 112))
+    widget = _open(viewer)
+    layer = _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(reference, name="a"),
+        moving=viewer.add_image(reference.copy(), name="b"),
+    )
+    np.testing.assert_allclose(layer.metadata["napari_ncc"]["registration"]["shift"], 0, atol=1e-3)
+    text = widget.result.value
+    assert "shift: y +0.00, x +0.00 px" in text and "-0.00" not in text
+
+
+def test_unreliable_registration_is_said_in_the_widget(make_napari_viewer, qtbot, rng):
+    viewer = make_napari_viewer(show=True)
+    widget = _open(viewer)
+    _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(rng.random((64, 64)), name="a"),
+        moving=viewer.add_image(rng.random((64, 64)), name="b"),
+    )
+    assert "WARNING: the registration is unreliable" in widget.result.value
+
+
+def _stack(n_planes, side=256):
+    full = data.camera().astype(np.float32)
+    reference = np.stack([np.roll(full, 7 * t, axis=1)[:side, :side] for t in range(n_planes)])
+    moving = np.stack([ndimage.shift(plane, (1.5, -2.0), mode="nearest") for plane in reference])
+    return reference, moving
+
+
+def test_cancel_stops_the_run_and_adds_nothing(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _stack(12)
+    viewer.add_image(reference, name="stack")
+    viewer.add_image(moving, name="moved")
+    widget = _open(viewer)
+    widget.per_plane.value = 0
+    names = [layer.name for layer in viewer.layers]
+
+    _click(qtbot, widget)
+    worker = widget.worker
+    assert worker is not None and widget.call_button.text == "Cancel"
+    _click(qtbot, widget)
+    # Whatever the worker had done by then, nothing of it is shown.
+    assert widget.call_button.text == "Cancelling..." and not widget.call_button.enabled
+    qtbot.waitUntil(lambda: not worker.is_running and widget.worker is None, timeout=120_000)
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.ncc_layer is None
+    assert widget.call_button.text == "Run" and widget.call_button.enabled
+    assert widget.result.value == "cancelled"
+    assert not [n for n in notifications if n.severity == "error"]
+    worker = None  # (the test holds no reference either)
+    gc.collect()
+    jobs = [obj for obj in gc.get_objects() if isinstance(obj, _Job)]
+    assert not jobs
+
+    # The next Run works as usual.
+    widget.per_plane.value = None
+    widget.reference.value = viewer.layers["stack"]
+    widget.moving.value = viewer.layers["moved"]
+    layer = _run(qtbot, widget, register=False)
+    assert layer is not None and layer.name == "NCC stack ~ moved"
+
+
+def test_cancel_after_the_preview_takes_it_back(make_napari_viewer, qtbot, monkeypatch):
+    monkeypatch.setattr(_multiscale, "PREVIEW_MAX_SIDE", 64)
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair((256, 256), displacement=(4.0, -6.0))
+    widget = _open(viewer)
+    ref = viewer.add_image(_pyramid(reference, 3), multiscale=True, name="ref")
+    mov = viewer.add_image(_pyramid(moving, 3), multiscale=True, name="mov")
+    names = [layer.name for layer in viewer.layers]
+
+    def cancel_on_preview(event):
+        if event.value.metadata.get("napari_ncc", {}).get("preview"):
+            widget.cancel()
+
+    viewer.layers.events.inserted.connect(cancel_on_preview)
+    worker = widget(reference=ref, moving=mov)
+    qtbot.waitUntil(lambda: not worker.is_running and widget.worker is None, timeout=60_000)
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.ncc_layer is None and widget.call_button.text == "Run"
+
+
+def test_progress_reports_every_pyramid_block(
+    make_napari_viewer, qtbot, monkeypatch, progress_steps
+):
+    monkeypatch.setattr(_multiscale, "MULTISCALE_MIN_SIDE", 200)
+    monkeypatch.setattr(_multiscale, "PYRAMID_MIN_SIDE", 100)
+    monkeypatch.setattr(_multiscale, "PYRAMID_CHUNK", 32)
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _pair((300, 260))
+    widget = _open(viewer)
+    _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(reference, name="ref"),
+        moving=viewer.add_image(moving, name="mov"),
+        register=False,
+    )
+    # Levels (150, 130) and (75, 65) in 32-pixel blocks: 5 x 5 + 3 x 3.
+    blocks = 5 * 5 + 3 * 3
+    # The bar counts blocks, up to the last. (It may skip drawing steps that came while it
+    # drew, so which values it showed in between is up to Qt.)
+    pyramid = [(desc, done, total) for desc, done, total in progress_steps if "pyramid" in desc]
+    assert pyramid and {total for _, _, total in pyramid} == {blocks}
+    assert "moving pyramid (blocks)" in pyramid[-1][0] and pyramid[-1][1] == blocks
+
+
+@pytest.mark.skipif(
+    "progress" not in inspect.signature(register).parameters,
+    reason="register(progress=) comes with the registration helper's branch",
+)
+def test_progress_reports_every_registered_plane(make_napari_viewer, qtbot, progress_steps):
+    viewer = make_napari_viewer(show=True)
+    reference, moving = _stack(5, side=96)
+    widget = _open(viewer)
+    _run(
+        qtbot,
+        widget,
+        reference=viewer.add_image(reference, name="stack"),
+        moving=viewer.add_image(moving, name="moved"),
+        per_plane=0,
+    )
+    seen = [(done, total) for desc, done, total in progress_steps if "registration" in desc]
+    assert seen and seen[-1] == (5, 5) and {total for _, total in seen} == {5}

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import dask.array as da
 import numpy as np
@@ -45,7 +45,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
-
 
 # ---------------------------------------------------------------------------------------
 # Writing
@@ -160,7 +159,23 @@ def dask_scheduler(scheduler: str | None) -> Iterator[object]:
         yield client
 
 
-def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
+def _reporting_callbacks(report: Callable[[int, int], object]) -> tuple:
+    """Dask scheduler callbacks (the documented 5-tuple) calling ``report(done, total)``
+    after every task, local to one computation (a ``Callback`` context is process-wide)."""
+    count = {"done": 0, "total": 0}
+
+    def start_state(dsk, state):
+        count["total"] = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+        report(0, count["total"])
+
+    def posttask(key, result, dsk, state, worker_id):
+        count["done"] += 1
+        report(count["done"], count["total"])
+
+    return (None, start_state, None, posttask, None)
+
+
+def _compute(delayed, scheduler, progress, desc: str) -> None:
     """Compute `delayed`; if a task fails, return only once no task can still write."""
     if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
         from distributed import Client
@@ -170,7 +185,7 @@ def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
         future = None
         try:
             future = client.compute(delayed)
-            if progress:
+            if progress is True:
                 distributed_progress(future)
             future.result()
         except BaseException:
@@ -205,7 +220,9 @@ def _compute(delayed, scheduler, progress: bool, desc: str) -> None:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
         kwargs = {"scheduler": "processes", "pool": pool}
     try:
-        if progress:
+        if callable(progress):
+            delayed.compute(**kwargs, callbacks=[_reporting_callbacks(progress)])
+        elif progress:
             with progress_callback(desc):
                 delayed.compute(**kwargs)
         else:
@@ -221,7 +238,7 @@ def write_zarr(
     *,
     attrs: dict | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], object] = True,
     scheduler=None,
 ) -> str:
     """Stream a (lazy) array into a zarr store, chunk by chunk, atomically.
@@ -243,8 +260,11 @@ def write_zarr(
         JSON-serialisable attributes stored with the array.
     overwrite : bool, optional
         Replace an existing `path` (only after the new store is complete).
-    progress : bool, optional
-        Show a progress bar (tqdm locally; distributed's progress bar on a cluster).
+    progress : bool or callable, optional
+        Show a progress bar (tqdm locally; distributed's progress bar on a cluster), or
+        call ``progress(done, total)`` (in tasks) after every task of a local scheduler,
+        in the calling thread (napari's writer feeds its activity panel this way). An
+        exception it raises stops the write, which leaves nothing behind.
     scheduler : str or distributed.Client, optional
         None (Dask's default or the active distributed client), "threads", "processes",
         "synchronous", a ``dask.distributed`` scheduler address such as
@@ -300,6 +320,7 @@ def write_zarr(
             target.attrs.update(attrs)
         delayed = da.store(array, target, lock=False, compute=False)
         _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
+        check_free(path, overwrite)  # (another writer may have got there meanwhile)
         install(tmp, path)
     except BaseException:
         remove(tmp)

@@ -26,6 +26,7 @@ This module is the lazy floor: Dask in, lazy Dask out; nothing here imports napa
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import math
 import os
@@ -208,15 +209,30 @@ def iter_pyramid(
     """:func:`build_pyramid` as a generator: yields ``(done, total)`` after each block.
 
     Its return value (``levels = yield from iter_pyramid(image)``) is the list of levels.
-    A napari worker thread forwards the yields to its progress bar.
+    A napari worker thread forwards the yields to its progress bar. Closed before the end
+    (or failing), it removes the temporary directory it made.
     """
-    import zarr
-
     image = da.asarray(image)
-    if directory is None:
+    created = directory is None
+    if created:
         directory = tempfile.mkdtemp(prefix="napari-ncc-pyramid-")
         _CACHE_DIRS.append(directory)
     os.makedirs(directory, exist_ok=True)
+    try:
+        levels = yield from _write_levels(image, directory)
+    except BaseException:
+        # Abandoned (closed while paused at a yield: a cancelled napari run) or failed:
+        # a pyramid of our own making is incomplete, so nothing of it is kept.
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+            _CACHE_DIRS.remove(directory)
+        raise
+    return levels
+
+
+def _write_levels(image: da.Array, directory) -> Generator[tuple[int, int], None, list]:
+    import zarr
+
     total = pyramid_blocks(image.shape)
     done = 0
     levels = [image]
@@ -274,7 +290,8 @@ def build_pyramid(
         removed when the Python process ends.
     progress : callable, optional
         Called as ``progress(done, total)`` after each block written (``total`` is
-        :func:`pyramid_blocks`).
+        :func:`pyramid_blocks`). An exception it raises stops the build and removes the
+        temporary directory (when `directory` was not given).
 
     Returns
     -------
@@ -288,14 +305,14 @@ def build_pyramid(
     >>> [level.shape for level in levels]
     [(1200, 1000), (600, 500), (300, 250)]
     """
-    steps = iter_pyramid(image, directory)
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    with contextlib.closing(iter_pyramid(image, directory)) as steps:
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(done, total)  # may raise to stop (a cancelled napari run)
 
 
 def rescaled(registration, factors):

@@ -12,23 +12,14 @@ import os
 from collections.abc import Callable
 
 from ._multiscale import NCC_COLORMAP, NCC_CONTRAST_LIMITS
-from ._read import ATTRS_KEY, SMALL_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, read_image
-
-#: Axis names of a colour channel.
-_CHANNEL_AXES = ("c", "s", "rgb", "channel")
+from ._read import ATTRS_KEY, SMALL_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, is_rgb, read_image
 
 
 def _layer_data(path: str) -> list[tuple]:
     levels, meta = read_image(path)
     kwargs: dict = {"name": meta.get("name") or os.path.basename(path)}
-    axes = meta.get("axes")
     scale = meta.get("scale")
-    rgb = bool(
-        axes
-        and len(axes) == levels[0].ndim >= 3
-        and str(axes[-1]).lower() in _CHANNEL_AXES
-        and levels[0].shape[-1] in (3, 4)
-    )
+    rgb = is_rgb(meta.get("axes"), levels[0].shape)
     kwargs["rgb"] = rgb
     if scale is not None:
         kwargs["scale"] = tuple(scale)[:-1] if rgb else tuple(scale)

@@ -33,25 +33,35 @@ many image pixels. The full registration (refined on full-resolution tiles) then
 it in place; ``metadata["napari_ncc"]["preview"]`` says which one is shown.
 """
 
+import inspect
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dask.array as da
 import numpy as np
-from magicgui.widgets import FunctionGui
+from magicgui.widgets import FunctionGui, Label
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import Qt
 
 from . import _multiscale
+from ._activity import Activity, Cancelled
+from ._read import ATTRS_KEY
+from ._validation import WINDOWS
 
-WINDOWS = ("box", "gaussian")
+if TYPE_CHECKING:
+    import napari
 
 RADIUS_TOOLTIP = (
     "Window half-width r in pixels: the NCC of each pixel compares the two (2r+1)-pixel "
     "wide patches centred on it. Larger: smoother, more robust to noise, less detail."
 )
+
+RUN, CANCEL, CANCELLING = "Run", "Cancel", "Cancelling..."
+
+RESULT_HINT = "not run yet"
 
 
 def _radius_label(radius: int) -> str:
@@ -76,11 +86,59 @@ def _levels(layer: Image) -> list[da.Array]:
     return levels
 
 
+def _image_shape(layer: Image) -> tuple[int, ...]:
+    """Shape of what the widget compares: level 0, without the colour axis of RGB."""
+    shape = tuple((layer.data[0] if layer.multiscale else layer.data).shape)
+    return shape[:-1] if layer.rgb else shape
+
+
 def _display_limits(layer: Image) -> tuple[float, float]:
     if not layer.rgb:
         return tuple(layer.contrast_limits)
     dtype = np.dtype(layer.dtype)
     return (0.0, float(np.iinfo(dtype).max)) if dtype.kind in "iu" else (0.0, 1.0)
+
+
+def _number(value: float) -> str:
+    # Rounded first, so a value that rounds to zero prints "+0.00", never "-0.00".
+    return f"{round(float(value), 2) + 0.0:+.2f}"
+
+
+def _axis_names(ndim: int) -> list[str]:
+    return list("zyx"[-ndim:]) if ndim <= 3 else [f"axis {i}" for i in range(ndim)]
+
+
+def _describe(registration, same_layer: bool) -> str:
+    """What the widget's result area says about a run (plain text, a few lines)."""
+    lines = []
+    if same_layer:
+        lines.append("reference and moving are the same layer: the map is 1 everywhere")
+    if registration is None:
+        lines.append("not registered: the images are compared as they are")
+        return "\n".join(lines)
+    names = _axis_names(len(registration.shift))
+    axes = [ax for ax in range(len(names)) if ax != registration.per_plane]
+    shift = ", ".join(f"{names[ax]} {_number(registration.shift[ax])}" for ax in axes)
+    if registration.shifts is None:
+        lines.append(f"shift: {shift} px")
+        lines.append(f"registration quality: {registration.quality:.2f}")
+    else:
+        n = len(registration.shifts)
+        lines.append(f"shift (median of {n} planes along axis {registration.per_plane}):")
+        lines.append(f"  {shift} px")
+        lines.append(f"registration quality: {registration.quality:.2f} (lowest plane)")
+    if not registration.reliable:
+        notes = "; ".join(registration.notes) or "no clear match between the images"
+        lines.append(f"WARNING: the registration is unreliable ({notes})")
+    return "\n".join(lines)
+
+
+def _progress_option(callback) -> dict:
+    """``{"progress": callback}`` if ``register`` takes one (helper branch ``reg`` adds it),
+    else nothing: the registration then shows as one step."""
+    from ._registration import register
+
+    return {"progress": callback} if "progress" in inspect.signature(register).parameters else {}
 
 
 @dataclass
@@ -98,24 +156,24 @@ class _Result:
 class _Job:
     """What one run computes, in the worker thread (no Qt, no napari objects touched).
 
+    Progress goes through `activity` (one stage at a time: pyramid blocks, registered
+    planes or tiles); a cancelled run stops at its next progress report, raising
+    :class:`~napari_ncc._activity.Cancelled`.
+
     With pyramids, a quick registration on a coarse level (:func:`_multiscale.register_level`)
     is shown first, then replaced in place by the full registration (coarse estimate
     refined on full-resolution tiles), which takes longer on gigapixel images.
     """
 
-    def __init__(self, reference, moving, params, build_pyramids: bool, registration=None):
+    def __init__(
+        self, reference, moving, params, build_pyramids: bool, activity, registration=None
+    ):
         self.reference = reference
         self.moving = moving
         self.params = params
         self.build_pyramids = build_pyramids
+        self.activity = activity
         self.registration = registration
-
-    @property
-    def steps(self) -> int:
-        n = 3  # preview, registration, map
-        if self.build_pyramids:
-            n += 2 * _multiscale.pyramid_blocks(self.reference[0].shape)
-        return n
 
     def _result(self, reference, moving, registration, final: bool) -> _Result:
         p = self.params
@@ -137,11 +195,16 @@ class _Job:
         return _Result(ncc, registered, registration, reference, moving, final)
 
     def run(self):
-        """Generator for ``create_worker``: yields progress steps and the preview."""
+        """Generator for the worker: yields the preview (if any), returns the result."""
         reference, moving, p = self.reference, self.moving, self.params
+        activity = self.activity
         if self.build_pyramids:
-            reference = yield from _multiscale.iter_pyramid(reference[0])
-            moving = yield from _multiscale.iter_pyramid(moving[0])
+            reference = _multiscale.build_pyramid(
+                reference[0], progress=activity.callback("reference pyramid (blocks)")
+            )
+            moving = _multiscale.build_pyramid(
+                moving[0], progress=activity.callback("moving pyramid (blocks)")
+            )
         registration = self.registration
         if p["register"] and registration is None:
             with warnings.catch_warnings():
@@ -154,12 +217,24 @@ class _Job:
                     [r.shape for r in reference], plane_axis=p["per_plane"]
                 )
                 if level > 0:
+                    activity.check()
                     preview = _multiscale.register_level(
-                        reference, moving, level, per_plane=p["per_plane"]
+                        reference,
+                        moving,
+                        level,
+                        per_plane=p["per_plane"],
+                        **_progress_option(activity.callback("preview registration")),
                     )
                     yield self._result(reference, moving, preview, final=False)
-                registration = register(reference, moving, per_plane=p["per_plane"])
-        yield
+                activity.check()
+                stage = "registration" + (" (planes)" if p["per_plane"] is not None else "")
+                registration = register(
+                    reference,
+                    moving,
+                    per_plane=p["per_plane"],
+                    **_progress_option(activity.callback(stage)),
+                )
+        activity.check()
         return self._result(reference, moving, registration, final=True)
 
 
@@ -185,28 +260,31 @@ class NCCConfidenceWidget(FunctionGui):
         worker = widget()  # starts the worker; the layer appears when it is done
 
     Calling it returns the napari worker (None when the inputs were refused, with a
-    notification saying why).
+    notification saying why). While a run is going, the Run button reads Cancel
+    (:meth:`cancel`); a call from code instead supersedes the run in progress.
     """
 
     # napari passes the viewer to a parameter annotated with this string (or the class).
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+    def __init__(self, viewer: "napari.viewer.Viewer"):
         self._viewer = viewer
-        self._worker = None
+        self._activity: Activity | None = None
         self._ncc_ref = None
         self._registered_ref = None
         self._cache: dict = {}
         self._cache_key = None
         self._previewed = None
+        self._undo: list = []  # how to take back what a run's preview changed
         self._auto_names: dict[int, str] = {}
         super().__init__(
             self._run,
-            call_button="Run",
+            call_button=RUN,
             param_options={
                 "reference": {
                     "tooltip": "The image the moving one is compared with (kept fixed)."
                 },
                 "moving": {
-                    "tooltip": "The image registered onto the reference, then compared with it."
+                    "tooltip": "The image registered onto the reference, then compared with "
+                    "it. Defaults to another image layer of the reference's shape."
                 },
                 "radius": {
                     "min": 1,
@@ -242,8 +320,19 @@ class NCCConfidenceWidget(FunctionGui):
                 },
             },
         )
+        # What the last run found (the shift, the registration quality, any doubt).
+        self.result = Label(value=RESULT_HINT, name="result", gui_only=True)
+        self.result.native.setWordWrap(True)
+        self.result.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.append(self.result)
+        # The button runs, or cancels the run in progress (magicgui's own handler would
+        # only ever call the function).
+        self.call_button.changed.disconnect()
+        self.call_button.changed.connect(self._on_button)
         self.radius.changed.connect(self._update_radius_label)
         self.reference.changed.connect(self.per_plane.reset_choices)
+        self.reference.changed.connect(self._choose_moving)
+        self._choose_moving()
 
     def _update_radius_label(self, radius: int) -> None:
         self.radius.label = _radius_label(radius)
@@ -253,6 +342,30 @@ class NCCConfidenceWidget(FunctionGui):
         # reference picked); the reference widget does not exist yet on the first call.
         reference = self.get_widget("reference") if self._initialized else None
         return _plane_choices(None if reference is None else reference.value)
+
+    # --- layer choices -----------------------------------------------------------------
+    def reset_choices(self, *args) -> None:
+        """Refresh the layer lists (napari calls this when layers change)."""
+        super().reset_choices(*args)
+        if self._initialized:
+            self._choose_moving()
+
+    def _choose_moving(self, *_) -> None:
+        """Point `moving` at another image of the reference's shape, when it is unset or
+        the reference itself and there is one (layers made by this widget excluded)."""
+        reference, moving = self.reference.value, self.moving.value
+        if reference is None or (moving is not None and _unwrap(moving) is not _unwrap(reference)):
+            return
+        shape = _image_shape(reference)
+        for candidate in self.moving.choices:
+            if (
+                candidate is not None
+                and _unwrap(candidate) is not _unwrap(reference)
+                and ATTRS_KEY not in candidate.metadata
+                and _image_shape(candidate) == shape
+            ):
+                self.moving.value = candidate
+                return
 
     # --- layer bookkeeping -------------------------------------------------------------
     def _tracked(self, ref) -> Image | None:
@@ -267,30 +380,65 @@ class NCCConfidenceWidget(FunctionGui):
     @property
     def worker(self):
         """The worker of the run in progress, or None."""
-        return self._worker
+        return None if self._activity is None else self._activity.worker
 
-    def _put_layer(self, ref, data, multiscale: bool, new: bool, **kwargs) -> Image:
-        """Update the tracked layer in place, or add a new one."""
+    def _put_layer(self, ref, data, multiscale: bool, new: bool, **kwargs):
+        """Update the tracked layer in place, or add a new one.
+
+        Returns the layer, and a function that takes the change back.
+        """
         layer = None if new else self._tracked(ref)
         ndim = (data[0] if multiscale else data).ndim
+        layers = self._viewer.layers
         if layer is not None and layer.multiscale == multiscale and layer.ndim == ndim:
+            before = {key: getattr(layer, key) for key in ("data", *kwargs) if key != "visible"}
             layer.data = data
             for key, value in kwargs.items():
-                if key == "name" and layer.name != self._auto_names.get(id(layer)):
-                    continue  # renamed by the user: keep their name
-                if key != "visible":
+                if key == "name":
+                    # A name the user gave is theirs: only a name this widget set changes.
+                    if layer.name == self._auto_names.get(id(layer)):
+                        layer.name = value
+                        self._auto_names[id(layer)] = layer.name  # (napari may add " [1]")
+                elif key != "visible":
                     setattr(layer, key, value)
-            self._auto_names[id(layer)] = layer.name
-            return layer
+
+            def undo():
+                for key, value in before.items():
+                    setattr(layer, key, value)
+
+            return layer, undo
         added = _unwrap(self._viewer.add_image(data, multiscale=multiscale, **kwargs))
         self._auto_names[id(added)] = added.name
-        if layer is not None:  # an incompatible old layer: the new one takes its place
-            index = self._viewer.layers.index(layer)
-            self._viewer.layers.remove(layer)
-            self._viewer.layers.move(self._viewer.layers.index(added), index)
-        return added
+        if layer is None:
+            return added, lambda: added in layers and layers.remove(added)
+        # An incompatible old layer: the new one takes its place.
+        index = layers.index(layer)
+        layers.remove(layer)
+        layers.move(layers.index(added), index)
+
+        def put_back():
+            if added in layers:
+                layers.remove(added)
+            layers.insert(min(index, len(layers)), layer)
+
+        return added, put_back
 
     # --- run ---------------------------------------------------------------------------
+    def _on_button(self, *_) -> None:
+        if self._activity is not None:
+            self.cancel()
+        else:
+            self()
+
+    def cancel(self) -> None:
+        """Cancel the run in progress: the worker stops at its next progress step, and
+        whatever its preview added or changed is taken back."""
+        if self._activity is None:
+            return
+        self._activity.cancel()
+        self.call_button.text = CANCELLING
+        self.call_button.enabled = False
+
     def _run(
         self,
         reference: Image,
@@ -313,6 +461,12 @@ class NCCConfidenceWidget(FunctionGui):
                 f"({moving.name!r})"
             )
             return None
+        same_layer = _unwrap(reference) is _unwrap(moving)
+        if same_layer:
+            show_warning(
+                f"NCC confidence: reference and moving are the same layer ({reference.name!r}),"
+                " so the map is 1 everywhere; choose another image as moving"
+            )
         if len(ref_levels) != len(mov_levels) or any(
             a.shape != b.shape for a, b in zip(ref_levels, mov_levels, strict=False)
         ):
@@ -340,14 +494,10 @@ class NCCConfidenceWidget(FunctionGui):
             ref_levels, mov_levels = cached["reference"], cached["moving"]
         build = len(ref_levels) == 1 and _multiscale.needs_pyramid(ref_levels[0].shape)
         registration = cached.get("registrations", {}).get(per_plane) if register else None
-        job = _Job(ref_levels, mov_levels, params, build, registration)
-        if self._worker is not None:
-            self._worker.quit()
-        worker = create_worker(
-            job.run,
-            _progress={"total": job.steps, "desc": "NCC confidence"},
-            _ignore_errors=True,
-        )
+        if self._activity is not None:  # a call from code while a run is going
+            self._activity.cancel()
+        activity = Activity("NCC confidence")
+        job = _Job(ref_levels, mov_levels, params, build, activity, registration)
         self._cache_key = (key, (_weak(reference), _weak(moving)))
         names = (reference.name, moving.name)
         display = {
@@ -359,25 +509,52 @@ class NCCConfidenceWidget(FunctionGui):
 
         def show(result):
             if isinstance(result, _Result):
-                self._show(worker, result, params, names, display, new_layer)
+                self._show(activity, result, params, names, display, new_layer, same_layer)
 
-        worker.yielded.connect(show)
-        worker.returned.connect(show)
-        worker.errored.connect(lambda exc: self._failed(worker, exc))
-        self._worker = worker
-        worker.start()
-        return worker
+        self._activity = activity
+        self._undo = []
+        self.call_button.text = CANCEL
+        self.result.value = "running..."
+        return activity.start(
+            job.run,
+            connect={
+                "yielded": show,
+                "returned": show,
+                "errored": lambda exc: self._failed(activity, exc),
+                "finished": lambda: self._finished(activity),
+            },
+        )
 
-    def _failed(self, worker, exc: Exception) -> None:
-        if worker is self._worker:
-            self._worker = None
-        show_error(f"NCC confidence failed: {exc}")
-
-    def _show(self, worker, result: _Result, params, names, display, new_layer: bool) -> None:
-        if worker is not self._worker:  # superseded by a later run
+    def _failed(self, activity: Activity, exc: Exception) -> None:
+        if activity is not self._activity or isinstance(exc, Cancelled):
             return
+        show_error(f"NCC confidence failed: {exc}")
+        self.result.value = f"failed: {exc}"
+        self._take_back()
+
+    def _finished(self, activity: Activity) -> None:
+        if activity is not self._activity:  # superseded by a later run
+            return
+        if activity.cancelled:
+            self._take_back()
+            self.result.value = "cancelled"
+        self._undo = []
+        self._activity = self._previewed = None
+        self.call_button.text = RUN
+        self.call_button.enabled = True
+
+    def _take_back(self) -> None:
+        """Undo what the preview of an unfinished run added or changed."""
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
+
+    def _show(
+        self, activity, result: _Result, params, names, display, new_layer, same_layer
+    ) -> None:
+        if activity is not self._activity or activity.cancelled:
+            return  # superseded by a later run, or cancelled
         if result.final:
-            self._worker = None
             key, layers = self._cache_key
             registrations = dict(self._cache.get("registrations", {}))
             if self._cache.get("key") != key:
@@ -392,11 +569,11 @@ class NCCConfidenceWidget(FunctionGui):
                 "registrations": registrations,
             }
         # The final result of a run replaces its own preview, even with "new layer".
-        new_layer = new_layer and self._previewed is not worker
-        self._previewed = None if result.final else worker
+        new_layer = new_layer and self._previewed is not activity
+        self._previewed = None if result.final else activity
         ncc, registered, registration = result.ncc, result.registered, result.registration
         metadata = {
-            "napari_ncc": {
+            ATTRS_KEY: {
                 **params,
                 "reference": names[0],
                 "moving": names[1],
@@ -412,7 +589,7 @@ class NCCConfidenceWidget(FunctionGui):
                 f"(quality {registration.quality:.2f}); the map may show misalignment"
             )
         multiscale = len(ncc) > 1
-        layer = self._put_layer(
+        layer, undo = self._put_layer(
             self._ncc_ref,
             ncc if multiscale else ncc[0],
             multiscale,
@@ -424,9 +601,13 @@ class NCCConfidenceWidget(FunctionGui):
             translate=display["translate"],
             metadata=metadata,
         )
-        self._ncc_ref = _weak(layer)
+        undos = [undo]
+        # A legend on the canvas: what -1, 0 and +1 look like.
+        layer.colorbar.visible = True
+        previous_ref, self._ncc_ref = self._ncc_ref, _weak(layer)
+        undos.append(lambda: setattr(self, "_ncc_ref", previous_ref))
         if registered is not None:
-            registered_layer = self._put_layer(
+            registered_layer, undo = self._put_layer(
                 self._registered_ref,
                 registered if multiscale else registered[0],
                 multiscale,
@@ -439,7 +620,14 @@ class NCCConfidenceWidget(FunctionGui):
                 metadata=metadata,
                 visible=False,
             )
+            undos.append(undo)
             self._registered_ref = _weak(registered_layer)
+        if not result.final and not self._undo:
+            self._undo = undos  # the state before the run, if it is cancelled
+        if result.final:
+            self._undo = []
+        text = _describe(registration, same_layer)
+        self.result.value = text if result.final else "preview (coarse level):\n" + text
         # The NCC layer goes on top, selected.
         self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
         self._viewer.layers.selection.active = layer

@@ -1,15 +1,22 @@
 """napari writer: an image layer to a zarr store, through :func:`napari_ncc._io.write_zarr`.
 
-Chunk by chunk (lazy layers are computed block by block, with a progress bar), atomically
-(a temporary name, renamed when complete), never over an existing path. A multiscale layer
-is saved at full resolution. An NCC layer keeps its parameters (``metadata["napari_ncc"]``),
-scale and translate, so the reader shows it again as it was.
+Chunk by chunk (lazy layers are computed block by block), atomically (a temporary name,
+renamed when complete), never over an existing path. A multiscale layer is saved at full
+resolution. An NCC layer keeps its parameters (``metadata["napari_ncc"]``), scale and
+translate, so the reader shows it again as it was.
+
+napari calls a writer synchronously from its save action. With a viewer open, the store is
+written in a worker thread, with its progress (and a cancel button) in napari's activity
+panel, so the viewer never freezes: the path is returned at once and appears, complete,
+when the write is done; a notification says when it is (or why it failed). Without a
+viewer (a script), the write happens before returning, with a terminal progress bar.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 from ._io import ATTRS_KEY, write_zarr
@@ -23,13 +30,26 @@ def _jsonable(value) -> Any:
         return None
 
 
+def _open_viewer():
+    """The napari viewer in use, or None (napari not even imported: no viewer)."""
+    napari = sys.modules.get("napari")
+    return None if napari is None else napari.current_viewer()
+
+
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     """Save one image layer as a zarr array at `path` (the npe2 writer contribution).
+
+    Returns
+    -------
+    paths : list of str
+        ``[path]`` (with ``.zarr`` appended if missing); with a viewer open, the path the
+        store will appear at once the background write is done. Empty when nothing is
+        written (`path` exists, with a viewer open: a notification says so).
 
     Raises
     ------
     FileExistsError
-        If `path` exists: napari-ncc never overwrites unasked.
+        If `path` exists and no viewer is open: napari-ncc never overwrites unasked.
     """
     path = os.fspath(path)
     if not path.lower().endswith(".zarr"):
@@ -46,4 +66,42 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
             "translate": [float(t) for t in attributes.get("translate", ())] or None,
         }
         attrs = {ATTRS_KEY: params}
-    return [write_zarr(data, path, attrs=attrs, overwrite=False, progress=True)]
+    if _open_viewer() is None:
+        return [write_zarr(data, path, attrs=attrs, overwrite=False, progress=True)]
+    return _save_in_background(data, path, attrs, attributes.get("name") or "layer")
+
+
+def _save_in_background(data, path: str, attrs: dict | None, name: str) -> list[str]:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    from ._activity import Activity, Cancelled
+
+    if os.path.lexists(path):
+        # Raised here, the error would reach the user as a traceback from napari's save
+        # action; napari then also reports that nothing was written.
+        show_warning(
+            f"napari-ncc did not save {name!r}: {path} already exists (napari-ncc never "
+            "overwrites a file); choose another name, or remove the old one first"
+        )
+        return []
+    activity = Activity(f"Saving {os.path.basename(path)}")
+
+    def failed(error: Exception) -> None:
+        if isinstance(error, Cancelled):
+            show_info(f"napari-ncc: saving {name!r} cancelled; nothing was written")
+        else:
+            show_error(f"napari-ncc could not save {name!r} to {path}: {error}")
+
+    def saved(written: str) -> None:
+        show_info(f"napari-ncc saved {name!r} to {written}")
+
+    activity.start(
+        write_zarr,
+        data,
+        path,
+        attrs=attrs,
+        overwrite=False,
+        progress=activity.callback("writing chunks"),
+        connect={"returned": saved, "errored": failed},
+    )
+    return [path]
