@@ -176,7 +176,7 @@ def napari_screenshots() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    # napari shows warnings (such as PyQt5's deprecation) as toasts over the canvas.
+    # napari shows warnings (such as a deprecated Qt binding's) as toasts over the canvas.
     warnings.simplefilter("ignore")
     viewer = napari.Viewer(title="napari-ncc")
     app = QApplication.instance()
