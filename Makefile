@@ -16,8 +16,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The test extra brings napari's default Qt binding, PyQt6. A .venv made before that holds
+# PyQt5 as well (napari 0.9 deprecates it, and qtpy prefers it when both are there): remove
+# it, after the install succeeded, so the tests run on the binding users get.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test,docs]"
+	@if $(BIN)/python -m pip show -q PyQt5 >/dev/null 2>&1; then \
+		echo "Removing PyQt5 from $(VENV): the tests run on PyQt6"; \
+		$(BIN)/python -m pip uninstall -q -y PyQt5 PyQt5-Qt5 PyQt5-sip; \
+	fi
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

@@ -98,25 +98,35 @@ def maps_figure(maps, titles, path: Path, shrink: float = 1.0) -> None:
 
 
 def registration_effect() -> None:
-    """The NCC map of the cell pair as it is, and after registration, side by side."""
-    from napari_ncc import ncc_confidence
-    from napari_ncc._samples import sample_pair
+    """The NCC map of the cell pair as it is, and after registration, side by side.
+
+    The means in the titles count the pixels where the NCC is defined: fill pixels (flat
+    windows, and the strip the shift brought in from outside the moving image) are left out,
+    as in the summary of ``napari-ncc demo`` for the same pair. The fill pixels are drawn as
+    napari draws the default fill value, 0.
+    """
+    from napari_ncc import ncc_confidence, sample_pair
 
     reference, moving, _ = sample_pair("cell")
-    raw, _ = ncc_confidence(reference, moving, 3, register=False)
-    registered, registration = ncc_confidence(reference, moving, 3)
+    raw, _ = ncc_confidence(reference, moving, 3, register=False, fill_value=np.nan)
+    registered, registration = ncc_confidence(reference, moving, 3, fill_value=np.nan)
     dy, dx = registration.shift
+    for name, ncc in (("without registration", raw), ("registered", registered)):
+        print(
+            f"  {name}: mean NCC {np.nanmean(ncc):.3f} over the {np.mean(~np.isnan(ncc)):.1%} "
+            "of pixels where it is defined"
+        )
     titles = [
-        f"without registration: mean NCC {raw.mean():.2f}",
-        f"registered (shift {dy:+.2f}, {dx:+.2f} px): mean NCC {registered.mean():.2f}",
+        f"without registration: mean NCC {np.nanmean(raw):.2f}",
+        f"registered (shift {dy:+.2f}, {dx:+.2f} px): mean NCC {np.nanmean(registered):.2f}",
     ]
-    maps_figure([raw, registered], titles, IMAGES / "registration-effect.png", shrink=1.6)
+    maps = [np.nan_to_num(ncc, nan=0.0) for ncc in (raw, registered)]
+    maps_figure(maps, titles, IMAGES / "registration-effect.png", shrink=1.6)
 
 
 def radius_and_window() -> None:
     """The registered cell pair's map around the deformed region, for a few windows."""
-    from napari_ncc import ncc_confidence, register
-    from napari_ncc._samples import sample_pair
+    from napari_ncc import ncc_confidence, register, sample_pair
 
     reference, moving, info = sample_pair("cell")
     registration = register(reference, moving)
@@ -176,7 +186,7 @@ def napari_screenshots() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    # napari shows warnings (such as PyQt5's deprecation) as toasts over the canvas.
+    # napari shows warnings (such as a deprecated Qt binding's) as toasts over the canvas.
     warnings.simplefilter("ignore")
     viewer = napari.Viewer(title="napari-ncc")
     app = QApplication.instance()
@@ -253,14 +263,27 @@ def napari_screenshots() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-napari", action="store_true", help="only the demo preview")
+    parser.add_argument(
+        "--no-napari", action="store_true", help="only the pictures made without a viewer"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["demo-preview", "registration-effect", "radius-and-window", "napari"],
+        help="make this picture (or, for napari, the viewer screenshots) alone",
+    )
     args = parser.parse_args(argv)
     IMAGES.mkdir(exist_ok=True)
-    demo_preview()
-    registration_effect()
-    radius_and_window()
-    if not args.no_napari:
-        napari_screenshots()
+    makers = {
+        "demo-preview": demo_preview,
+        "registration-effect": registration_effect,
+        "radius-and-window": radius_and_window,
+        "napari": napari_screenshots,
+    }
+    if args.no_napari:
+        del makers["napari"]
+    for name, make in makers.items():
+        if args.only in (None, name):
+            make()
     return 0
 
 

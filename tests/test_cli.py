@@ -281,8 +281,11 @@ def test_per_plane_registers_every_plane_of_a_stack(tmp_path):
     displacements = [(0.0, 0.0), (1.5, -2.25), (-2.75, 1.0)]
     reference = np.stack([base] * 3)
     moving = np.stack([ndimage.shift(base, d, order=3, mode="nearest") for d in displacements])
-    tifffile.imwrite(tmp_path / "ref.tif", reference)
-    tifffile.imwrite(tmp_path / "mov.tif", moving.astype(np.float32))
+    # Three grey planes, said so: without photometric, tifffile stores a (3, y, x) array
+    # as one planar RGB page (and warns).
+    stack = {"photometric": "minisblack", "metadata": {"axes": "TYX"}}
+    tifffile.imwrite(tmp_path / "ref.tif", reference, **stack)
+    tifffile.imwrite(tmp_path / "mov.tif", moving.astype(np.float32), **stack)
     out = tmp_path / "stack.zarr"
     result = run(
         "compare", tmp_path / "ref.tif", tmp_path / "mov.tif", "-o", out, "--per-plane", "0",

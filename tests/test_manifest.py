@@ -9,11 +9,70 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 npe2 = pytest.importorskip("npe2")
 
 ROOT = Path(__file__).resolve().parents[1]
 NPE2 = str(Path(sys.executable).with_name("npe2"))
+
+
+#: The Qt bindings napari runs on. napari's default (its `pyqt`, `qt` and `all` extras) is PyQt6.
+QT_BINDINGS = {"pyqt5", "pyqt6", "pyside2", "pyside6"}
+NAPARI_EXTRAS_WITH_A_BINDING = {"all", "qt", "pyqt", "pyside", *QT_BINDINGS}
+
+
+def _requirements(extra: str) -> list[Requirement]:
+    """The requirements an extra of napari-ncc brings, its self-references (napari-ncc[qt])
+    followed; a marker-free reading, which is all the extras here use."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    found = []
+    for line in extras[extra]:
+        requirement = Requirement(line)
+        if requirement.name == "napari-ncc":
+            for inner in sorted(requirement.extras):
+                found += _requirements(inner)
+        else:
+            found.append(requirement)
+    return found
+
+
+def _bindings(requirements: list[Requirement]) -> set[str]:
+    """The Qt bindings the requirements name, directly or through a napari extra."""
+    bindings = set()
+    for requirement in requirements:
+        name = requirement.name.lower()
+        if name in QT_BINDINGS:
+            bindings.add(name)
+        elif name == "napari":
+            bindings |= {e.lower() for e in requirement.extras} & NAPARI_EXTRAS_WITH_A_BINDING
+    return bindings
+
+
+def test_the_napari_extra_leaves_the_qt_binding_to_the_user():
+    # napari asks plugins not to require a binding: a pip PyQt next to a conda one, or two
+    # bindings in one environment, break it. `pip install napari-ncc[napari]` into an
+    # environment with napari keeps whatever binding napari already runs on.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = [Requirement(line) for line in project["dependencies"]]
+    assert _bindings(core) == set()
+    assert _bindings(_requirements("napari")) == set()
+    assert "napari" in {r.name for r in _requirements("napari")}
+
+
+@pytest.mark.parametrize("extra", ["qt", "all", "test"])
+def test_the_qt_and_test_extras_bring_pyqt6_alone(extra):
+    # napari 0.9 deprecates PyQt5 ("will be removed in fall of 2026"); PyQt6 is its default.
+    # Exactly one binding, named: napari's own `qt`/`all` extras follow napari's default,
+    # which may change under us.
+    assert _bindings(_requirements(extra)) == {"pyqt6"}
 
 
 def _npe2_validate(env=None) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages that napari's Qt canvas needs under a virtual screen (Xvfb).
+# Install the Debian packages that napari's Qt canvas (PyQt6 wheels; libxcb-cursor0 is Qt 6's own
+# need, libxcb-xinerama0 Qt 5's) needs under a virtual screen (Xvfb).
 # Idempotent: does nothing when they are all present.
 set -euo pipefail
 packages=(xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
