@@ -493,12 +493,21 @@ def test_cancel_stops_the_run_and_adds_nothing(make_napari_viewer, qtbot, notifi
     jobs = [obj for obj in gc.get_objects() if isinstance(obj, _Job)]
     assert not jobs
 
-    # The next Run works as usual.
+    # The next Run works as usual...
     widget.per_plane.value = None
     widget.reference.value = viewer.layers["stack"]
     widget.moving.value = viewer.layers["moved"]
     layer = _run(qtbot, widget, register=False)
     assert layer is not None and layer.name == "NCC stack ~ moved"
+    # ...and a cancelled run leaves the map it would have updated as it was.
+    data, metadata = layer.data, dict(layer.metadata["napari_ncc"])
+    widget.register.value, widget.per_plane.value = True, 0
+    _click(qtbot, widget)
+    worker = widget.worker
+    _click(qtbot, widget)
+    qtbot.waitUntil(lambda: not worker.is_running and widget.worker is None, timeout=120_000)
+    assert widget.ncc_layer is layer and layer.data is data
+    assert layer.metadata["napari_ncc"] == metadata
 
 
 def test_cancel_after_the_preview_takes_it_back(make_napari_viewer, qtbot, monkeypatch):
