@@ -135,8 +135,9 @@ def test_write_zarr_bad_arguments(tmp_path, pair):
 @pytest.mark.parametrize(
     ("shape", "chunks"),
     [
-        ((1300, 1100), (300, 250)),  # bands that do not fill whole rows of tiles
+        ((1300, 1100), (300, 250)),  # blocks no tile divides: rechunked
         ((1100, 700), ((100, 900, 100), (700,))),  # irregular blocks
+        ((600, 800), (96, 160)),  # 32-pixel tiles divide the blocks
         ((3, 700, 513), (2, 200, 200)),  # blocks of several pages
         ((2, 2, 600, 600), (1, 2, 100, 600)),
         ((50, 40), (7, 9)),  # smaller than a tile
@@ -178,6 +179,14 @@ def test_write_tiff_refuses_an_existing_path_and_fails_cleanly(tmp_path, pair):
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         write_tiff(a[0], tmp_path / "line.tif", progress=False)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("scheduler", [None, "threads", "synchronous", "processes"])
+def test_write_tiff_schedulers(tmp_path, pair, scheduler):
+    a, _ = pair
+    path = tmp_path / "a.tif"
+    write_tiff(da.from_array(a, chunks=16), path, progress=False, scheduler=scheduler)
+    np.testing.assert_array_equal(tifffile.imread(path), a)
 
 
 def test_write_tiff_shows_progress(tmp_path, pair, capsys):

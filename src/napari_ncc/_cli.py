@@ -67,10 +67,10 @@ is the local NCC of the reference and the registered moving image at full resolu
 one value in [-1, 1] per pixel, FILL where a window is flat or reaches pixels the shift
 brought in from outside the moving image.
 
-output: a .zarr store (written chunk by chunk) or a tiled .tif/.tiff file (written tile
-by tile), both streamed (any size, bounded memory) to a hidden temporary name renamed at
-the end. An existing OUT is never replaced unless --overwrite. The summary goes to stdout
-(--json for a machine-readable one); progress and log lines go to stderr.
+output: a .zarr store or a tiled .tif/.tiff file, both written block by block (any size,
+bounded memory) to a hidden temporary name renamed at the end. An existing OUT is never
+replaced unless --overwrite. The summary goes to stdout (--json for a machine-readable
+one); progress and log lines go to stderr.
 
 exit status: 0 done, 1 error, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated
 (SIGTERM), 129 hung up (SIGHUP). A stopped run removes its temporary output; a later run

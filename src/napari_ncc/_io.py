@@ -1,19 +1,17 @@
 """Writing (lazy) arrays to files, atomically: the file side of the lazy layer.
 
 :func:`write_zarr` streams a Dask array into a zarr store chunk by chunk, :func:`write_tiff`
-into a tiled TIFF tile by tile, and :func:`write_ncc` writes the local NCC map of two images
-of any size to zarr; :func:`write_png` writes small pictures. All of them write to a hidden
-temporary name and rename it at the end (:mod:`napari_ncc._atomic`). Reading is
-:func:`napari_ncc._read.read_image`.
+into the tiles of a tiled TIFF file block by block, and :func:`write_ncc` writes the local
+NCC map of two images of any size to zarr; :func:`write_png` writes small pictures. All of
+them write to a hidden temporary name and rename it at the end (:mod:`napari_ncc._atomic`).
+Reading is :func:`napari_ncc._read.read_image`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -328,8 +326,8 @@ def write_zarr(
     return path
 
 
-#: Tile shape of the TIFF files :func:`write_tiff` writes (rows, columns).
-TIFF_TILE = (512, 512)
+#: Largest tile edge of the TIFF files :func:`write_tiff` writes (rows and columns).
+TIFF_TILE = 512
 
 
 def write_tiff(
@@ -340,15 +338,14 @@ def write_tiff(
     overwrite: bool = False,
     progress: bool = True,
     scheduler=None,
-    compression: str | None = None,
 ) -> str:
-    """Stream a (lazy) array into a tiled TIFF file, tile by tile, atomically.
+    """Stream a (lazy) array into a tiled TIFF file, block by block, atomically.
 
-    The array is computed one band of Dask blocks at a time (along the second-to-last
-    axis, the next band while the previous one is written) and written as
-    :data:`TIFF_TILE` tiles, one page per plane of the leading axes, so memory holds about
-    two bands of blocks whatever the size. Like :func:`write_zarr`, it writes to a
-    hidden temporary sibling and renames it at the end.
+    The file is laid out first (uncompressed tiles, one page per plane of the leading
+    axes), then every Dask block is computed and written straight into its tiles, in any
+    order and in parallel, as :func:`write_zarr` writes chunks: memory holds a few blocks
+    whatever the size. Like :func:`write_zarr`, it writes to a hidden temporary sibling
+    and renames it at the end.
 
     Parameters
     ----------
@@ -361,10 +358,6 @@ def write_tiff(
         returned by :func:`read_image` under ``"napari_ncc"`` when they have that key).
     overwrite, progress, scheduler
         As in :func:`write_zarr`.
-    compression : str, optional
-        A ``tifffile`` compression ("zlib", "lzw", ...). None, the default, writes
-        uncompressed: NCC maps hardly compress (about 15 %), and zlib would be the slowest
-        step by far.
 
     Returns
     -------
@@ -374,6 +367,14 @@ def write_tiff(
     ------
     FileExistsError
         If `path` exists and `overwrite` is False.
+
+    Notes
+    -----
+    Tiles are :data:`TIFF_TILE` pixels a side, or the largest of 256, 128, ..., 16 that
+    divides the blocks, so that no tile is shared by two blocks (blocks that no such tile
+    divides are rechunked to multiples of :data:`TIFF_TILE` first). The tiles are not
+    compressed: their size must be known before they are computed, and NCC maps hardly
+    compress anyway (about 15 % with zlib, which would be the slowest step by far).
 
     Examples
     --------
@@ -401,118 +402,112 @@ def write_tiff(
             f"shape {array.shape}"
         )
     path = output_path(path, overwrite)
+    array, tile = _tile_aligned(array)
     remove_stale_temporaries(path)
     tmp = temporary_path(path)
-    tile_rows, tile_cols = TIFF_TILE
-    pages = math.prod(array.shape[:-2])
-    n_tiles = pages * -(-array.shape[-2] // tile_rows) * -(-array.shape[-1] // tile_cols)
-    bar = progress_bar(n_tiles, f"writing {os.path.basename(path)}", "tile") if progress else None
     try:
-        with _band_computer(scheduler) as compute:
-            tifffile.imwrite(
-                tmp,
-                _tiles(array, compute, bar),
-                shape=array.shape,
-                dtype=array.dtype,
-                tile=TIFF_TILE,
-                photometric="minisblack",
-                compression=compression,
-                bigtiff=array.nbytes > 2**31,
-                metadata=attrs,
-            )
+        # Lay out the file: the header, then every tile (zeros) at its final place.
+        tifffile.imwrite(
+            tmp,
+            shape=array.shape,
+            dtype=array.dtype,
+            tile=tile,
+            photometric="minisblack",
+            bigtiff=array.nbytes > 2**31,
+            metadata=attrs,
+        )
+        target = TiffTiles.of(tmp, array.shape, tile)
+        delayed = da.store(array, target, lock=False, compute=False)
+        _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
         install(tmp, path)
     except BaseException:
         remove(tmp)
         raise
-    finally:
-        if bar is not None:
-            bar.close()
     return path
 
 
-@contextlib.contextmanager
-def _band_computer(scheduler):
-    """A function computing a Dask array to NumPy on `scheduler` (see :func:`write_zarr`)."""
-    if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
-        from distributed import Client
-
-        client = Client(scheduler) if isinstance(scheduler, str) else scheduler
-        try:
-            yield lambda band: np.asarray(client.compute(band).result())
-        finally:
-            if isinstance(scheduler, str):
-                client.close()
-        return
-    yield lambda band: np.asarray(band.compute(scheduler=scheduler))
+def _tile_aligned(array: da.Array) -> tuple[da.Array, tuple[int, int]]:
+    """`array` with blocks made of whole tiles (rechunked if it must be), and the tile."""
+    tile, rechunk = [], {}
+    for ax in (array.ndim - 2, array.ndim - 1):
+        inner = array.chunks[ax][:-1]  # the last block may end anywhere: the image does
+        edges = (t for t in (512, 256, 128, 64, 32, 16) if all(c % t == 0 for c in inner))
+        edge = next(edges, None)
+        if edge is None:
+            edge = TIFF_TILE
+            rechunk[ax] = TIFF_TILE * max(1, round(max(inner) / TIFF_TILE))
+        tile.append(edge if inner else TIFF_TILE)
+    return (array.rechunk(rechunk) if rechunk else array), (tile[0], tile[1])
 
 
-def _bands(array: da.Array) -> list[tuple[tuple[slice, ...], tuple[int, ...]]]:
-    """The bands :func:`write_tiff` computes in turn, each a tuple of slices of `array`.
+class TiffTiles:
+    """Write-only array over the tiles of an uncompressed tiled TIFF file laid out by
+    tifffile: ``tiles[region] = values`` writes the tiles of `region` in place.
 
-    A band is one block along every leading axis and whole Dask block rows along the
-    second-to-last axis (at least ~16 million pixels, so small blocks make few compute
-    calls), the full width: slicing on block boundaries computes every block once.
+    A target for ``dask.array.store`` whose blocks are made of whole tiles (the last
+    block along an axis may end with the image). Picklable, and opens the file only while
+    writing, so the workers of a cluster (which must see the file) can write too.
+
+    Parameters
+    ----------
+    path : str
+    shape : tuple of int
+    dtype : numpy dtype
+        Including the file's byte order.
+    tile : (int, int)
+    offsets : ndarray of int, shape (pages, tile rows, tile columns)
+        Where every tile starts in the file.
     """
-    *lead, rows, _ = array.chunks
-    width = array.shape[-1]
-    min_rows = max(1, 2**24 // (width * max(1, math.prod(max(c) for c in lead))))
-    row_bands, start, stop = [], 0, 0
-    for n in rows:
-        stop += n
-        if stop - start >= min_rows:
-            row_bands.append(slice(start, stop))
-            start = stop
-    if start < stop:
-        row_bands.append(slice(start, stop))
-    lead_blocks = [
-        [slice(a, a + n) for a, n in zip(np.cumsum((0, *c[:-1])), c, strict=True)] for c in lead
-    ]
-    return [
-        (*block, band, slice(None))
-        for block in itertools.product(*lead_blocks)
-        for band in row_bands
-    ]
 
+    def __init__(self, path: str, shape, dtype, tile, offsets) -> None:
+        self.path = path
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.tile = tuple(tile)
+        self.offsets = np.asarray(offsets)
 
-def _tiles(array: da.Array, compute, bar) -> Iterator[np.ndarray]:
-    """The tiles of `array` in TIFF order (page by page, row-major), computed band by band.
+    @classmethod
+    def of(cls, path: str, shape, tile) -> TiffTiles:
+        """The tiles of the file tifffile just wrote at `path` (uncompressed, tiled)."""
+        import tifffile
 
-    While the tiles of one band are written, the next band is computed in a background
-    thread. Rows of a page that do not yet fill a row of tiles wait for the next band.
-    """
-    from concurrent.futures import ThreadPoolExecutor
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            dtype = pages[0].dtype.newbyteorder(tif.byteorder)
+            offsets = np.array([page.dataoffsets for page in pages], dtype=np.int64)
+            counts = {n for page in pages for n in page.databytecounts}
+        if counts != {tile[0] * tile[1] * dtype.itemsize}:
+            raise RuntimeError(f"unexpected tile layout in {path}: byte counts {counts}")
+        grid = (len(pages), -(-shape[-2] // tile[0]), -(-shape[-1] // tile[1]))
+        return cls(path, shape, dtype, tile, offsets.reshape(grid))
 
-    tile_rows, tile_cols = TIFF_TILE
-    bands = _bands(array)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-ncc-tiff")
-    try:
-        future = pool.submit(compute, array[bands[0]])
-        pending: dict[tuple, list[np.ndarray]] = {}
-        for k, band in enumerate(bands):
-            block = future.result()
-            future = pool.submit(compute, array[bands[k + 1]]) if k + 1 < len(bands) else None
-            lead = band[:-2]
-            pages = list(itertools.product(*(range(s.start, s.stop) for s in lead)))
-            for page, plane in zip(pages, block.reshape(-1, *block.shape[-2:]), strict=True):
-                pending.setdefault(page, []).append(plane)
-            del block
-            last_band = k + 1 == len(bands) or bands[k + 1][:-2] != lead
-            # Only the first page of the band can be written as it comes; the others
-            # follow it in the file, so they wait for the end of their bands.
-            for i, page in enumerate(pages):
-                if i and not last_band:
-                    break
-                rows = np.concatenate(pending.pop(page))
-                full = len(rows) if last_band else len(rows) // tile_rows * tile_rows
-                for r in range(0, full, tile_rows):
-                    for c in range(0, rows.shape[1], tile_cols):
-                        yield rows[r : r + tile_rows, c : c + tile_cols]
-                        if bar is not None:
-                            bar.update(1)
-                if full < len(rows):
-                    pending[page] = [rows[full:]]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    def __setitem__(self, index, values) -> None:
+        starts = [s.indices(n)[0] for s, n in zip(index, self.shape, strict=True)]
+        values = np.asarray(values, dtype=self.dtype)
+        lead_shape, lead_start = self.shape[:-2], starts[:-2]
+        (y0, x0), (h, w) = starts[-2:], values.shape[-2:]
+        th, tw = self.tile
+        if y0 % th or x0 % tw:
+            raise ValueError(f"a block at ({y0}, {x0}) does not start a tile of {self.tile}")
+        padded = np.zeros(self.tile, self.dtype)
+        with open(self.path, "r+b") as file:
+            for k, plane in enumerate(values.reshape(-1, h, w)):
+                local = np.unravel_index(k, values.shape[:-2]) if lead_shape else ()
+                page = (
+                    int(np.ravel_multi_index(tuple(np.add(local, lead_start)), lead_shape))
+                    if lead_shape
+                    else 0
+                )
+                for y in range(0, h, th):
+                    for x in range(0, w, tw):
+                        part = plane[y : y + th, x : x + tw]
+                        if part.shape != self.tile:  # at the image's edge: zero-padded
+                            padded[...] = 0
+                            padded[: part.shape[0], : part.shape[1]] = part
+                            part = padded
+                        file.seek(int(self.offsets[page, (y0 + y) // th, (x0 + x) // tw]))
+                        file.write(np.ascontiguousarray(part).tobytes())
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
