@@ -95,7 +95,7 @@ def main() -> None:
     mpix = a.size / 1e6
     print(f"napari-ncc core benchmark: {shape[0]}x{shape[1]} float32, {os.cpu_count()} cores")
     print(f"first call in a fresh process (import + cached kernels): {first_call_seconds():.2f} s")
-    local_ncc(a[:64, :64], b[:64, :64], 1)  # warm this process
+    local_ncc(a[:64, :64], b[:64, :64], radius=1)  # warm this process
 
     crop = 48
     header = (
@@ -106,14 +106,14 @@ def main() -> None:
     print(f"{'':>6} {'MP/s':>12} {'MP/s':>13} {'MP/s':>9}")
     speeds = {}
     for radius in args.radii:
-        t_ours = best_time(lambda r=radius: local_ncc(a, b, r), args.repeat)
+        t_ours = best_time(lambda r=radius: local_ncc(a, b, radius=r), args.repeat)
         t_scipy = best_time(lambda r=radius: scipy_five_pass(a, b, r), max(1, args.repeat // 2))
         t_loop = best_time(
             lambda r=radius: stackoverflow_loop(a[:crop, :crop], b[:crop, :crop], r), 1
         ) * (a.size / crop**2)
         ours = mpix / t_ours
         speeds[radius] = ours
-        err = np.nanmax(np.abs(local_ncc(a, b, radius) - scipy_five_pass(a, b, radius)))
+        err = np.nanmax(np.abs(local_ncc(a, b, radius=radius) - scipy_five_pass(a, b, radius)))
         print(
             f"{radius:>6} {ours:>12.1f} {mpix / t_scipy:>13.1f} {mpix / t_loop:>9.3f} "
             f"{t_scipy / t_ours:>8.1f} {t_loop / t_ours:>9.0f} {err:>10.1e}"
@@ -127,7 +127,7 @@ def main() -> None:
     u1 = (u0.astype(np.int64) + rng.integers(-4, 5, small)).astype(np.uint16)
     ref = scipy_five_pass(u0.astype(np.float64) - 30000, u1.astype(np.float64) - 30000, 3)
     naive = scipy_five_pass(u0, u1, 3, dtype=np.float32)
-    err = np.nanmax(np.abs(local_ncc(u0, u1, 3) - ref))
+    err = np.nanmax(np.abs(local_ncc(u0, u1, radius=3) - ref))
     with np.errstate(invalid="ignore"):
         naive_bad = np.mean(~(np.abs(naive - ref) < 1e-2))
     print(

@@ -618,7 +618,7 @@ def _confidence_map(
     ncc, registration = ncc_confidence(
         reference,
         moving,
-        args.radius,
+        radius=args.radius,
         register=False,
         registration=registration,
         window=args.window,

@@ -120,7 +120,7 @@ def plan_ncc(
         With a message naming the offending argument.
     """
     shape0, shape1 = tuple(shape0), tuple(shape1)
-    check_same_shape(shape0, shape1, ("image0", "image1"))
+    check_same_shape(shape0, shape1)
     if window not in WINDOWS:
         raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
     mode = canonical_mode(mode)
@@ -269,8 +269,8 @@ def ncc_block(
     a = _as_kernel_input(np.asarray(image0))
     b = _as_kernel_input(np.asarray(image1))
     exact = _is_exact(a.dtype, plan) and _is_exact(b.dtype, plan)
-    ca, floor_a = _centre_and_floor(a, "image0", plan, exact, n_threads)
-    cb, floor_b = _centre_and_floor(b, "image1", plan, exact, n_threads)
+    ca, floor_a = _centre_and_floor(a, "reference", plan, exact, n_threads)
+    cb, floor_b = _centre_and_floor(b, "moving", plan, exact, n_threads)
     out_shape = list(a.shape)
     maps = [np.ascontiguousarray(m, dtype=np.int64) for m in index_maps]
     for ax, r, m in zip(plan.axes, plan.radius, maps, strict=True):
@@ -437,8 +437,8 @@ def local_ncc(
     """
     image0 = np.asarray(image0)
     image1 = np.asarray(image1)
-    check_image(image0, "image0")
-    check_image(image1, "image1")
+    check_image(image0, "reference")
+    check_image(image1, "moving")
     plan = plan_ncc(
         image0.shape,
         image1.shape,

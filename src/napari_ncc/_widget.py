@@ -122,7 +122,7 @@ class _Job:
         ncc = _multiscale.ncc_levels(
             reference,
             moving,
-            p["radius"],
+            radius=p["radius"],
             registration=registration,
             window=p["window"],
             per_plane=p["per_plane"],
