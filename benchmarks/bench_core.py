@@ -85,7 +85,7 @@ def first_call_seconds() -> float:
     code = (
         "import time; t0 = time.perf_counter(); import numpy as np; "
         "from napari_ncc import local_ncc; "
-        "local_ncc(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32), 3); "
+        "local_ncc(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32), radius=3); "
         "print(time.perf_counter() - t0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -104,7 +104,7 @@ def throughput(size: int, repeat: int, radii: list[int]) -> None:
     mask = rng.random(shape) >= 0.2
     mask &= (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2 > (shape[0] / 5) ** 2
     print(f"first call in a fresh process (import + cached kernels): {first_call_seconds():.2f} s")
-    local_ncc(a[:64, :64], b[:64, :64], 1)  # warm this process
+    local_ncc(a[:64, :64], b[:64, :64], radius=1)  # warm this process
     core_ncc(a[:64, :64], b[:64, :64], 1, mask=mask[:64, :64])
 
     crop = 48
@@ -119,7 +119,7 @@ def throughput(size: int, repeat: int, radii: list[int]) -> None:
     for radius in radii:
         t_ours, t_masked = interleaved_best_times(
             [
-                lambda r=radius: local_ncc(a, b, r),
+                lambda r=radius: local_ncc(a, b, radius=r),
                 lambda r=radius: core_ncc(a, b, r, mask=mask),
             ],
             repeat,
@@ -131,7 +131,7 @@ def throughput(size: int, repeat: int, radii: list[int]) -> None:
         ours = mpix / t_ours
         speeds[radius] = ours
         masked_speeds[radius] = mpix / t_masked
-        err = np.nanmax(np.abs(local_ncc(a, b, radius) - scipy_five_pass(a, b, radius)))
+        err = np.nanmax(np.abs(local_ncc(a, b, radius=radius) - scipy_five_pass(a, b, radius)))
         print(
             f"{radius:>6} {ours:>12.1f} {mpix / t_masked:>8.1f} {t_ours / t_masked:>10.2f} "
             f"{mpix / t_scipy:>13.1f} {mpix / t_loop:>9.3f} "
@@ -158,8 +158,8 @@ def windows(size: int, repeat: int) -> None:
         cases += [(a, b, window, radius) for window, radius in kinds]
     print(f"windows (best of {repeat}):")
     for a, b, window, radius in cases:
-        local_ncc(a[..., :32, :32], b[..., :32, :32], radius, window=window)  # compile/warm
-        seconds = best_time(lambda: local_ncc(a, b, radius, window=window), repeat)  # noqa: B023
+        local_ncc(a[..., :32, :32], b[..., :32, :32], radius=radius, window=window)  # compile/warm
+        seconds = best_time(lambda: local_ncc(a, b, radius=radius, window=window), repeat)  # noqa: B023
         shape = "x".join(map(str, a.shape))
         print(f"  {shape:>12} {window:<8} radius {radius}: {a.size / 1e6 / seconds:7.1f} MP/s")
 
@@ -173,7 +173,7 @@ def accuracy() -> None:
     u1 = (u0.astype(np.int64) + rng.integers(-4, 5, shape)).astype(np.uint16)
     ref = scipy_five_pass(u0.astype(np.float64) - 30000, u1.astype(np.float64) - 30000, 3)
     naive = scipy_five_pass(u0, u1, 3, dtype=np.float32)
-    err = np.nanmax(np.abs(local_ncc(u0, u1, 3) - ref))
+    err = np.nanmax(np.abs(local_ncc(u0, u1, radius=3) - ref))
     with np.errstate(invalid="ignore"):
         naive_bad = np.mean(~(np.abs(naive - ref) < 1e-2))
     print(

@@ -66,24 +66,24 @@ def bench_throughput(n: int, repeats: int = 5) -> None:
     in_memory(a[:256, :256], b[:256, :256], RADIUS)  # compile / warm up
 
     x0, x1 = da.from_array(a, chunks=CHUNK), da.from_array(b, chunks=CHUNK)
-    lazy = local_ncc(x0, x1, RADIUS)
+    lazy = local_ncc(x0, x1, radius=RADIUS)
     out = np.empty((n, n), np.float32)
 
     def chunked_store():
         # Each block written in place by the worker that computed it.
-        da.store(local_ncc(x0, x1, RADIUS), out, lock=False, scheduler="threads")
+        da.store(local_ncc(x0, x1, radius=RADIUS), out, lock=False, scheduler="threads")
 
     def chunked_store_new_target():
         # Like the in-memory kernel, which allocates its result: the target's pages are
         # faulted in during the run.
         target = np.empty((n, n), np.float32)
-        da.store(local_ncc(x0, x1, RADIUS), target, lock=False, scheduler="threads")
+        da.store(local_ncc(x0, x1, radius=RADIUS), target, lock=False, scheduler="threads")
 
     runs = {
         "memory": lambda: in_memory(a, b, RADIUS),
         "store": chunked_store,
         "store_new": chunked_store_new_target,
-        "compute": lambda: local_ncc(x0, x1, RADIUS).compute(scheduler="threads"),
+        "compute": lambda: local_ncc(x0, x1, radius=RADIUS).compute(scheduler="threads"),
     }
     # Interleaved, best of `repeats`: the machine may be shared, so noise hits all alike.
     times: dict = {key: [] for key in runs}
@@ -210,6 +210,7 @@ def child(kind: str, n: int, data: str) -> None:
     import dask
     import dask.array as da
 
+    from napari_ncc import Registration
     from napari_ncc._io import write_ncc
     from napari_ncc._lazy import local_ncc
     from napari_ncc._ncc import ncc_block, plan_ncc
@@ -227,9 +228,16 @@ def child(kind: str, n: int, data: str) -> None:
     t0 = time.perf_counter()
     with dask.config.set(scheduler="threads"):
         if kind == "plain":
-            local_ncc(da.from_zarr(a_path), da.from_zarr(b_path), RADIUS).to_zarr(out)
+            local_ncc(da.from_zarr(a_path), da.from_zarr(b_path), radius=RADIUS).to_zarr(out)
         elif kind == "pipeline":
-            write_ncc(a_path, b_path, out, RADIUS, moving_shift=SHIFT, progress=False)
+            write_ncc(
+                a_path,
+                b_path,
+                out,
+                radius=RADIUS,
+                registration=Registration(shift=SHIFT),
+                progress=False,
+            )
         elif kind == "overlap":
             a, b = da.from_zarr(a_path), da.from_zarr(b_path)
             plan = plan_ncc(a.shape, b.shape, RADIUS)

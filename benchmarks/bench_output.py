@@ -93,7 +93,7 @@ def child(kind: str, data: str) -> None:
     ncc_block(tiny, tiny.astype(np.float32), plan_ncc(tiny.shape, tiny.shape, RADIUS), maps)
     (a,), _ = read_image(os.path.join(data, "a.zarr"))
     (b,), _ = read_image(os.path.join(data, "b.zarr"))
-    ncc = local_ncc(a, b, RADIUS, moving_shift=SHIFT)
+    ncc = local_ncc(a, b, radius=RADIUS, moving_shift=SHIFT)
     out = os.path.join(data, f"out-{kind}" + (".zarr" if kind == "zarr" else ".tif"))
     t0 = time.perf_counter()
     if kind == "zarr":

@@ -108,8 +108,8 @@ def registration_effect() -> None:
     from napari_ncc import ncc_confidence, sample_pair
 
     reference, moving, _ = sample_pair("cell")
-    raw, _ = ncc_confidence(reference, moving, 3, register=False, fill_value=np.nan)
-    registered, registration = ncc_confidence(reference, moving, 3, fill_value=np.nan)
+    raw, _ = ncc_confidence(reference, moving, radius=3, register=False, fill_value=np.nan)
+    registered, registration = ncc_confidence(reference, moving, radius=3, fill_value=np.nan)
     dy, dx = registration.shift
     for name, ncc in (("without registration", raw), ("registered", registered)):
         print(
@@ -137,7 +137,7 @@ def radius_and_window() -> None:
     maps, titles = [], []
     for radius, window in cases:
         ncc, _ = ncc_confidence(
-            reference, moving, radius, window=window, registration=registration
+            reference, moving, radius=radius, window=window, registration=registration
         )
         maps.append(ncc[crop])
         titles.append(f"{window}, radius {radius}")

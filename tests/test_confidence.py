@@ -62,7 +62,7 @@ CAMERA = (slice(150, 230), slice(200, 290))
 def test_map_with_a_given_registration_equals_brute_force(shift, radius):
     reference, moving = shifted_pair(data.camera(), shift, CAMERA)
     ncc, reg = ncc_confidence(
-        reference, moving, radius, fill_value=FILL, registration=Registration(shift=shift)
+        reference, moving, radius=radius, fill_value=FILL, registration=Registration(shift=shift)
     )
     expected, valid = expected_map(reference, moving, shift, radius)
     assert reg.shift == shift
@@ -80,14 +80,14 @@ def test_map_with_a_given_registration_equals_brute_force(shift, radius):
 def test_estimated_registration_gives_the_true_map():
     shift = (4.6, -6.3)
     reference, moving = shifted_pair(data.camera(), shift, (slice(100, 260), slice(180, 340)))
-    ncc, reg = ncc_confidence(reference, moving, 3, fill_value=FILL)
+    ncc, reg = ncc_confidence(reference, moving, radius=3, fill_value=FILL)
     np.testing.assert_allclose(reg.shift, shift, atol=0.15)
     assert reg.reliable
     expected, valid = expected_map(reference, moving, shift, 3)
     assert (ncc[~valid] == FILL).all()
     assert np.abs(ncc[valid] - expected[valid]).max() < 0.05
     # Without registration the same pair hardly correlates anywhere.
-    unregistered, none = ncc_confidence(reference, moving, 3, register=False)
+    unregistered, none = ncc_confidence(reference, moving, radius=3, register=False)
     assert none is None
     assert np.median(unregistered) < 0.5 < np.median(ncc[valid])
 
@@ -96,7 +96,7 @@ def test_wrap_mode_windows_reading_across_to_a_cut_side_are_filled():
     shift = (3.5, 0.0)  # rows 0-3 are shifted in; the bottom border wraps onto them
     reference, moving = shifted_pair(data.camera(), shift, CAMERA)
     ncc, _ = ncc_confidence(
-        reference, moving, 2, mode="wrap", fill_value=FILL, registration=Registration(shift)
+        reference, moving, radius=2, mode="wrap", fill_value=FILL, registration=Registration(shift)
     )
     expected = brute_force_ncc(
         reference,
@@ -113,9 +113,11 @@ def test_wrap_mode_windows_reading_across_to_a_cut_side_are_filled():
 
 def test_register_false_is_plain_local_ncc():
     reference, moving = shifted_pair(data.camera(), (2.0, 1.0), CAMERA)
-    ncc, reg = ncc_confidence(reference, moving, 2, register=False, mode="nearest")
+    ncc, reg = ncc_confidence(reference, moving, radius=2, register=False, mode="nearest")
     assert reg is None
-    np.testing.assert_allclose(ncc, local_ncc(reference, moving, 2, mode="nearest"), atol=1e-6)
+    np.testing.assert_allclose(
+        ncc, local_ncc(reference, moving, radius=2, mode="nearest"), atol=1e-6
+    )
 
 
 def test_gaussian_window_and_nan_fill():
@@ -124,7 +126,7 @@ def test_gaussian_window_and_nan_fill():
     ncc, _ = ncc_confidence(
         reference,
         moving,
-        2,
+        radius=2,
         window="gaussian",
         fill_value=np.nan,
         registration=Registration(shift=shift),
@@ -163,11 +165,11 @@ def test_dask_input_gives_a_lazy_map_equal_to_numpy():
     mov_source = CountingSource(moving, 32)
     reg = Registration(shift=shift)
     lazy, _ = ncc_confidence(
-        ref_source.array, mov_source.array, 3, fill_value=FILL, registration=reg
+        ref_source.array, mov_source.array, radius=3, fill_value=FILL, registration=reg
     )
     assert isinstance(lazy, da.Array)
     assert ref_source.calls == mov_source.calls == 0  # nothing read to build the graph
-    in_memory, _ = ncc_confidence(reference, moving, 3, fill_value=FILL, registration=reg)
+    in_memory, _ = ncc_confidence(reference, moving, radius=3, fill_value=FILL, registration=reg)
     np.testing.assert_allclose(lazy.compute(), in_memory, atol=1e-5)
     expected, valid = expected_map(reference, moving, shift, 3)
     np.testing.assert_allclose(lazy.compute()[valid], expected[valid], atol=2e-5)
@@ -177,11 +179,11 @@ def test_dask_input_registers_then_maps_lazily():
     shift = (-5.2, 3.4)
     reference, moving = shifted_pair(data.camera(), shift, (slice(100, 260), slice(180, 340)))
     lazy, reg = ncc_confidence(
-        da.from_array(reference, chunks=64), da.from_array(moving, chunks=64), 3
+        da.from_array(reference, chunks=64), da.from_array(moving, chunks=64), radius=3
     )
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(reg.shift, shift, atol=0.15)
-    in_memory, _ = ncc_confidence(reference, moving, 3, registration=reg)
+    in_memory, _ = ncc_confidence(reference, moving, radius=3, registration=reg)
     np.testing.assert_allclose(lazy.compute(), in_memory, atol=1e-5)
 
 
@@ -201,7 +203,7 @@ def test_per_plane_each_plane_shifted_by_its_own_shift(lazy):
     inputs = (reference, stack)
     if lazy:
         inputs = tuple(da.from_array(x, chunks=(1, 40, 45)) for x in inputs)
-    ncc, used = ncc_confidence(*inputs, 2, fill_value=FILL, per_plane=0, registration=reg)
+    ncc, used = ncc_confidence(*inputs, radius=2, fill_value=FILL, per_plane=0, registration=reg)
     assert used is reg
     if lazy:
         assert isinstance(ncc, da.Array)
@@ -217,7 +219,7 @@ def test_windows_spanning_planes_see_the_neighbours_valid_regions():
     reference = np.repeat(stack[:1], len(DRIFTS), axis=0)
     reg = Registration(shift=(0, 0, 0), shifts=[(0, *d) for d in DRIFTS], per_plane=0)
     ncc, _ = ncc_confidence(
-        reference, stack, (1, 2, 2), fill_value=FILL, axes=(0, 1, 2), registration=reg
+        reference, stack, radius=(1, 2, 2), fill_value=FILL, axes=(0, 1, 2), registration=reg
     )
     registered = np.stack(
         [ndi.shift(p, d, order=1, mode="nearest") for p, d in zip(stack, DRIFTS, strict=True)]
@@ -238,7 +240,9 @@ def test_windows_spanning_planes_see_the_neighbours_valid_regions():
 
 def test_drift_correction_compares_every_plane_with_the_reference_plane():
     stack = drifting_stack()
-    ncc, reg = ncc_confidence(stack, stack, 2, fill_value=FILL, per_plane=0, reference_plane=0)
+    ncc, reg = ncc_confidence(
+        stack, stack, radius=2, fill_value=FILL, per_plane=0, reference_plane=0
+    )
     assert reg.reference_plane == 0
     np.testing.assert_allclose(reg.shifts[:, 1:], DRIFTS, atol=0.15)
     # Plane 0 onto itself: zero up to rounding is stored as exactly 0 (not -6e-18), so
@@ -253,7 +257,7 @@ def test_drift_correction_compares_every_plane_with_the_reference_plane():
     lazy, _ = ncc_confidence(
         da.from_array(stack, chunks=(1, 40, 40)),
         da.from_array(stack, chunks=(1, 40, 40)),
-        2,
+        radius=2,
         fill_value=FILL,
         per_plane=0,
         registration=reg,
@@ -301,7 +305,7 @@ def test_bad_input_raises_naming_the_problem():
     with pytest.raises(ValueError, match="reference must have 3 dimensions"):
         ncc_confidence(a, a, registration=Registration(shift=(0, 0, 0)))
     with pytest.raises(ValueError, match="radius 16 is too large"):
-        ncc_confidence(a, a, 16)
+        ncc_confidence(a, a, radius=16)
     with pytest.raises(ValueError, match="per_plane axis 2 is out of range"):
         ncc_confidence(a, a, per_plane=2)
     with pytest.raises(TypeError, match="moving has unsupported dtype"):
@@ -335,7 +339,7 @@ def test_huge_dask_pair_reads_only_what_the_registration_and_the_map_need():
     ncc, reg = ncc_confidence(
         [da.from_array(reference, chunks=chunk), texture.block(coarse, factor=factor)],
         [da.from_array(moving, chunks=chunk), texture.block(coarse, shift, factor=factor)],
-        3,
+        radius=3,
         fill_value=FILL,
     )
     assert isinstance(ncc, da.Array) and ncc.shape == (n, n)

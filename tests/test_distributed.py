@@ -46,7 +46,7 @@ def test_lazy_ncc_on_a_cluster_equals_in_memory(client, inputs):
     (x0,), _ = read_image(root / "a.zarr")
     (x1,), _ = read_image(root / "b.tif")
     shift = (1.5, -2.25)
-    lazy = napari_ncc.local_ncc(x0.rechunk(32), x1, 3, moving_shift=shift)
+    lazy = napari_ncc.local_ncc(x0.rechunk(32), x1, radius=3, moving_shift=shift)
     result = client.compute(lazy).result()
     expected = core_ncc(a, ndimage.shift(b.astype(np.float32), shift, order=1, mode="nearest"), 3)
     np.testing.assert_allclose(result, expected, atol=1e-5, rtol=0)
@@ -57,7 +57,7 @@ def test_computed_inputs_on_a_cluster(client, inputs):
     import dask.array as da
 
     x0 = da.from_array(a, chunks=(37, 50)).map_blocks(np.copy, meta=np.empty((0, 0), a.dtype))
-    lazy = napari_ncc.local_ncc(x0, da.from_array(b, chunks=20) + 0, (2, 4), mode="wrap")
+    lazy = napari_ncc.local_ncc(x0, da.from_array(b, chunks=20) + 0, radius=(2, 4), mode="wrap")
     result = client.compute(lazy).result()
     np.testing.assert_allclose(result, core_ncc(a, b, (2, 4), mode="wrap"), atol=1e-5, rtol=0)
 
@@ -70,7 +70,7 @@ def test_write_ncc_to_a_cluster_by_address(client, inputs, tmp_path):
         root / "a.zarr",
         root / "b.tif",
         tmp_path / "ncc.zarr",
-        2,
+        radius=2,
         window="gaussian",
         chunks=64,
         scheduler=address,
@@ -84,6 +84,6 @@ def test_write_ncc_to_a_cluster_by_address(client, inputs, tmp_path):
 
 def test_write_ncc_with_a_client(client, inputs, tmp_path):
     _, a, b = inputs
-    out = write_ncc(a, b, tmp_path / "ncc.zarr", 3, scheduler=client, progress=True)
+    out = write_ncc(a, b, tmp_path / "ncc.zarr", radius=3, scheduler=client, progress=True)
     (ncc,), _ = read_image(out)
     np.testing.assert_allclose(ncc.compute(), core_ncc(a, b, 3), atol=1e-5, rtol=0)

@@ -17,6 +17,7 @@ import tifffile
 import zarr
 from scipy import ndimage
 
+from napari_ncc import Registration, ncc_confidence
 from napari_ncc._atomic import remove_stale_temporaries, temporary_path
 from napari_ncc._io import write_ncc, write_tiff, write_zarr
 from napari_ncc._ncc import local_ncc as core_ncc
@@ -261,7 +262,9 @@ def test_write_ncc_from_zarr_paths(tmp_path, pair):
     a, b = pair
     p0 = make_zarr(tmp_path / "a.zarr", a, (16, 16))
     p1 = make_zarr(tmp_path / "b.zarr", b, (10, 30))
-    out = write_ncc(p0, p1, tmp_path / "ncc.zarr", 2, mode="wrap", chunks=(16, 26), progress=False)
+    out = write_ncc(
+        p0, p1, tmp_path / "ncc.zarr", radius=2, mode="wrap", chunks=(16, 26), progress=False
+    )
     (ncc,), meta = read_image(out)
     assert zarr.open(out, mode="r").chunks == (16, 26)
     np.testing.assert_allclose(ncc.compute(), brute_force_ncc(a, b, 2, mode="wrap"), atol=1e-5)
@@ -278,30 +281,36 @@ def test_write_ncc_with_shift_and_parameters(tmp_path, pair):
         da.from_array(a, chunks=8),
         b,
         tmp_path / "ncc.zarr",
-        (2, 3),
+        radius=(2, 3),
         window="gaussian",
         fill_value=np.nan,
-        moving_shift=(1.5, -0.25),
+        registration=Registration(shift=(1.5, -0.25)),
         progress=False,
     )
     (ncc,), meta = read_image(out)
+    ncc = ncc.compute()
     shifted = ndimage.shift(b, (1.5, -0.25), order=1, mode="nearest")
     expected = core_ncc(a, shifted, (2, 3), window="gaussian", fill_value=np.nan)
-    np.testing.assert_allclose(ncc.compute(), expected, atol=1e-5)
+    # The rows and columns whose windows reach pixels shifted in from outside b: filled.
+    inside = np.s_[2 + 2 : None, : -1 - 3]
+    np.testing.assert_allclose(ncc[inside], expected[inside], atol=1e-5)
+    outside = np.ones(ncc.shape, dtype=bool)
+    outside[inside] = False
+    assert np.isnan(ncc[outside]).all()
     params = meta["napari_ncc"]
     assert params["radius"] == [2, 3] and params["window"] == "gaussian"
-    assert np.isnan(params["fill_value"]) and params["moving_shift"] == [1.5, -0.25]
+    assert np.isnan(params["fill_value"]) and params["registration"]["shift"] == [1.5, -0.25]
     stored = json.loads((tmp_path / "ncc.zarr" / "zarr.json").read_text())
     assert stored["attributes"]["napari_ncc"]["fill_value"] == "nan"  # strict JSON
 
 
 def test_write_ncc_numpy_inputs_and_existing_path(tmp_path, pair):
     a, b = pair
-    out = write_ncc(a, b, tmp_path / "ncc.zarr", 3, progress=False)
+    out = write_ncc(a, b, tmp_path / "ncc.zarr", radius=3, progress=False)
     (ncc,), _ = read_image(out)
     np.testing.assert_allclose(ncc.compute(), core_ncc(a, b, 3), atol=1e-5)
     with pytest.raises(FileExistsError):
-        write_ncc(a, b, out, 3, progress=False)
+        write_ncc(a, b, out, radius=3, progress=False)
     with pytest.raises(ValueError, match="same shape"):
         write_ncc(a, b[1:], tmp_path / "other.zarr", progress=False)
     assert not (tmp_path / "other.zarr").exists()
@@ -310,7 +319,7 @@ def test_write_ncc_numpy_inputs_and_existing_path(tmp_path, pair):
 def test_write_ncc_can_replace_its_own_input(tmp_path, pair):
     a, b = pair
     p0 = make_zarr(tmp_path / "a.zarr", a, (16, 16))
-    write_ncc(p0, b, p0, 3, overwrite=True, progress=False)
+    write_ncc(p0, b, p0, radius=3, overwrite=True, progress=False)
     (ncc,), _ = read_image(p0)
     np.testing.assert_allclose(ncc.compute(), core_ncc(a, b, 3), atol=1e-5)
 
@@ -436,9 +445,9 @@ def test_lazy_pipeline_from_files(tmp_path, pair):
     tifffile.imwrite(tmp_path / "ref.tif", a, tile=(16, 16))
     make_zarr(tmp_path / "mov.zarr", b, (16, 32))
     out = write_ncc(
-        tmp_path / "ref.tif", tmp_path / "mov.zarr", tmp_path / "ncc.zarr", 3,
-        moving_shift=(-2.5, 1.0), chunks=16, progress=False,
+        tmp_path / "ref.tif", tmp_path / "mov.zarr", tmp_path / "ncc.zarr", radius=3,
+        registration=Registration(shift=(-2.5, 1.0)), chunks=16, progress=False,
     )  # fmt: skip
     (ncc,), _ = read_image(out)
-    expected = core_ncc(a, ndimage.shift(b, (-2.5, 1.0), order=1, mode="nearest"), 3)
+    expected, _ = ncc_confidence(a, b, radius=3, registration=Registration(shift=(-2.5, 1.0)))
     np.testing.assert_allclose(ncc.compute(), expected, atol=1e-5)

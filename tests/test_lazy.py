@@ -58,7 +58,7 @@ def test_public_local_ncc_is_the_lazy_one():
 
 def test_numpy_in_numpy_out(pair):
     a, b = pair
-    out = local_ncc(a, b, 2)
+    out = local_ncc(a, b, radius=2)
     assert isinstance(out, np.ndarray)
     np.testing.assert_array_equal(out, core_ncc(a, b, 2))
 
@@ -72,7 +72,7 @@ def test_dask_in_lazy_float32_out_without_computing(pair):
         return block
 
     x = da.from_array(a, chunks=8).map_blocks(record, dtype=a.dtype, meta=np.empty((0, 0)))
-    out = local_ncc(x, da.from_array(b, chunks=8), 3)
+    out = local_ncc(x, da.from_array(b, chunks=8), radius=3)
     assert isinstance(out, da.Array)
     assert out.dtype == np.float32 and out.shape == a.shape
     assert produced == []  # building the graph read nothing
@@ -99,7 +99,7 @@ def test_chunking_never_changes_the_numbers(pair, tiny_blocks, mode, chunks0, ch
         x0, x1 = da.from_array(a, chunks=chunks0), da.from_array(b, chunks=chunks1)
     else:
         x0, x1 = computed(a, chunks0), computed(b, chunks1)
-    out = local_ncc(x0, x1, 3, mode=mode)
+    out = local_ncc(x0, x1, radius=3, mode=mode)
     assert isinstance(out, da.Array)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
@@ -107,14 +107,14 @@ def test_chunking_never_changes_the_numbers(pair, tiny_blocks, mode, chunks0, ch
 @pytest.mark.parametrize("chunks", [1, 3, 16])
 def test_default_block_merging_gives_the_same_numbers(pair, chunks):
     a, b = pair
-    out = local_ncc(da.from_array(a, chunks=chunks), da.from_array(b, chunks=chunks), 4)
+    out = local_ncc(da.from_array(a, chunks=chunks), da.from_array(b, chunks=chunks), radius=4)
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 4), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "wrap", "constant"])
 def test_lazy_matches_brute_force_reference(pair, tiny_blocks, mode):
     a, b = pair
-    out = local_ncc(da.from_array(a, chunks=(5, 4)), computed(b, 7), 2, mode=mode).compute()
+    out = local_ncc(da.from_array(a, chunks=(5, 4)), computed(b, 7), radius=2, mode=mode).compute()
     np.testing.assert_allclose(out, brute_force_ncc(a, b, 2, mode=mode), atol=1e-5, rtol=0)
 
 
@@ -128,7 +128,9 @@ def test_3d_and_axes(rng, tiny_blocks, window, radius, axes, path):
     b = (a + 0.3 * rng.random(a.shape)).astype(np.float32)
     expected = core_ncc(a, b, radius, window=window, axes=axes)
     make = da.from_array if path == "source" else computed
-    out = local_ncc(make(a, (2, 4, 3)), make(b, (3, 2, 5)), radius, window=window, axes=axes)
+    out = local_ncc(
+        make(a, (2, 4, 3)), make(b, (3, 2, 5)), radius=radius, window=window, axes=axes
+    )
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
 
@@ -137,7 +139,7 @@ def test_mixed_numpy_and_dask(pair, first_is_dask):
     a, b = pair
     x0 = da.from_array(a, chunks=5) if first_is_dask else a
     x1 = b if first_is_dask else computed(b, 6)
-    out = local_ncc(x0, x1, 3, window="gaussian")
+    out = local_ncc(x0, x1, radius=3, window="gaussian")
     assert isinstance(out, da.Array)
     np.testing.assert_allclose(
         out.compute(), core_ncc(a, b, 3, window="gaussian"), atol=1e-5, rtol=0
@@ -148,7 +150,9 @@ def test_uint16_with_offset_and_flat_windows(rng, tiny_blocks):
     a = (30000 + rng.integers(-10, 10, (40, 37))).astype(np.uint16)
     b = (a.astype(np.int32) * 2 - 25000 + rng.integers(-3, 3, a.shape)).astype(np.uint16)
     a[5:20, 5:20] = 30000  # flat windows, across seams
-    out = local_ncc(da.from_array(a, chunks=(7, 9)), da.from_array(b, chunks=3), 3, fill_value=-2)
+    out = local_ncc(
+        da.from_array(a, chunks=(7, 9)), da.from_array(b, chunks=3), radius=3, fill_value=-2
+    )
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 3, fill_value=-2), atol=1e-5)
     assert (out.compute()[9:16, 9:16] == -2).all()
 
@@ -161,7 +165,7 @@ def test_zarr_inputs(tmp_path, pair):
     x0, x1 = da.from_zarr(z0), da.from_zarr(tmp_path / "b.zarr")
     assert find_source(x0) is not None and find_source(x1) is not None
     assert find_source(da.from_zarr(z0, inline_array=True))[1] is not None
-    out = local_ncc(x0, x1, 3)
+    out = local_ncc(x0, x1, radius=3)
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 3), atol=1e-5, rtol=0)
 
 
@@ -177,9 +181,9 @@ def test_zarr_inputs_halo_strips(tmp_path, pair, monkeypatch, mode, shift, block
     z0[:], z1[:] = a, b
     x0, x1 = da.from_zarr(z0).rechunk((10, 12)), da.from_zarr(z1)
     moved = b if shift is None else ndimage.shift(b, shift, order=1, mode="nearest")
-    out = local_ncc(da.from_zarr(z0), x1, 3, mode=mode, moving_shift=shift)
+    out = local_ncc(da.from_zarr(z0), x1, radius=3, mode=mode, moving_shift=shift)
     np.testing.assert_allclose(out.compute(), core_ncc(a, moved, 3, mode=mode), atol=1e-5)
-    out = local_ncc(x1, x0, (2, 4), mode=mode, window="gaussian", moving_shift=shift)
+    out = local_ncc(x1, x0, radius=(2, 4), mode=mode, window="gaussian", moving_shift=shift)
     moved = a if shift is None else ndimage.shift(a, shift, order=1, mode="nearest")
     expected = core_ncc(b, moved, (2, 4), mode=mode, window="gaussian")
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5)
@@ -228,7 +232,7 @@ def test_plain_slicing_of_a_source_is_read_from_the_source(rng, index):
     axes = (-2, -1)
     shift = (0.5,) * x0.ndim
     expected = core_ncc(a[index], scipy_shift(b[index], shift), 2, axes=axes)
-    out = local_ncc(x0, x1, 2, axes=axes, moving_shift=shift)
+    out = local_ncc(x0, x1, radius=2, axes=axes, moving_shift=shift)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
 
@@ -240,7 +244,7 @@ def test_strided_slicing_falls_back(rng):
     z[:] = a
     x = da.from_zarr(z)[::2, 3:]
     assert find_source(x) is None
-    out = local_ncc(x, x**2, 2)
+    out = local_ncc(x, x**2, radius=2)
     np.testing.assert_allclose(out.compute(), core_ncc(a[::2, 3:], a[::2, 3:] ** 2, 2), atol=1e-5)
 
 
@@ -256,7 +260,7 @@ def test_numpy_source_is_read_as_the_whole_array(pair, tiny_blocks, view):
         whole = find_source(x)[1]
         assert isinstance(whole, np.ndarray) and not whole.flags.writeable
         np.testing.assert_array_equal(whole, image)
-    out = local_ncc(x0, x1, 2, moving_shift=(0.5, -1.5))
+    out = local_ncc(x0, x1, radius=2, moving_shift=(0.5, -1.5))
     expected = core_ncc(a, scipy_shift(b, (0.5, -1.5)), 2)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
@@ -275,7 +279,7 @@ def test_each_block_reads_its_halo_from_the_source(pair, monkeypatch):
     """No input chunk is shared between tasks: every output task depends on the sources only."""
     monkeypatch.setattr(_lazy, "BLOCK_PIXELS", 64)
     a, b = pair
-    out = local_ncc(da.from_array(a, chunks=8), da.from_array(b, chunks=8), 3)
+    out = local_ncc(da.from_array(a, chunks=8), da.from_array(b, chunks=8), radius=3)
     graph = dict(out.__dask_graph__())
     outputs = set(dask.core.flatten(out.__dask_keys__()))
     others = set(graph) - outputs
@@ -305,7 +309,7 @@ def test_region_reads_only_what_its_windows_touch_from_a_source(rng, monkeypatch
     source0, source1 = RecordingArray(a), RecordingArray(a * 2)
     x0 = da.from_array(source0, chunks=16, asarray=False)
     x1 = da.from_array(source1, chunks=16, asarray=False)
-    out = local_ncc(x0, x1, 3)
+    out = local_ncc(x0, x1, radius=3)
     source0.reads.clear()
     source1.reads.clear()
     region = out[32:48, 48:64].compute()
@@ -323,7 +327,7 @@ def test_region_reads_only_the_input_chunks_its_windows_touch(rng):
         return block
 
     x0 = da.from_array(a, chunks=16).map_blocks(record, dtype=a.dtype, meta=np.empty((0, 0)))
-    out = local_ncc(x0, da.from_array(a, chunks=16) ** 2, 3)
+    out = local_ncc(x0, da.from_array(a, chunks=16) ** 2, radius=3)
     out[32:48, 48:64].compute()
     assert produced == {(i, j) for i in (1, 2, 3) for j in (2, 3, 4)}
     produced.clear()
@@ -340,7 +344,7 @@ def test_shifted_block_reads_its_moved_box(rng, monkeypatch, shift):
     source0, source1 = RecordingArray(a), RecordingArray(b)
     x0 = da.from_array(source0, chunks=16, asarray=False)
     x1 = da.from_array(source1, chunks=16, asarray=False)
-    out = local_ncc(x0, x1, 3, moving_shift=shift)
+    out = local_ncc(x0, x1, radius=3, moving_shift=shift)
     source0.reads.clear()
     source1.reads.clear()
     region = out[48:64, 32:48].compute()
@@ -420,7 +424,7 @@ def test_each_storage_chunk_is_decoded_about_twice(rng, monkeypatch, shift):
     source1 = ChunkedRecordingArray(a[::-1].copy(), (16, 16))
     x0 = da.from_array(source0, chunks=16, asarray=False)
     x1 = da.from_array(source1, chunks=16, asarray=False)
-    out = local_ncc(x0, x1, 3, moving_shift=shift)
+    out = local_ncc(x0, x1, radius=3, moving_shift=shift)
     source0.reads.clear()
     source1.reads.clear()
     moved = a[::-1] if shift is None else ndimage.shift(a[::-1], shift, order=1, mode="nearest")
@@ -436,8 +440,10 @@ def test_graph_is_picklable(pair, tmp_path):
     z = zarr.create_array(store=tmp_path / "a.zarr", shape=a.shape, chunks=(8, 8), dtype="f8")
     z[:] = a
     for out in (
-        local_ncc(da.from_zarr(z), da.from_array(b, chunks=8), 3, moving_shift=(0.5, -1.25)),
-        local_ncc(computed(a, 8), b, 3, moving_shift=(0.5, 0)),
+        local_ncc(
+            da.from_zarr(z), da.from_array(b, chunks=8), radius=3, moving_shift=(0.5, -1.25)
+        ),
+        local_ncc(computed(a, 8), b, radius=3, moving_shift=(0.5, 0)),
     ):
         graph = pickle.loads(pickle.dumps(dict(out.__dask_graph__())))
         assert set(graph) == set(out.__dask_graph__())
@@ -457,11 +463,11 @@ def test_moving_shift_equals_shift_then_ncc(pair, tiny_blocks, shift, path):
     a, b = pair
     expected = core_ncc(a, scipy_shift(b, shift), 3)
     if path == "numpy":
-        out = local_ncc(a, b, 3, moving_shift=shift)
+        out = local_ncc(a, b, radius=3, moving_shift=shift)
         assert isinstance(out, np.ndarray)
     else:
         make = da.from_array if path == "source" else computed
-        out = local_ncc(make(a, (4, 6)), make(b, 5), 3, moving_shift=shift).compute()
+        out = local_ncc(make(a, (4, 6)), make(b, 5), radius=3, moving_shift=shift).compute()
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
@@ -469,7 +475,7 @@ def test_moving_shift_of_uint16_is_not_rounded(rng):
     a = rng.integers(0, 4000, (30, 30)).astype(np.uint16)
     b = a.copy()
     out = local_ncc(
-        da.from_array(a, chunks=7), da.from_array(b, chunks=7), 3, moving_shift=(0.5, 0)
+        da.from_array(a, chunks=7), da.from_array(b, chunks=7), radius=3, moving_shift=(0.5, 0)
     )
     expected = core_ncc(a, scipy_shift(b, (0.5, 0)), 3)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
@@ -522,11 +528,11 @@ def test_shift_lazy_errors(rng):
 def test_chunks_are_the_blocks_computed(pair, path):
     a, b = pair
     make = da.from_array if path == "source" else computed
-    out = local_ncc(make(a, 8), make(b, 5), 3, moving_shift=(0.5, -1.0), chunks=(6, 7))
+    out = local_ncc(make(a, 8), make(b, 5), radius=3, moving_shift=(0.5, -1.0), chunks=(6, 7))
     assert out.chunks == da.core.normalize_chunks((6, 7), a.shape)
     if path == "source":  # the blocks read their regions: nothing is rechunked
         assert not [name for name in out.__dask_graph__().layers if "rechunk" in name]
-    assert local_ncc(make(a, 8), make(b, 5), 3).chunks != out.chunks
+    assert local_ncc(make(a, 8), make(b, 5), radius=3).chunks != out.chunks
     expected = core_ncc(a, scipy_shift(b, (0.5, -1.0)), 3)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
@@ -545,7 +551,7 @@ def test_ncc_confidence_builds_its_map_in_the_given_chunks(rng):
 def test_chunks_of_numpy_input_are_refused(pair):
     a, b = pair
     with pytest.raises(ValueError, match="chunks=16 is for the lazy map of Dask input"):
-        local_ncc(a, b, 3, chunks=16)
+        local_ncc(a, b, radius=3, chunks=16)
 
 
 def test_command_line_chunks_are_the_blocks_computed(tmp_path, rng):
@@ -578,7 +584,7 @@ def test_errors_are_raised_when_building(pair):
     with pytest.raises(TypeError, match="unsupported dtype"):
         local_ncc(x, da.from_array(b.astype(complex), chunks=8))
     with pytest.raises(ValueError, match="radius 40 is too large"):
-        local_ncc(x, b, 40)
+        local_ncc(x, b, radius=40)
 
 
 def test_unknown_chunk_sizes_are_refused(pair):
@@ -592,7 +598,7 @@ def test_unknown_chunk_sizes_are_refused(pair):
 def test_1d(pair, tiny_blocks, path):
     a, b = pair[0].ravel()[:60], pair[1].ravel()[:60]
     make = da.from_array if path == "source" else computed
-    out = local_ncc(make(a, 4), make(b, 7), 5, mode="mirror")
+    out = local_ncc(make(a, 4), make(b, 7), radius=5, mode="mirror")
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 5, mode="mirror"), atol=1e-5)
 
 
@@ -622,7 +628,7 @@ def test_read_buffers_kept_between_computations_are_bounded(rng, monkeypatch):
     block_bytes = 262 * 262 * 8  # a block and its halo, float64
     monkeypatch.setattr(_blocks, "BUFFER_POOL_BYTES", 2 * block_bytes)
     _blocks.BUFFERS.clear()
-    out = local_ncc(da.from_array(a, chunks=256), da.from_array(b, chunks=256), 3)
+    out = local_ncc(da.from_array(a, chunks=256), da.from_array(b, chunks=256), radius=3)
     assert out.npartitions == 16
     out.compute(scheduler="sync")  # first-use caches (of Dask, of the kernels) filled here
     with ThreadPoolExecutor(8) as pool:  # its threads outlive the compute, like Dask's

@@ -51,7 +51,7 @@ def test_ncc_levels_are_the_ncc_of_each_level_with_the_shift_scaled():
     ref_levels = [da.from_array(full, chunks=64), da.from_array(_mean_2x2(full), chunks=64)]
     mov_levels = [da.from_array(moving, chunks=64), da.from_array(_mean_2x2(moving), chunks=64)]
     registration = Registration(shift=(-4.0, 6.0))
-    levels = ms.ncc_levels(ref_levels, mov_levels, 2, registration=registration)
+    levels = ms.ncc_levels(ref_levels, mov_levels, radius=2, registration=registration)
     assert all(isinstance(level, da.Array) for level in levels)
     for k, (ref, mov) in enumerate(zip(ref_levels, mov_levels, strict=True)):
         shift = np.array([-4.0, 6.0]) / 2**k
@@ -70,7 +70,11 @@ def test_ncc_levels_are_the_ncc_of_each_level_with_the_shift_scaled():
 def test_levels_too_small_for_the_window_are_dropped():
     image = da.from_array(np.random.default_rng(0).random((64, 64)), chunks=32)
     pyramid = [image, image[::4, ::4], image[::16, ::16], image[::32, ::32]]
-    assert [lv.shape for lv in ms.ncc_levels(pyramid, pyramid, 3)] == [(64, 64), (16, 16), (4, 4)]
+    assert [lv.shape for lv in ms.ncc_levels(pyramid, pyramid, radius=3)] == [
+        (64, 64),
+        (16, 16),
+        (4, 4),
+    ]
 
 
 def test_helpers():

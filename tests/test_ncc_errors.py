@@ -16,8 +16,8 @@ from napari_ncc._ncc import check_image, ncc_block, plan_ncc
 IMAGE = np.arange(80, dtype=np.float32).reshape(8, 10) % 7
 
 
-def call(radius=2, *, image0=IMAGE, image1=IMAGE, **kwargs):
-    return local_ncc(image0, image1, radius, **kwargs)
+def call(radius=2, *, reference=IMAGE, moving=IMAGE, **kwargs):
+    return local_ncc(reference, moving, radius=radius, **kwargs)
 
 
 # --- the two images -------------------------------------------------------------------
@@ -30,7 +30,7 @@ def call(radius=2, *, image0=IMAGE, image1=IMAGE, **kwargs):
 def test_shapes_differ(shape0, shape1):
     match = re.escape(f"must have the same shape, got {shape0} and {shape1}")
     with pytest.raises(ValueError, match=match):
-        local_ncc(np.zeros(shape0), np.zeros(shape1), 1)
+        local_ncc(np.zeros(shape0), np.zeros(shape1), radius=1)
     with pytest.raises(ValueError, match=match):
         plan_ncc(shape0, shape1, 1)
 
@@ -39,7 +39,7 @@ def test_shapes_differ(shape0, shape1):
 def test_ndim_differs(shape0, shape1):
     match = f"same number of dimensions, got {len(shape0)} and {len(shape1)}"
     with pytest.raises(ValueError, match=match):
-        local_ncc(np.zeros(shape0), np.zeros(shape1), 1)
+        local_ncc(np.zeros(shape0), np.zeros(shape1), radius=1)
 
 
 @pytest.mark.parametrize(
@@ -50,44 +50,44 @@ def test_unsupported_dtype(dtype, which):
     bad = np.zeros((8, 10), dtype=dtype)
     images = [IMAGE, IMAGE]
     images[which] = bad
-    name = f"image{which}"
+    name = ("reference", "moving")[which]
     match = rf"{name} has unsupported dtype .*expected a real numeric dtype"
     with pytest.raises(TypeError, match=match):
-        local_ncc(images[0], images[1], 1)
+        local_ncc(images[0], images[1], radius=1)
     with pytest.raises(TypeError, match=match):
         check_image(bad, name)
 
 
 def test_unsupported_dtype_names_the_dtype():
     with pytest.raises(TypeError, match=r"unsupported dtype complex128"):
-        local_ncc(IMAGE.astype(np.complex128), IMAGE, 1)
+        local_ncc(IMAGE.astype(np.complex128), IMAGE, radius=1)
     with pytest.raises(TypeError, match=r"unsupported dtype object"):
-        local_ncc([[1, None], [2, 3]], [[1, 2], [3, 4]], 1)
+        local_ncc([[1, None], [2, 3]], [[1, 2], [3, 4]], radius=1)
     with pytest.raises(TypeError, match=r"unsupported dtype <U1"):
-        local_ncc([["a", "b"], ["c", "d"]], [[1, 2], [3, 4]], 1)
+        local_ncc([["a", "b"], ["c", "d"]], [[1, 2], [3, 4]], radius=1)
 
 
 @pytest.mark.skipif(
     np.dtype(np.longdouble).itemsize <= 8, reason="longdouble is float64 on this platform"
 )
 def test_extended_precision_float_is_rejected_clearly():
-    with pytest.raises(TypeError, match=r"image0 has unsupported dtype float\d+"):
-        local_ncc(IMAGE.astype(np.longdouble), IMAGE, 1)
+    with pytest.raises(TypeError, match=r"reference has unsupported dtype float\d+"):
+        local_ncc(IMAGE.astype(np.longdouble), IMAGE, radius=1)
 
 
 @pytest.mark.parametrize("shape", [(0,), (0, 5), (5, 0), (3, 0, 4)])
 def test_empty_arrays(shape):
-    match = re.escape(f"image0 is empty (shape {shape})")
+    match = re.escape(f"reference is empty (shape {shape})")
     with pytest.raises(ValueError, match=match):
-        local_ncc(np.zeros(shape), np.zeros(shape), 1)
-    with pytest.raises(ValueError, match=re.escape(f"image1 is empty (shape {shape})")):
-        check_image(np.zeros(shape, dtype=np.uint8), "image1")
+        local_ncc(np.zeros(shape), np.zeros(shape), radius=1)
+    with pytest.raises(ValueError, match=re.escape(f"moving is empty (shape {shape})")):
+        check_image(np.zeros(shape, dtype=np.uint8), "moving")
 
 
 @pytest.mark.parametrize("value", [np.float64(3.0), 3, np.array(3.0)])
 def test_zero_dimensional_arrays(value):
-    with pytest.raises(ValueError, match="image0 must have at least 1 dimension, got a 0-d"):
-        local_ncc(value, value, 1)
+    with pytest.raises(ValueError, match="reference must have at least 1 dimension, got a 0-d"):
+        local_ncc(value, value, radius=1)
 
 
 @pytest.mark.parametrize(("value", "which"), [(np.nan, 0), (np.inf, 1), (-np.inf, 0)])
@@ -95,8 +95,9 @@ def test_zero_dimensional_arrays(value):
 def test_non_finite_values(value, which, window):
     images = [IMAGE.copy(), IMAGE.copy()]
     images[which][3, 4] = value
-    with pytest.raises(ValueError, match=f"image{which} contains 1 NaN or infinite value"):
-        local_ncc(images[0], images[1], 1, window=window)
+    name = ("reference", "moving")[which]
+    with pytest.raises(ValueError, match=f"{name} contains 1 NaN or infinite value"):
+        local_ncc(images[0], images[1], radius=1, window=window)
 
 
 # --- radius -----------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def test_radius_all_zero(radius):
 def test_radius_too_large_for_an_axis(shape, radius, axis, length):
     match = rf"radius \d+ is too large for axis {axis} of length {length}"
     with pytest.raises(ValueError, match=match):
-        local_ncc(np.zeros(shape), np.zeros(shape), radius)
+        local_ncc(np.zeros(shape), np.zeros(shape), radius=radius)
 
 
 def test_numpy_integer_radii_are_accepted():

@@ -97,7 +97,7 @@ def assert_same_map(got, expected, fill_value=0.0):
 def test_matches_brute_force(case):
     a, b, kwargs = case
     radius = kwargs.pop("radius")
-    got = local_ncc(a, b, radius, fill_value=np.nan, **kwargs)
+    got = local_ncc(a, b, radius=radius, fill_value=np.nan, **kwargs)
     expected = brute_force_ncc(a, b, radius, fill_value=np.nan, **kwargs)
     assert_same_map(got, expected, np.nan)
 
@@ -209,5 +209,5 @@ def test_block_of_index_maps_equals_slice_of_the_full_map(case, data):
     engine = data.draw(st.sampled_from(["compiled", "numpy"]))
     n_threads = data.draw(st.sampled_from([1, 3]))
     got = ncc_block(a, b, plan, maps, engine=engine, n_threads=n_threads)
-    expected = local_ncc(a, b, radius, fill_value=np.nan, **kwargs)[tuple(region)]
+    expected = local_ncc(a, b, radius=radius, fill_value=np.nan, **kwargs)[tuple(region)]
     assert_same_map(got, expected, np.nan)

@@ -151,7 +151,7 @@ SHAPE_CASES = [
 @pytest.mark.parametrize(("shape", "radius", "axes"), SHAPE_CASES)
 def test_shapes_radii_axes(rng, shape, radius, axes, window, mode):
     a, b = correlated_pair(rng, shape)
-    result = local_ncc(a, b, radius, window=window, mode=mode, axes=axes)
+    result = local_ncc(a, b, radius=radius, window=window, mode=mode, axes=axes)
     assert_matches_reference(result, a, b, radius, window=window, mode=mode, axes=axes)
 
 
@@ -160,7 +160,7 @@ def test_shapes_radii_axes(rng, shape, radius, axes, window, mode):
 @pytest.mark.parametrize("mode", ["reflect", "mirror", "wrap"])
 def test_radii_1_to_7(rng, radius, window, mode):
     a, b = correlated_pair(rng, (19, 26))
-    result = local_ncc(a, b, radius, window=window, mode=mode)
+    result = local_ncc(a, b, radius=radius, window=window, mode=mode)
     assert_matches_reference(result, a, b, radius, window=window, mode=mode)
 
 
@@ -169,7 +169,7 @@ def test_radii_1_to_7(rng, radius, window, mode):
 def test_anisotropic_radii(rng, radius, window):
     a, b = correlated_pair(rng, (8, 15))
     a, b = np.tile(a, (2, 1)), np.tile(b, (2, 1))  # 16 x 15: room for r=7 on both axes
-    result = local_ncc(a, b, radius, window=window, mode="nearest")
+    result = local_ncc(a, b, radius=radius, window=window, mode="nearest")
     assert_matches_reference(result, a, b, radius, window=window, mode="nearest")
 
 
@@ -179,7 +179,7 @@ def test_radius_equal_to_axis_length_minus_one(rng, radius):
     shape = (radius + 1, radius + 2)
     for mode in MODES:
         a, b = correlated_pair(rng, shape)
-        result = local_ncc(a, b, radius, mode=mode)
+        result = local_ncc(a, b, radius=radius, mode=mode)
         assert_matches_reference(result, a, b, radius, mode=mode)
 
 
@@ -193,7 +193,7 @@ def test_every_mode_and_fill_value(rng, mode, window, fill_value):
     # Small integers make some windows flat, so the fill value is exercised too.
     a, b = correlated_pair(rng, (21, 18), np.uint8, lo=0, hi=2)
     a[:6, :7] = 1  # a flat corner
-    result = local_ncc(a, b, 2, window=window, mode=mode, fill_value=fill_value)
+    result = local_ncc(a, b, radius=2, window=window, mode=mode, fill_value=fill_value)
     assert flat_mask(a, b, 2, mode=mode).any()
     assert_matches_reference(result, a, b, 2, window=window, mode=mode, fill_value=fill_value)
 
@@ -201,14 +201,14 @@ def test_every_mode_and_fill_value(rng, mode, window, fill_value):
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_3d(rng, mode):
     a, b = correlated_pair(rng, (6, 9, 7))
-    result = local_ncc(a, b, (1, 3, 2), mode=mode, fill_value=np.nan)
+    result = local_ncc(a, b, radius=(1, 3, 2), mode=mode, fill_value=np.nan)
     assert_matches_reference(result, a, b, (1, 3, 2), mode=mode, fill_value=np.nan)
 
 
 def test_constant_mode_pads_with_zero_not_the_data_range(rng):
     """Mode "constant" reads 0 beyond the border, even for data far away from 0."""
     a, b = correlated_pair(rng, (15, 14), lo=500.0, hi=510.0)
-    result = local_ncc(a, b, 3, mode="constant")
+    result = local_ncc(a, b, radius=3, mode="constant")
     assert_matches_reference(result, a, b, 3, mode="constant")
     # Near the border, the zero padding dominates both windows: correlation close to 1.
     assert result[0, 0] > 0.99
@@ -221,7 +221,7 @@ def test_constant_mode_pads_with_zero_not_the_data_range(rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_dtypes(rng, dtype, window):
     a, b = correlated_pair(rng, (23, 19), dtype)
-    result = local_ncc(a, b, 2, window=window, fill_value=np.nan)
+    result = local_ncc(a, b, radius=2, window=window, fill_value=np.nan)
     assert_matches_reference(result, a, b, 2, window=window, fill_value=np.nan)
 
 
@@ -241,7 +241,7 @@ def test_dtypes(rng, dtype, window):
 def test_large_integer_offsets(rng, dtype, lo, hi):
     a, b = correlated_pair(rng, (17, 21), dtype, lo=lo, hi=hi)
     for window in WINDOWS:
-        result = local_ncc(a, b, 3, window=window)
+        result = local_ncc(a, b, radius=3, window=window)
         assert_matches_reference(result, a, b, 3, window=window)
 
 
@@ -253,7 +253,7 @@ def test_mixed_dtypes(rng, dtype0, dtype1):
     a, _ = correlated_pair(rng, (16, 20), dtype0)
     _, b = correlated_pair(rng, (16, 20), dtype1)
     for window in WINDOWS:
-        result = local_ncc(a, b, 2, window=window)
+        result = local_ncc(a, b, radius=2, window=window)
         assert_matches_reference(result, a, b, 2, window=window)
 
 
@@ -263,13 +263,13 @@ def test_non_native_byte_order(rng, dtype, window):
     """Big-endian data (FITS files, some TIFFs) is a real numeric dtype like any other."""
     a, b = correlated_pair(rng, (14, 13), np.dtype(dtype).newbyteorder("="))
     a, b = a.astype(dtype), b.astype(dtype)
-    result = local_ncc(a, b, 2, window=window)
+    result = local_ncc(a, b, radius=2, window=window)
     assert_matches_reference(result, a, b, 2, window=window)
 
 
 def test_python_lists_are_accepted(rng):
     a, b = correlated_pair(rng, (9, 8))
-    result = local_ncc(a.tolist(), b.tolist(), 2)
+    result = local_ncc(a.tolist(), b.tolist(), radius=2)
     assert_matches_reference(result, a, b, 2)
 
 
@@ -361,7 +361,7 @@ def test_large_offset_small_variance(rng, offset, spread, dtype, window):
     """Microscopy-like data: naive float32 moments fail here by orders of magnitude."""
     a, b = correlated_pair(rng, (40, 37), dtype, lo=offset - spread, hi=offset + spread)
     for radius in (1, 3, 7):
-        result = local_ncc(a, b, radius, window=window)
+        result = local_ncc(a, b, radius=radius, window=window)
         assert_matches_reference(result, a, b, radius, window=window)
 
 
@@ -372,7 +372,7 @@ def test_large_offset_non_integer_float(rng, dtype):
         a, b = correlated_pair(rng, (33, 29), np.float64, lo=-spread, hi=spread)
         a, b = (a + offset).astype(dtype), (b + offset).astype(dtype)
         for window in WINDOWS:
-            result = local_ncc(a, b, 3, window=window)
+            result = local_ncc(a, b, radius=3, window=window)
             assert_matches_reference(result, a, b, 3, window=window)
 
 
@@ -391,7 +391,9 @@ def test_flat_background_next_to_bright_texture(rng, dtype, window, fill_value):
     a, b = a.astype(dtype), b.astype(dtype)
     for radius in (1, 4, (2, 7)):
         for mode in ("reflect", "constant", "wrap"):
-            result = local_ncc(a, b, radius, window=window, mode=mode, fill_value=fill_value)
+            result = local_ncc(
+                a, b, radius=radius, window=window, mode=mode, fill_value=fill_value
+            )
             flat = flat_mask(a, b, radius, mode=mode)
             assert flat[:, 8:12].all()  # deep in the background, whatever the mode
             assert_matches_reference(
@@ -412,13 +414,13 @@ def test_near_flat_windows_relative_to_the_range(rng, window, mode):
     a[:, :20] += rng.random((30, 20)) * 1e-7
     b = rng.random((30, 40))
     kwargs = {"window": window, "mode": mode, "fill_value": np.nan}
-    result = local_ncc(a, b, 2, **kwargs)
+    result = local_ncc(a, b, radius=2, **kwargs)
     assert np.isnan(result[:, :17]).all()
     expected = brute_force_ncc(a, b, 2, flat_rtol=1e-6, **kwargs)
     np.testing.assert_allclose(result, expected, atol=ATOL)
 
     a[:, :20] = rng.random((30, 20)) * 0.1
-    assert_matches_reference(local_ncc(a, b, 2, **kwargs), a, b, 2, **kwargs)
+    assert_matches_reference(local_ncc(a, b, radius=2, **kwargs), a, b, 2, **kwargs)
 
 
 @pytest.mark.parametrize("radius", [1, 2, (1, 3)])
@@ -434,7 +436,7 @@ def test_dim_binary_noise_next_to_a_hot_pixel(rng, dtype, window, radius):
     b[keep] = a[keep]
     a[0, 0] = b[-1, -1] = 65535
     a, b = a.astype(dtype), b.astype(dtype)
-    result = local_ncc(a, b, radius, window=window, fill_value=np.nan)
+    result = local_ncc(a, b, radius=radius, window=window, fill_value=np.nan)
     assert_matches_reference(result, a, b, radius, window=window, fill_value=np.nan)
 
 
@@ -447,12 +449,12 @@ def test_flat_level_with_large_windows(rng, dtype, level):
     b = a.copy()
     b[:, 55:] = rng.integers(0, 65536, (40, 15))
     for radius in (1, 7, (15, 11)):
-        result = local_ncc(a, b, radius, fill_value=np.nan)
+        result = local_ncc(a, b, radius=radius, fill_value=np.nan)
         assert np.isnan(result[:, : 50 - 2 * 15 - 1]).all()
         assert_matches_reference(result, a, b, radius, fill_value=np.nan)
     a3 = np.full((10, 12, 14), level, dtype=dtype)
     a3[..., 12:] = rng.integers(0, 65536, (10, 12, 2))
-    result = local_ncc(a3, a3, 4, fill_value=np.nan)
+    result = local_ncc(a3, a3, radius=4, fill_value=np.nan)
     assert np.isnan(result[..., :3]).all()
     assert_matches_reference(result, a3, a3, 4, fill_value=np.nan)
 
@@ -486,7 +488,7 @@ def test_flat_uint16_windows_at_any_level_and_window_size(rng, shape, radius, le
         f"{result[~np.isnan(result)][:3]} (level {level}, radius {radius})"
     )
     a[(-1,) * len(shape)] = level + 1
-    result = local_ncc(a, b, radius, fill_value=np.nan)
+    result = local_ncc(a, b, radius=radius, fill_value=np.nan)
     assert_matches_reference(result, a, b, radius, fill_value=np.nan)
 
 
@@ -501,7 +503,7 @@ def test_tall_image_split_into_strips(rng, window, mode):
     height, width, radius = 4100, 37, (5, 3)
     ry = radius[0]
     a, b = correlated_pair(rng, (height, width), np.float32, lo=1000.0, hi=1200.0)
-    result = local_ncc(a, b, radius, window=window, mode=mode)
+    result = local_ncc(a, b, radius=radius, window=window, mode=mode)
     assert result.shape == (height, width)
     assert np.isfinite(result).all()
     # Rows around any strip boundary a split into 2..8 strips (or 2048-row strips) could make,
@@ -522,7 +524,7 @@ def test_long_volume_split_into_strips(rng, window):
     """A volume with more than 2048 planes along its first windowed axis."""
     depth, radius = 4100, (2, 1, 1)
     a, b = correlated_pair(rng, (depth, 3, 4), np.uint16, lo=100, hi=160)
-    result = local_ncc(a, b, radius, window=window, fill_value=np.nan)
+    result = local_ncc(a, b, radius=radius, window=window, fill_value=np.nan)
     for c in (0, 1367, 2048, 2050, 2733, 3075, depth - 1):
         lo, hi = max(c - 6, 0), min(c + 6, depth)
         clo, chi = max(lo - 2, 0), min(hi + 2, depth)
@@ -538,7 +540,7 @@ def test_long_volume_split_into_strips(rng, window):
 def test_long_1d_signal(rng, mode):
     a, b = correlated_pair(rng, (5000,), np.int16)
     for window in WINDOWS:
-        result = local_ncc(a, b, 7, window=window, mode=mode)
+        result = local_ncc(a, b, radius=7, window=window, mode=mode)
         assert_matches_reference(result, a, b, 7, window=window, mode=mode)
 
 
@@ -551,7 +553,7 @@ def test_inputs_not_modified(rng, dtype):
     a0, b0 = a.copy(), b.copy()
     for window in WINDOWS:
         for mode in ("reflect", "constant"):
-            local_ncc(a, b, 2, window=window, mode=mode)
+            local_ncc(a, b, radius=2, window=window, mode=mode)
             plan = plan_ncc(a.shape, b.shape, 2, window=window, mode=mode)
             ncc_block(a, b, plan, full_maps(plan), engine="numpy")
     np.testing.assert_array_equal(a, a0)
@@ -564,7 +566,7 @@ def test_read_only_inputs(rng):
     a.setflags(write=False)
     b.setflags(write=False)
     for window in WINDOWS:
-        assert_matches_reference(local_ncc(a, b, 2, window=window), a, b, 2, window=window)
+        assert_matches_reference(local_ncc(a, b, radius=2, window=window), a, b, 2, window=window)
 
 
 LAYOUTS = {
@@ -585,7 +587,7 @@ def test_views_and_memory_layouts(rng, layout, dtype):
     copies = (base0.copy(), base1.copy())
     radius = 2 if a.ndim == 1 else (2, 3)
     for window in WINDOWS:
-        result = local_ncc(a, b, radius, window=window, fill_value=np.nan)
+        result = local_ncc(a, b, radius=radius, window=window, fill_value=np.nan)
         assert_matches_reference(
             result,
             np.ascontiguousarray(a),
@@ -603,5 +605,5 @@ def test_3d_views_through_windowed_axes(rng):
     a = base0.transpose(2, 0, 1)[:, ::2]
     b = np.asfortranarray(base1).transpose(2, 0, 1)[:, ::2]
     for axes in (None, (-2, -1), (0,)):
-        result = local_ncc(a, b, 1, axes=axes)
+        result = local_ncc(a, b, radius=1, axes=axes)
         assert_matches_reference(result, np.ascontiguousarray(a), b.copy(), 1, axes=axes)

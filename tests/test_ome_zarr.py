@@ -60,7 +60,7 @@ def test_is_ome_zarr():
 @pytest.mark.parametrize("ngff_version", ["0.5", "0.4"])
 def test_lazy_map_reads_back_with_the_librarys_reader(tmp_path, pair_on_disk, ngff_version):
     a, b, (lazy_a, lazy_b) = pair_on_disk
-    ncc = napari_ncc.local_ncc(lazy_a, lazy_b, 3)
+    ncc = napari_ncc.local_ncc(lazy_a, lazy_b, radius=3)
     assert isinstance(ncc, da.Array)
     out = tmp_path / "map.ome.zarr"
     params = {"radius": 3, "window": "box"}
@@ -73,7 +73,7 @@ def test_lazy_map_reads_back_with_the_librarys_reader(tmp_path, pair_on_disk, ng
     # Level 0 is the map: local_ncc of a tile (with a halo) and the brute-force reference.
     tile = (slice(280, 340), slice(480, 560))
     halo = (slice(270, 350), slice(470, 570))
-    expected = napari_ncc.local_ncc(a[halo], b[halo], 3)[10:-10, 10:-10]
+    expected = napari_ncc.local_ncc(a[halo], b[halo], radius=3)[10:-10, 10:-10]
     np.testing.assert_allclose(levels[0][tile].compute(), expected, atol=1e-5)
     brute = brute_force_ncc(a[halo], b[halo], 3)[10:-10, 10:-10]
     np.testing.assert_allclose(levels[0][tile].compute(), brute, atol=1e-4)

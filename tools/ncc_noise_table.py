@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
           "NCC > 0.5 (box) | std of NCC (gaussian) | sqrt(sum w^2) |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for radius in RADII:
-        box = local_ncc(a, b, radius)
-        gauss = local_ncc(a, b, radius, window="gaussian")
+        box = local_ncc(a, b, radius=radius)
+        gauss = local_ncc(a, b, radius=radius, window="gaussian")
         n = (2 * radius + 1) ** 2
         weights = gaussian_window(radius)
         above = np.mean(box > 0.5)

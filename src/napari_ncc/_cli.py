@@ -490,7 +490,7 @@ def _confidence_map(ref_levels: list, mov_levels: list, args):
     ncc, registration = ncc_confidence(
         reference,
         moving,
-        args.radius,
+        radius=args.radius,
         register=args.register,
         per_plane=per_plane,
         reference_plane=args.reference_plane,

@@ -27,8 +27,8 @@ __all__ = ["ncc_confidence"]
 def ncc_confidence(
     reference,
     moving,
-    radius: int | Sequence[int] = 3,
     *,
+    radius: int | Sequence[int] = 3,
     register: bool = True,
     window: str = "box",
     mode: str = "reflect",

@@ -26,8 +26,10 @@ from ._atomic import (
     remove_stale_temporaries,
     temporary_path,
 )
+from ._confidence import ncc_confidence
 from ._lazy import local_ncc
 from ._read import ATTRS_KEY, read_image
+from ._registration import Registration
 from ._validation import json_float
 
 __all__ = [
@@ -541,16 +543,16 @@ def _json_ints(value):
 
 
 def write_ncc(
-    image0,
-    image1,
+    reference,
+    moving,
     path: str | os.PathLike,
-    radius: int | Sequence[int] = 3,
     *,
+    radius: int | Sequence[int] = 3,
     window: str = "box",
     mode: str = "reflect",
     fill_value: float = 0.0,
     axes: int | Sequence[int] | None = None,
-    moving_shift: Sequence[float] | None = None,
+    registration: Registration | None = None,
     chunks=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -565,16 +567,21 @@ def write_ncc(
 
     Parameters
     ----------
-    image0, image1 : str, os.PathLike, array_like or dask.array.Array
-        Reference and moving images: paths that :func:`read_image` opens (level 0 is
-        used), Dask arrays or NumPy arrays. Not modified.
+    reference, moving : str, os.PathLike, array_like or dask.array.Array
+        The two images: paths that :func:`read_image` opens (level 0 is used), Dask
+        arrays or NumPy arrays. Not modified.
     path : str or os.PathLike
         Destination zarr store.
-    radius, window, mode, fill_value, axes, moving_shift
+    radius, window, mode, fill_value, axes
         As in :func:`napari_ncc.local_ncc`.
+    registration : Registration, optional
+        Apply this registration (from :func:`napari_ncc.register`) to `moving` first:
+        the map is then :func:`napari_ncc.ncc_confidence`'s, with `fill_value` where a
+        window reaches pixels shifted in from outside `moving`. By default the images
+        are compared as they are.
     chunks : int, tuple or str, optional
-        Chunks of the map (and of the store); by default the input chunks merged to
-        blocks of about four million pixels.
+        Chunks of the map (and of the store), as in :func:`napari_ncc.local_ncc`; by
+        default the input chunks merged to blocks of about four million pixels.
     overwrite, progress, scheduler
         As in :func:`write_zarr`.
 
@@ -586,6 +593,7 @@ def write_ncc(
     --------
     >>> import os, tempfile
     >>> import numpy as np
+    >>> from napari_ncc import Registration
     >>> from napari_ncc._io import read_image, write_ncc
     >>> rng = np.random.default_rng(0)
     >>> a = rng.random((64, 64)).astype(np.float32)
@@ -594,35 +602,43 @@ def write_ncc(
     >>> (ncc,), meta = read_image(out)
     >>> meta["napari_ncc"]["radius"], bool(np.allclose(ncc.compute(), 1, atol=1e-5))
     (3, True)
+
+    With a known shift, the band it brings in from outside the moving image is filled:
+
+    >>> moved = np.roll(a, 2, axis=1)
+    >>> out = write_ncc(
+    ...     a, moved, os.path.join(folder.name, "moved.zarr"), fill_value=-1,
+    ...     registration=Registration(shift=(0, -2)), progress=False,
+    ... )
+    >>> (ncc,), _ = read_image(out)
+    >>> ncc = ncc.compute()
+    >>> bool((ncc[:, -5:] == -1).all()), bool(np.allclose(ncc[:, :-5], 1, atol=1e-5))
+    (True, True)
     >>> folder.cleanup()
     """
     path = os.fspath(path)
     check_free(path, overwrite)
     _check_scheduler(scheduler)
     sources = [
-        os.fspath(x) if isinstance(x, str | os.PathLike) else None for x in (image0, image1)
+        os.fspath(x) if isinstance(x, str | os.PathLike) else None for x in (reference, moving)
     ]
-    image0, image1 = _as_input(image0, "image0"), _as_input(image1, "image1")
-    if not isinstance(image0, da.Array) and not isinstance(image1, da.Array):
-        image0 = da.from_array(image0, chunks="auto")
-    ncc = local_ncc(
-        image0,
-        image1,
-        radius,
-        window=window,
-        mode=mode,
-        fill_value=fill_value,
-        axes=axes,
-        moving_shift=moving_shift,
-        chunks=chunks,
-    )
+    reference, moving = _as_input(reference, "reference"), _as_input(moving, "moving")
+    if not isinstance(reference, da.Array) and not isinstance(moving, da.Array):
+        reference = da.from_array(reference, chunks="auto")
+    options = dict(radius=radius, window=window, mode=mode, fill_value=fill_value, axes=axes)
+    if registration is None:
+        ncc = local_ncc(reference, moving, chunks=chunks, **options)
+    else:
+        ncc, _ = ncc_confidence(
+            reference, moving, registration=registration, chunks=chunks, **options
+        )
     params = {
         "radius": _json_ints(radius),
         "window": window,
         "mode": mode,
         "fill_value": json_float(fill_value),
         "axes": None if axes is None else _json_ints(axes),
-        "moving_shift": None if moving_shift is None else [float(s) for s in moving_shift],
+        "registration": None if registration is None else registration.to_dict(),
         "shape": list(ncc.shape),
         "inputs": sources,
     }

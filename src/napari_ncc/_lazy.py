@@ -173,9 +173,9 @@ def _normalize_output_chunks(chunks, shape) -> tuple:
 # ---------------------------------------------------------------------------------------
 
 
-def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
-    src0, src1 = as_source(image0), as_source(image1)
-    dask_inputs = [x for x in (image0, image1) if isinstance(x, da.Array)]
+def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None) -> da.Array:
+    src0, src1 = as_source(reference), as_source(moving)
+    dask_inputs = [x for x in (reference, moving) if isinstance(x, da.Array)]
     base_chunks = dask_inputs[0].chunks
     token = tokenize(
         "napari-ncc",
@@ -184,7 +184,7 @@ def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
         chunks,
         *[
             x.name if isinstance(x, da.Array) else (src[0] if src else None)
-            for x, src in ((image0, src0), (image1, src1))
+            for x, src in ((reference, src0), (moving, src1))
         ],
     )
     if src0 is not None and src1 is not None:
@@ -229,7 +229,7 @@ def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
     # Computed input(s): dask overlap with un-padded (or periodic) borders.
     arrays = [
         x if isinstance(x, da.Array) else da.from_array(x, chunks=base_chunks)
-        for x in (image0, image1)
+        for x in (reference, moving)
     ]
     if shift is not None:
         arrays[1] = shift_lazy(arrays[1], shift, order=1, mode="nearest")
@@ -251,10 +251,10 @@ def _lazy_ncc(image0, image1, plan: NCCPlan, shift, chunks=None) -> da.Array:
 
 
 def local_ncc(
-    image0,
-    image1,
-    radius: int | Sequence[int] = 3,
+    reference,
+    moving,
     *,
+    radius: int | Sequence[int] = 3,
     window: str = "box",
     mode: str = "reflect",
     fill_value: float = 0.0,
@@ -270,9 +270,9 @@ def local_ncc(
 
     Parameters
     ----------
-    image0, image1 : array_like or dask.array.Array
+    reference, moving : array_like or dask.array.Array
         Images of the same shape, any real dtype (bool, integer, float). Not modified.
-        `image0` is the reference, `image1` the moving image.
+        The map is symmetric in the two, except that `moving_shift` moves `moving`.
     radius : int or sequence of int, optional
         Window half-width, one for all windowed axes or one per axis in `axes`. A radius
         of 0 along an axis means the window does not extend along it; at least one must
@@ -293,10 +293,12 @@ def local_ncc(
         Axes the window spans (all by default). Other axes are independent: for example
         ``axes=(-2, -1)`` gives a per-plane 2D map through a time series.
     moving_shift : sequence of float, optional
-        Shift `image1` by this much per axis before correlating, with linear
-        interpolation and ``mode="nearest"``, as ``scipy.ndimage.shift(image1,
+        Shift `moving` by this much per axis before correlating, with linear
+        interpolation and ``mode="nearest"``, as ``scipy.ndimage.shift(moving,
         moving_shift, order=1, mode="nearest")`` (so that the shifted moving image matches
-        the reference). Lazily, each block is shifted as it is read.
+        the reference). Lazily, each block is shifted as it is read. To also mark the
+        pixels shifted in from outside `moving`, use :func:`napari_ncc.ncc_confidence`
+        with a :class:`napari_ncc.Registration`.
     chunks : int, tuple or str, optional
         Blocks of the lazy map, in any form ``dask.array.rechunk`` accepts (``16``,
         ``(256, 512)``, ``"auto"``): each block is computed at that size, which is cheaper
@@ -355,15 +357,15 @@ def local_ncc(
     >>> bool(np.allclose(lazy.compute(), m, atol=1e-5))
     True
     """
-    lazy = isinstance(image0, da.Array) or isinstance(image1, da.Array)
+    lazy = isinstance(reference, da.Array) or isinstance(moving, da.Array)
     if not lazy:
         if chunks is not None:
             raise ValueError(
                 f"chunks={chunks!r} is for the lazy map of Dask input, but both images are "
                 "in memory; wrap one with dask.array.from_array to build a lazy map"
             )
-        image0, image1 = np.asarray(image0), np.asarray(image1)
-    for image, name in ((image0, "image0"), (image1, "image1")):
+        reference, moving = np.asarray(reference), np.asarray(moving)
+    for image, name in ((reference, "reference"), (moving, "moving")):
         if isinstance(image, da.Array) and any(math.isnan(n) for n in image.shape):
             raise ValueError(
                 f"{name} has unknown chunk sizes (shape {image.shape}); call "
@@ -371,8 +373,8 @@ def local_ncc(
             )
         check_image(image, name)
     plan = plan_ncc(
-        image0.shape,
-        image1.shape,
+        reference.shape,
+        moving.shape,
         radius,
         window=window,
         mode=mode,
@@ -382,14 +384,20 @@ def local_ncc(
     shift = (
         None
         if moving_shift is None
-        else check_finite_shift(moving_shift, image0.ndim, "moving_shift")
+        else check_finite_shift(moving_shift, reference.ndim, "moving_shift")
     )
     if shift is not None and not any(shift):
         shift = None
     if not lazy:
         if shift is not None:
-            image1 = shift_lazy(image1, shift)
+            moving = shift_lazy(moving, shift)
         return _local_ncc_numpy(
-            image0, image1, radius, window=window, mode=mode, fill_value=fill_value, axes=axes
+            reference,
+            moving,
+            radius=radius,
+            window=window,
+            mode=mode,
+            fill_value=fill_value,
+            axes=axes,
         )
-    return _lazy_ncc(image0, image1, plan, shift, chunks)
+    return _lazy_ncc(reference, moving, plan, shift, chunks)

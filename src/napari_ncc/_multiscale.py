@@ -342,8 +342,8 @@ def rescaled(registration, factors):
 def ncc_levels(
     reference_levels: Sequence[da.Array],
     moving_levels: Sequence[da.Array],
-    radius: int = 3,
     *,
+    radius: int = 3,
     registration=None,
     window: str = "box",
     mode: str = "reflect",
@@ -420,7 +420,7 @@ def ncc_levels(
         ncc, _ = ncc_confidence(
             da.asarray(ref),
             da.asarray(mov),
-            radius,
+            radius=radius,
             register=False,
             registration=rescaled(registration, factors),
             window=window,

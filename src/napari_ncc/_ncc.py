@@ -139,7 +139,7 @@ def plan_ncc(
         With a message naming the offending argument.
     """
     shape0, shape1 = tuple(shape0), tuple(shape1)
-    check_same_shape(shape0, shape1, ("image0", "image1"))
+    check_same_shape(shape0, shape1)
     if window not in WINDOWS:
         raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
     mode = canonical_mode(mode)
@@ -353,8 +353,8 @@ def ncc_block(
         check_mask(mask, a.shape)
         mask = np.asarray(mask).view(np.uint8)
     exact = _is_exact(a.dtype, plan) and _is_exact(b.dtype, plan)
-    ca, floor_a = _centre_and_floor(a, "image0", plan, exact, n_threads, mask)
-    cb, floor_b = _centre_and_floor(b, "image1", plan, exact, n_threads, mask)
+    ca, floor_a = _centre_and_floor(a, "reference", plan, exact, n_threads, mask)
+    cb, floor_b = _centre_and_floor(b, "moving", plan, exact, n_threads, mask)
     # Smallest total weight of true pixels a window needs (the box window counts pixels).
     n_window = math.prod(2 * r + 1 for r in plan.radius) if plan.window == "box" else 1.0
     min_weight = (plan.min_fraction - MIN_FRACTION_ATOL) * n_window
@@ -575,8 +575,8 @@ def local_ncc(
     """
     image0 = np.asarray(image0)
     image1 = np.asarray(image1)
-    check_image(image0, "image0")
-    check_image(image1, "image1")
+    check_image(image0, "reference")
+    check_image(image1, "moving")
     plan = plan_ncc(
         image0.shape,
         image1.shape,

@@ -403,6 +403,6 @@ def _valid_slices(shape, shift, skip=None) -> tuple[slice, ...]:
 
 
 def _shift_lazy(image, shift, *, order, mode):
-    from ._lazy import shift_lazy
+    from ._shift import shift_lazy
 
     return shift_lazy(image, tuple(float(s) for s in shift), order=order, mode=mode)

@@ -1,6 +1,6 @@
 """The "NCC confidence" widget: pick two image layers, get a lazy confidence layer.
 
-A thin front end. Registration (:func:`napari_ncc._registration.register`) runs in a napari
+A thin front end. Registration (:func:`napari_ncc.register`) runs in a napari
 worker thread with a progress bar, so the viewer never freezes; the NCC layer it then adds
 is lazy (:func:`napari_ncc._multiscale.ncc_levels`): napari computes only the chunks on
 screen, at the zoom level in use.
@@ -33,7 +33,6 @@ many image pixels. The full registration (refined on full-resolution tiles) then
 it in place; ``metadata["napari_ncc"]["preview"]`` says which one is shown.
 """
 
-import inspect
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -133,14 +132,6 @@ def _describe(registration, same_layer: bool) -> str:
     return "\n".join(lines)
 
 
-def _progress_option(callback) -> dict:
-    """``{"progress": callback}`` if ``register`` takes one (helper branch ``reg`` adds it),
-    else nothing: the registration then shows as one step."""
-    from ._registration import register
-
-    return {"progress": callback} if "progress" in inspect.signature(register).parameters else {}
-
-
 @dataclass
 class _Result:
     """What a run hands back to the main thread (a preview first, for pyramids)."""
@@ -180,7 +171,7 @@ class _Job:
         ncc = _multiscale.ncc_levels(
             reference,
             moving,
-            p["radius"],
+            radius=p["radius"],
             registration=registration,
             window=p["window"],
             per_plane=p["per_plane"],
@@ -223,7 +214,7 @@ class _Job:
                         moving,
                         level,
                         per_plane=p["per_plane"],
-                        **_progress_option(activity.callback("preview registration")),
+                        progress=activity.callback("preview registration"),
                     )
                     yield self._result(reference, moving, preview, final=False)
                 activity.check()
@@ -232,7 +223,7 @@ class _Job:
                     reference,
                     moving,
                     per_plane=p["per_plane"],
-                    **_progress_option(activity.callback(stage)),
+                    progress=activity.callback(stage),
                 )
         activity.check()
         return self._result(reference, moving, registration, final=True)
