@@ -27,7 +27,7 @@ from napari.utils.progress import progress  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_ncc import _multiscale  # noqa: E402
-from napari_ncc._registration import register  # noqa: E402
+from napari_ncc._register import register  # noqa: E402
 from napari_ncc._widget import _Job  # noqa: E402
 
 WIDGET = ("napari-ncc", "NCC confidence")
