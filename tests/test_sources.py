@@ -19,6 +19,19 @@ import zarr
 from napari_ncc import _sources
 from napari_ncc._sources import ChunkedSource, SlicedSource, find_source, storage_chunks
 
+#: Dask's array query planning (array-expr) is on (the second run of ``make test``). Its
+#: graphs are not recognised yet: every form below is expected to fail there, strictly, so
+#: that the day they are recognised shows up; the lazy NCC takes the public path meanwhile.
+QUERY_PLANNING = getattr(da, "array_expr_enabled", lambda: False)()
+recognised = pytest.mark.xfail(
+    QUERY_PLANNING,
+    reason="graphs under Dask's array query planning are not recognised as source reads",
+    strict=True,
+)
+has_from_zarr = pytest.mark.skipif(
+    QUERY_PLANNING, reason="Dask's array query planning has no da.from_zarr yet"
+)
+
 
 @pytest.fixture
 def image(rng):
@@ -48,20 +61,24 @@ def found_source(x: da.Array):
     return source
 
 
+@has_from_zarr
 @pytest.mark.parametrize("inline_array", [False, True])
 def test_from_zarr_of_an_array(zarr_array, inline_array):
     source = found_source(da.from_zarr(zarr_array, inline_array=inline_array))
     assert storage_chunks(source, 3) == (1, 8, 8)
 
 
+@has_from_zarr
 def test_from_zarr_of_a_path(zarr_array, tmp_path):
     assert storage_chunks(found_source(da.from_zarr(tmp_path / "a.zarr")), 3) == (1, 8, 8)
 
 
+@recognised
 def test_from_array_of_a_zarr_array(zarr_array):
     found_source(da.from_array(zarr_array, chunks=(2, 16, 16)))
 
 
+@recognised
 def test_from_array_of_a_memmap(tmp_path, image):
     memmap = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", image.dtype, image.shape)
     memmap[:] = image
@@ -69,18 +86,27 @@ def test_from_array_of_a_memmap(tmp_path, image):
     assert isinstance(source, np.ndarray)
 
 
+@recognised
 def test_from_array_of_numpy(image):
     source = found_source(da.from_array(image, chunks=(3, 7, 9)))
     assert isinstance(source, np.ndarray) and not source.flags.writeable
 
 
+@recognised
 @pytest.mark.parametrize(
     "index", [np.s_[1:3, 5:27, 3:], np.s_[2], np.s_[-1, :, 4:20]], ids=["crop", "plane", "both"]
 )
 def test_plain_slicing_of_a_read(zarr_array, index):
-    assert isinstance(found_source(da.from_zarr(zarr_array)[index]), SlicedSource)
+    x = da.from_array(zarr_array, chunks=zarr_array.chunks)[index]
+    assert isinstance(found_source(x), SlicedSource)
 
 
+@has_from_zarr
+def test_plain_slicing_of_from_zarr(zarr_array):
+    assert isinstance(found_source(da.from_zarr(zarr_array)[1:3, 5:27, 3:]), SlicedSource)
+
+
+@recognised
 def test_persisted(image):
     persisted = (
         da.from_array(image, chunks=(2, 8, 9)).map_blocks(np.copy).persist(scheduler="sync")

@@ -333,12 +333,15 @@ def ncc3d_box(a, b, zmap, ymap, xmap, rz, ry, rx, ca, cb, floor_a, floor_b, fill
 
 @njit(**_JIT)
 def _gather_masked_rows(a, b, mask, j, xmap, ca, cb, out_a, out_b, out_w):
-    """Centred values of row ``j`` of `a` and `b` and its weights (1 where `mask`, else 0)."""
+    """Centred values of row ``j`` of `a` and `b` and its weights (1 where `mask`, else 0).
+
+    `out_w` may be of any real dtype (the box kernel keeps its ring of weights in uint8).
+    """
     if j < 0:
         for x in range(xmap.shape[0]):
             out_a[x] = -ca
             out_b[x] = -cb
-            out_w[x] = 1.0
+            out_w[x] = 1
         return
     row_a = a[j]
     row_b = b[j]
@@ -351,11 +354,11 @@ def _gather_masked_rows(a, b, mask, j, xmap, ca, cb, out_a, out_b, out_w):
             vb = row_b[i] - cb
             out_a[x] = va if keep else 0.0
             out_b[x] = vb if keep else 0.0
-            out_w[x] = 1.0 if keep else 0.0
+            out_w[x] = 1 if keep else 0
         else:
             out_a[x] = -ca
             out_b[x] = -cb
-            out_w[x] = 1.0
+            out_w[x] = 1
 
 
 @njit(**_JIT)
@@ -396,10 +399,12 @@ def ncc2d_box_masked(
     wp = width + 2 * rx
     ring_a = np.empty((ny, wp))
     ring_b = np.empty((ny, wp))
-    ring_w = np.empty((ny, wp))
+    # uint8 weights: at large radii the rings outgrow the caches, and 8-byte weights
+    # would cost 20% of the speed there.
+    ring_w = np.empty((ny, wp), dtype=np.uint8)
     new_a = np.empty(wp)
     new_b = np.empty(wp)
-    new_w = np.empty(wp)
+    new_w = np.empty(wp, dtype=np.uint8)
     cw = np.zeros(wp)
     c0 = np.zeros(wp)
     c1 = np.zeros(wp)
@@ -440,7 +445,7 @@ def ncc2d_box_masked(
                 nb = new_b[x]
                 pa = oa[x]
                 pb = ob[x]
-                cw[x] += new_w[x] - ow[x]
+                cw[x] += np.float64(new_w[x]) - np.float64(ow[x])
                 c0[x] += na - pa
                 c1[x] += nb - pb
                 c2[x] += na * na - pa * pa
@@ -554,12 +559,13 @@ def value_range_masked(a, mask):
         row = a[i]
         row_m = mask[i]
         for j in range(row.shape[0]):
-            if row_m[j] != 0:
-                v = np.float64(row[j])
-                lo = min(lo, v)
-                hi = max(hi, v)
-                total += v
-                count += 1
+            # Selects, not a branch: a random mask would mispredict it (2x slower).
+            keep = row_m[j] != 0
+            v = np.float64(row[j])
+            lo = min(lo, v if keep else np.inf)
+            hi = max(hi, v if keep else -np.inf)
+            total += v if keep else 0.0
+            count += 1 if keep else 0
     return lo, hi, total, count
 
 

@@ -223,8 +223,9 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
 
     Notes
     -----
-    When the Dask array is backed by something sliceable (see :func:`find_source`), each
-    output chunk reads from the source only its own box moved by the shift,
+    When the Dask array is backed by something sliceable (see
+    :func:`napari_ncc._sources.find_source`), each output chunk reads from the source only
+    its own box moved by the shift,
     ``[start - ceil(shift) - 1, stop - floor(shift) + 1)`` per axis (reaching the image
     edge where the shifted positions fold back across it); computed arrays go through
     ``dask.array.overlap`` with a margin of ``ceil(|shift|) + 1`` pixels. Orders above 1
