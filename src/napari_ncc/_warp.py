@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from ._transform import AffineTransform, DeformableTransform, Transform
 from ._validation import check_image, check_order, interpolated_dtype, is_dask
 
-__all__ = ["covered", "warp"]
+__all__ = ["covered", "sample", "warp"]
 
 #: Output block size (pixels per axis) of the NumPy path: bounds its temporary memory.
 NUMPY_BLOCK = 512
@@ -85,6 +85,11 @@ def coordinate_bounds(transform: Transform, start, stop) -> tuple[np.ndarray, np
 def _moving_box(transform, start, stop, moving_shape, order, mode) -> tuple[slice, ...]:
     """The box of the moving image that a reference block needs (never empty)."""
     lower, upper = coordinate_bounds(transform, start, stop)
+    return _box_around(lower, upper, moving_shape, order, mode)
+
+
+def _box_around(lower, upper, moving_shape, order, mode) -> tuple[slice, ...]:
+    """The box of the moving image that coordinates within ``[lower, upper]`` need."""
     margin = 0 if order <= 1 else _SPLINE_MARGIN
     box = []
     for lo, hi, n in zip(lower, upper, moving_shape, strict=True):
@@ -97,6 +102,67 @@ def _moving_box(transform, start, stop, moving_shape, order, mode) -> tuple[slic
         b = max(min(b, n), a + 1)
         box.append(slice(a, b))
     return tuple(box)
+
+
+def sample(
+    moving,
+    coordinates,
+    *,
+    order: int = 3,
+    mode: str = "nearest",
+    cval: float = 0.0,
+    prefiltered: bool = False,
+):
+    """The moving image interpolated at the given coordinates, reading only the box they span.
+
+    Parameters
+    ----------
+    moving : array_like
+        Anything sliceable with a shape (ndarray, Dask or zarr array): only the box of
+        pixels around `coordinates` (plus the interpolation margin) is read.
+    coordinates : ndarray, shape (ndim, ...)
+        Moving pixel coordinates, as ``scipy.ndimage.map_coordinates`` takes them.
+    order, mode, cval
+        As in :func:`warp`.
+    prefiltered : bool, optional
+        `moving` holds spline coefficients already (``scipy.ndimage.spline_filter`` of the
+        image, same order): no prefilter, no margin (what repeated sampling of one
+        in-memory image wants).
+
+    Returns
+    -------
+    ndarray of float64, shape ``coordinates.shape[1:]``
+
+    Examples
+    --------
+    >>> image = np.arange(12.0).reshape(3, 4)
+    >>> sample(image, np.array([[1.0, 1.5], [2.0, 2.0]]), order=1).tolist()
+    [6.0, 8.0]
+    """
+    order = check_order(order)
+    mode = _check_mode(mode)
+    coordinates = np.asarray(coordinates, dtype=np.float64)
+    ndim = len(moving.shape)
+    if coordinates.shape[0] != ndim:
+        raise ValueError(
+            f"coordinates must have shape ({ndim}, ...) for a {ndim}D image, "
+            f"got {coordinates.shape}"
+        )
+    flat = coordinates.reshape(ndim, -1)
+    margin_order = 1 if prefiltered else order
+    box = _box_around(flat.min(axis=1), flat.max(axis=1), moving.shape, margin_order, mode)
+    if prefiltered:
+        # The spline's support: order // 2 + 1 coefficients beyond the coordinates' cells.
+        box = tuple(
+            slice(max(b.start - order // 2 - 1, 0), min(b.stop + order // 2 + 1, n))
+            for b, n in zip(box, moving.shape, strict=True)
+        )
+    data = np.asarray(moving[box], dtype=np.float64)
+    start = np.array([s.start for s in box], dtype=np.float64)[:, None]
+    out = ndi.map_coordinates(
+        data, flat - start, order=order, mode=mode, cval=cval, prefilter=not prefiltered
+    )
+    return out.reshape(coordinates.shape[1:])
 
 
 def _warp_box(box_data, box, transform, start, shape, order, mode, cval, dtype):
