@@ -101,7 +101,9 @@ def _fallback(coarse: AffineTransform, shape, model: str) -> Transform:
     linear, _ = fit_linear(synthetic, "affine" if model == "deformable" else model)
     if model != "deformable":
         return linear
-    return DeformableTransform(linear, np.zeros((2, 2, 2)), (0.0, 0.0), tuple(float(s) for s in shape))
+    return DeformableTransform(
+        linear, np.zeros((2, 2, 2)), (0.0, 0.0), tuple(float(s) for s in shape)
+    )
 
 
 def estimate_transform(
@@ -170,13 +172,19 @@ def estimate_transform(
     notes: list[str] = []
     tiles = None
     done = 0
-    for done in range(1, rounds + 1):  # noqa: B007 (rounds run is reported)
+    for done in range(1, rounds + 1):
         # Linear models need few tiles, unless the image is small; the field needs them
         # dense (overlapping).
         few = np.prod([n // tile_size for n in reference.shape]) < SPARSE_TILES
         spacing = tile_size // 2 if model == "deformable" or few else tile_size
         tiles = measure_tiles(
-            reference, moving, transform, tile_size=tile_size, spacing=spacing, search=done == 1
+            reference,
+            moving,
+            transform,
+            tile_size=tile_size,
+            spacing=spacing,
+            search=done == 1,
+            local=model == "deformable",
         )
         if len(tiles.centers) < MIN_TILES[model]:
             notes.append(
@@ -203,9 +211,7 @@ def estimate_transform(
                 "tiles: the images may need another model"
             )
         if tiles.rejected.mean() > MAX_REJECTED_FRACTION:
-            notes.append(
-                f"{tiles.rejected.sum()} of {len(kept)} tiles were rejected as outliers"
-            )
+            notes.append(f"{tiles.rejected.sum()} of {len(kept)} tiles were rejected as outliers")
     for note in notes:
         warnings.warn(note, RegistrationWarning, stacklevel=2)
     if tiles is None:  # rounds == 0

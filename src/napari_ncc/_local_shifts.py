@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.interpolate import RBFInterpolator
+from scipy.spatial import cKDTree
 from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
@@ -51,6 +52,14 @@ MIN_CONFIDENCE = 0.2
 REJECTION_SIGMAS = 4.0
 MIN_REJECTION = 0.3
 
+#: Local tiles (deformable): Gaussian window of standard deviation tile_size / LOCAL_WINDOW.
+LOCAL_WINDOW = 4.0
+
+#: Outliers of a deformable fit are found against this smooth a thin-plate field (distances
+#: in tile spacings), rejected beyond REJECTION_SIGMAS and MIN_FIELD_REJECTION pixels.
+REJECTION_SMOOTHING = 1.0
+MIN_FIELD_REJECTION = 0.75
+
 _LK_ITERATIONS = 8
 _LK_TOLERANCE = 1e-3
 _MARGIN = 4
@@ -63,9 +72,10 @@ class TileReport:
     Attributes
     ----------
     centers : ndarray, shape (n, ndim)
-        Reference coordinates of the tile centres.
+        Reference coordinates of each tile's measurement point: the centroid of its
+        texture (gradient energy), near the tile's centre.
     positions : ndarray, shape (n, ndim)
-        Where each centre was found in the moving image.
+        Where each of those points was found in the moving image.
     shifts : ndarray, shape (n, ndim)
         ``centers - positions``: each tile's own translation, in the convention of
         ``scipy.ndimage.shift(moving, shift) ~ reference``.
@@ -158,9 +168,10 @@ def _pearson(a, b) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def _measure_tile(reference, moving, transform, start, tile_size, order, search, prefiltered):
-    """Where the tile's centre lies in the moving image: (position, sigma, confidence), or
-    None when the moving tile leaves the image."""
+def _measure_tile(reference, moving, transform, start, tile_size, options):
+    """Where the tile's measurement point lies in the moving image: (point, position, sigma,
+    confidence), or None when the moving tile leaves the image."""
+    order, search, prefiltered, local = options
     ndim = reference.ndim
     outer = tuple(slice(s - _MARGIN, s + tile_size + _MARGIN) for s in start)
     inner = (slice(_MARGIN, -_MARGIN),) * ndim
@@ -169,8 +180,14 @@ def _measure_tile(reference, moving, transform, start, tile_size, order, search,
     grid += np.array([s.start for s in outer])
     moving_shape = np.asarray(moving.shape)
 
+    # The moving tile is sampled at T(p - shift - jacobian (p - point)): a local affine
+    # correction (used for local tiles only), so that a deformation varying across the tile
+    # is measured at `point` without bias.
+    jacobian = np.zeros((ndim, ndim))
+    point = np.zeros(ndim)
+
     def moving_tile(shift):
-        q = transform.moving_coordinates(grid - shift)
+        q = transform.moving_coordinates(grid - shift - (grid - point) @ jacobian.T)
         if np.any(q < 0) or np.any(q > moving_shape - 1):
             return None
         coordinates = q.T.reshape(ndim, *reference_tile.shape)
@@ -185,6 +202,20 @@ def _measure_tile(reference, moving, transform, start, tile_size, order, search,
     smooth_reference = ndi.gaussian_filter(reference_tile, SMOOTHING)
     reference_gradient = [g[inner].ravel() for g in np.gradient(smooth_reference)]
     target = smooth_reference[inner].ravel()
+    points = grid.reshape(*reference_tile.shape, ndim)[inner].reshape(-1, ndim)
+    if local:
+        # A Gaussian window makes the tile local (a deformation is averaged over less).
+        sigma_window = tile_size / LOCAL_WINDOW
+        offsets = points - points.mean(axis=0)
+        weights = np.exp(-0.5 * (offsets**2).sum(axis=1) / sigma_window**2)
+    else:
+        weights = np.ones(len(points))
+    # The shift measured is that of the textured parts: attribute it to their centroid
+    # (weighted by gradient energy), not the tile's centre, so that a varying displacement
+    # is sampled at the right place.
+    energy = weights * sum(g * g for g in reference_gradient)
+    point = energy @ points / energy.sum()
+    relative = points - point
     gain = 1.0
     for _ in range(_LK_ITERATIONS):
         tile = moving_tile(shift)
@@ -196,13 +227,22 @@ def _measure_tile(reference, moving, transform, start, tile_size, order, search,
         # should be gain * reference + offset: observed = gain * ref + offset + gradient . delta.
         # The gradient is the mean of both tiles' (ESM), which cancels the first-order bias.
         tile_gradient = [g[inner].ravel() for g in np.gradient(tile)]
-        gradient = [(gain * a + b) / 2 for a, b in zip(reference_gradient, tile_gradient)]
-        design = np.column_stack([target, np.ones_like(target), *gradient])
-        normal = design.T @ design
-        solution = np.linalg.solve(normal, design.T @ observed)
-        gain, delta = solution[0], solution[2:]
+        pairs = zip(reference_gradient, tile_gradient, strict=True)
+        gradient = [(gain * a + b) / 2 for a, b in pairs]
+        columns = [target, np.ones_like(target), *gradient]
+        if local:
+            columns += [g * x for g in gradient for x in relative.T]
+        design = np.column_stack(columns)
+        weighted = design * weights[:, None]
+        normal = weighted.T @ design
+        solution = np.linalg.solve(normal, weighted.T @ observed)
+        gain, delta = solution[0], solution[2 : 2 + ndim]
         shift = shift + delta
-        if np.abs(delta).max() < _LK_TOLERANCE:
+        if local:
+            jacobian = jacobian + solution[2 + ndim :].reshape(ndim, ndim)
+            if np.abs(jacobian).max() > 0.5:
+                return None
+        if np.abs(solution[2:]).max() < _LK_TOLERANCE:
             break
         if np.abs(shift).max() > tile_size / 2:
             return None
@@ -211,12 +251,14 @@ def _measure_tile(reference, moving, transform, start, tile_size, order, search,
         return None
     tile = ndi.gaussian_filter(tile, SMOOTHING)
     residual = tile[inner].ravel() - design[:, :2] @ solution[:2]
-    dof = max(len(residual) - design.shape[1], 1)
-    covariance = np.linalg.inv(normal)[2:, 2:] * (residual @ residual) / dof
+    # Weighted least squares: cov = N^-1 (X' W^2 X) N^-1 * residual variance.
+    inverse = np.linalg.inv(normal)
+    meat = (design * weights[:, None] ** 2).T @ design
+    variance = (weights * residual * residual).sum() / max(weights.sum() - design.shape[1], 1)
+    covariance = (inverse @ meat @ inverse)[2 : 2 + ndim, 2 : 2 + ndim] * variance
     sigma = math.sqrt(max(np.trace(covariance) / ndim, 0.0))
-    center = np.array(start, dtype=np.float64) + (tile_size - 1) / 2
-    position = transform.moving_coordinates((center - shift)[None])[0]
-    return position, sigma, _pearson(target, tile[inner].ravel())
+    position = transform.moving_coordinates((point - shift)[None])[0]
+    return point, position, sigma, _pearson(target, tile[inner].ravel())
 
 
 def measure_tiles(
@@ -228,6 +270,7 @@ def measure_tiles(
     spacing: int | None = None,
     order: int = 3,
     search: bool = True,
+    local: bool = False,
 ) -> TileReport:
     """Measure local shifts of textured tiles of `reference` in `moving`, given a current
     estimate of the transform.
@@ -250,6 +293,9 @@ def measure_tiles(
     search : bool, optional
         Start each tile from the integer shift of its cross-correlation peak (needed when
         `transform` may be off by more than a pixel or two); else from no shift.
+    local : bool, optional
+        Weight each tile by a Gaussian window (standard deviation ``tile_size /
+        LOCAL_WINDOW``): more local measurements, for a deformation.
 
     Returns
     -------
@@ -270,18 +316,15 @@ def measure_tiles(
         moving = ndi.spline_filter(moving.astype(np.float64), order=order, mode="mirror")
     centers, positions, sigmas, confidences = [], [], [], []
     threshold = MIN_TEXTURE * np.median(scores) if len(scores) else 0.0
-    for start, score in zip(starts, scores):
+    for start, score in zip(starts, scores, strict=True):
         if score <= threshold:
             continue
-        measured = _measure_tile(
-            reference, moving, transform, start, tile_size, order, search, prefiltered
-        )
-        if measured is None or measured[2] < MIN_CONFIDENCE:
+        options = (order, search, prefiltered, local)
+        measured = _measure_tile(reference, moving, transform, start, tile_size, options)
+        if measured is None or measured[3] < MIN_CONFIDENCE:
             continue
-        centers.append(np.array(start, dtype=np.float64) + (tile_size - 1) / 2)
-        positions.append(measured[0])
-        sigmas.append(measured[1])
-        confidences.append(measured[2])
+        for values, value in zip((centers, positions, sigmas, confidences), measured, strict=True):
+            values.append(value)
     n, ndim = len(centers), reference.ndim
     return TileReport(
         np.reshape(centers, (n, ndim)),
@@ -385,15 +428,23 @@ def fit_linear(tiles: TileReport, model: str) -> tuple[AffineTransform, TileRepo
     return transform, tiles.with_fit(residual, ~keep)
 
 
-def _smooth_field(centers, values, sigma, smoothing: float) -> RBFInterpolator:
-    # Thin-plate smoothing: each tile's misfit is weighted by its precision (1 / sigma**2).
-    return RBFInterpolator(
-        centers,
-        values,
-        kernel="thin_plate_spline",
-        smoothing=smoothing * np.maximum(sigma, 0.01) ** 2,
-        degree=1,
-    )
+class _SmoothField:
+    """Thin-plate smoothing spline through tile displacements, in units of the tile spacing
+    (so that `smoothing` means the same at any scale); less confident tiles count less."""
+
+    def __init__(self, centers, values, confidence, smoothing: float):
+        distances, _ = cKDTree(centers).query(centers, k=2)
+        self.scale = max(float(np.median(distances[:, 1])), 1.0)
+        self.rbf = RBFInterpolator(
+            centers / self.scale,
+            values,
+            kernel="thin_plate_spline",
+            smoothing=smoothing / np.maximum(confidence, MIN_CONFIDENCE) ** 2,
+            degree=1,
+        )
+
+    def __call__(self, points):
+        return self.rbf(points / self.scale)
 
 
 def fit_deformable(
@@ -401,7 +452,7 @@ def fit_deformable(
     shape,
     *,
     grid_spacing: float = 32.0,
-    smoothing: float = 1.0,
+    smoothing: float = 0.02,
 ) -> tuple[DeformableTransform, TileReport]:
     """Fit an affine part plus a smooth displacement field to the tiles' correspondences.
 
@@ -414,8 +465,9 @@ def fit_deformable(
     grid_spacing : float, optional
         Distance between the field's nodes (pixels).
     smoothing : float, optional
-        Thin-plate smoothing, relative to the tiles' squared standard errors (0:
-        interpolate the tiles exactly).
+        Thin-plate smoothing of the final field, with distances in tile spacings (0:
+        interpolate the tiles exactly). Outliers are found with a much smoother field
+        (:data:`REJECTION_SMOOTHING`), from which a wrong tile stands out.
 
     Returns
     -------
@@ -424,22 +476,27 @@ def fit_deformable(
         With `residual` (to the full transform) and `rejected` filled in.
     """
     ndim = tiles.centers.shape[1]
-    if len(tiles.centers) < ndim + 2:
+    needed = ndim + 2
+    if len(tiles.centers) < needed:
         raise ValueError(
-            f"'deformable' needs at least {ndim + 2} textured tiles, found {len(tiles.centers)}"
+            f"'deformable' needs at least {needed} textured tiles, found {len(tiles.centers)}"
         )
     affine, _ = fit_linear(tiles, "affine")
+    displacement = tiles.positions - affine.moving_coordinates(tiles.centers)
     keep = np.ones(len(tiles.centers), dtype=bool)
     for _ in range(5):
-        displacement = tiles.positions - affine.moving_coordinates(tiles.centers)
-        field = _smooth_field(
-            tiles.centers[keep], displacement[keep], tiles.sigma[keep], smoothing
+        smooth = _SmoothField(
+            tiles.centers[keep], displacement[keep], tiles.confidence[keep], REJECTION_SMOOTHING
         )
-        residual = np.linalg.norm(field(tiles.centers) - displacement, axis=1)
-        new_keep = ~_reject(residual, keep)
-        if new_keep.sum() < ndim + 2 or np.array_equal(new_keep, keep):
+        residual = np.linalg.norm(smooth(tiles.centers) - displacement, axis=1)
+        limit = max(REJECTION_SIGMAS * _robust_sigma(residual[keep]), MIN_FIELD_REJECTION)
+        new_keep = residual <= limit
+        if new_keep.sum() < needed or np.array_equal(new_keep, keep):
             break
         keep = new_keep
+    field = _SmoothField(
+        tiles.centers[keep], displacement[keep], tiles.confidence[keep], smoothing
+    )
     # The grid covers the image with whole cells; nodes are sampled from the smooth field.
     nodes_per_axis = [math.ceil((n - 1) / grid_spacing) + 1 for n in shape]
     nodes = np.indices(nodes_per_axis, dtype=np.float64).reshape(ndim, -1).T * grid_spacing
