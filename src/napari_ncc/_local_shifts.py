@@ -52,6 +52,9 @@ MIN_CONFIDENCE = 0.2
 REJECTION_SIGMAS = 4.0
 MIN_REJECTION = 0.3
 
+#: A tile whose moving tile has less than this fraction inside the moving image is skipped.
+MIN_INSIDE = 0.6
+
 #: Local tiles (deformable): Gaussian window of standard deviation tile_size / LOCAL_WINDOW.
 LOCAL_WINDOW = 4.0
 
@@ -187,18 +190,25 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     point = np.zeros(ndim)
 
     def moving_tile(shift):
+        """The moving tile, and which of its inner pixels are real data (inside the moving
+        image, also after the smoothing): tiles at the border count with those only."""
         q = transform.moving_coordinates(grid - shift - (grid - point) @ jacobian.T)
-        if np.any(q < 0) or np.any(q > moving_shape - 1):
-            return None
+        inside = np.all((q >= 0) & (q <= moving_shape - 1), axis=1).reshape(reference_tile.shape)
+        inside = ndi.binary_erosion(inside, iterations=3, border_value=1)[inner].ravel()
+        if inside.mean() < MIN_INSIDE:
+            return None, inside
+        q = np.clip(q, 0, moving_shape - 1)  # outside pixels are masked: read nothing there
         coordinates = q.T.reshape(ndim, *reference_tile.shape)
-        return sample(moving, coordinates, order=order, mode="mirror", prefiltered=prefiltered)
+        tile = sample(moving, coordinates, order=order, mode="mirror", prefiltered=prefiltered)
+        return tile, inside
 
     shift = np.zeros(ndim)
-    first = moving_tile(shift)
+    first, inside = moving_tile(shift)
     if first is None:
         return None
     if search:
-        shift = _integer_shift(reference_tile[inner], first[inner])
+        masked = np.where(inside.reshape(first[inner].shape), first[inner], first[inner].mean())
+        shift = _integer_shift(reference_tile[inner], masked)
     smooth_reference = ndi.gaussian_filter(reference_tile, SMOOTHING)
     reference_gradient = [g[inner].ravel() for g in np.gradient(smooth_reference)]
     target = smooth_reference[inner].ravel()
@@ -213,14 +223,16 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     # The shift measured is that of the textured parts: attribute it to their centroid
     # (weighted by gradient energy), not the tile's centre, so that a varying displacement
     # is sampled at the right place.
-    energy = weights * sum(g * g for g in reference_gradient)
+    energy = weights * inside * sum(g * g for g in reference_gradient)
     point = energy @ points / energy.sum()
     relative = points - point
     gain = 1.0
+    base_weights = weights
     for _ in range(_LK_ITERATIONS):
-        tile = moving_tile(shift)
+        tile, inside = moving_tile(shift)
         if tile is None:
             return None
+        weights = base_weights * inside
         tile = ndi.gaussian_filter(tile, SMOOTHING)
         observed = tile[inner].ravel()
         # The tile at p - shift - delta is the tile at p - shift minus gradient . delta, and
@@ -246,11 +258,11 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
             break
         if np.abs(shift).max() > tile_size / 2:
             return None
-    tile = moving_tile(shift)
+    tile, inside = moving_tile(shift)
     if tile is None:
         return None
     tile = ndi.gaussian_filter(tile, SMOOTHING)
-    residual = tile[inner].ravel() - design[:, :2] @ solution[:2]
+    residual = (tile[inner].ravel() - design[:, :2] @ solution[:2]) * inside
     # Weighted least squares: cov = N^-1 (X' W^2 X) N^-1 * residual variance.
     inverse = np.linalg.inv(normal)
     meat = (design * weights[:, None] ** 2).T @ design
@@ -258,7 +270,7 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     covariance = (inverse @ meat @ inverse)[2 : 2 + ndim, 2 : 2 + ndim] * variance
     sigma = math.sqrt(max(np.trace(covariance) / ndim, 0.0))
     position = transform.moving_coordinates((point - shift)[None])[0]
-    return point, position, sigma, _pearson(target, tile[inner].ravel())
+    return point, position, sigma, _pearson(target[inside], tile[inner].ravel()[inside])
 
 
 def measure_tiles(

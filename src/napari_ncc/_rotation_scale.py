@@ -217,5 +217,7 @@ def coarse_similarity(
     to_coarse[:2, :2] /= factor
     to_coarse[:2, 2] = -(factor - 1) / 2 / factor
     full = np.linalg.inv(to_coarse) @ transform.matrix @ to_coarse
-    a = (a + 180.0) % 360.0 - 180.0
-    return CoarseEstimate(AffineTransform(full, "similarity"), a, scale, best, other)
+    a = float((a + 180.0) % 360.0 - 180.0)
+    return CoarseEstimate(
+        AffineTransform(full, "similarity"), a, float(scale), float(best), float(other)
+    )
