@@ -32,7 +32,7 @@ from skimage.registration import phase_cross_correlation
 from ._transform import LINEAR_MODELS, AffineTransform, DeformableTransform, Transform
 from ._warp import sample
 
-__all__ = ["TileReport", "fit_deformable", "fit_linear", "measure_tiles"]
+__all__ = ["TileReport", "fit_deformable", "fit_linear", "measure_tiles", "pearson"]
 
 #: Default tile side (pixels) and spacing of the tile grid.
 TILE_SIZE = 64
@@ -164,7 +164,8 @@ def _integer_shift(reference_tile: np.ndarray, moving_tile: np.ndarray) -> np.nd
     return shift
 
 
-def _pearson(a, b) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays (0 when either is constant)."""
     a = a - a.mean()
     b = b - b.mean()
     denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
@@ -270,7 +271,7 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     covariance = (inverse @ meat @ inverse)[2 : 2 + ndim, 2 : 2 + ndim] * variance
     sigma = math.sqrt(max(np.trace(covariance) / ndim, 0.0))
     position = transform.moving_coordinates((point - shift)[None])[0]
-    return point, position, sigma, _pearson(target[inside], tile[inner].ravel()[inside])
+    return point, position, sigma, pearson(target[inside], tile[inner].ravel()[inside])
 
 
 def measure_tiles(

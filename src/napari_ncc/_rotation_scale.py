@@ -24,6 +24,7 @@ from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 from skimage.transform import downscale_local_mean, warp_polar
 
+from ._local_shifts import pearson
 from ._transform import AffineTransform
 from ._warp import covered, warp
 
@@ -133,13 +134,6 @@ def rotation_scale(reference: np.ndarray, moving: np.ndarray) -> tuple[float, fl
     return angle, scale
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
-
-
 def _with_translation(reference, moving, linear_transform: AffineTransform):
     """Add the translation that best aligns `moving` resampled by `linear_transform`; return
     the transform and the aligned images' correlation over the covered pixels."""
@@ -160,7 +154,7 @@ def _with_translation(reference, moving, linear_transform: AffineTransform):
     inside = covered(transform, reference.shape, moving.shape)
     if inside.sum() < 0.05 * inside.size:
         return transform, 0.0
-    return transform, _pearson(reference[inside], aligned[inside])
+    return transform, pearson(reference[inside], aligned[inside])
 
 
 def _downsampling_factor(shape, max_size: int) -> int:
