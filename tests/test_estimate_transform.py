@@ -72,6 +72,15 @@ def test_deformable_reaches_the_target_on_a_textured_picture(rng):
     assert len(estimate.tiles.centers) > 40
 
 
+def test_a_linear_model_on_a_deformed_pair_warns(rng):
+    n = 256
+    warp = SmoothWarp(linear_matrix(0.5, n=n), 4.0, (150, 150), rng)
+    reference, moving = warped_pair(picture("ihc"), warp, n, 0.03, rng)
+    with pytest.warns(RegistrationWarning, match="may need another model"):
+        estimate = estimate_transform(reference, moving, "rigid")
+    assert not estimate.reliable
+
+
 def test_unrelated_images_warn_instead_of_returning_noise(rng):
     reference = rng.normal(size=(256, 256))
     moving = rng.normal(size=(256, 256))
