@@ -189,11 +189,20 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     # is measured at `point` without bias.
     jacobian = np.zeros((ndim, ndim))
     point = np.zeros(ndim)
+    frozen_field = None
+
+    def moving_coordinates(points):
+        # A deformable transform's field is evaluated once per tile (at the search's start):
+        # the tile's own small shifts change it by less than its gradient times the shift,
+        # which the next round measures; the position returned uses the exact transform.
+        if frozen_field is None:
+            return transform.moving_coordinates(points)
+        return transform.affine.moving_coordinates(points) + frozen_field
 
     def moving_tile(shift):
         """The moving tile, and which of its inner pixels are real data (inside the moving
         image, also after the smoothing): tiles at the border count with those only."""
-        q = transform.moving_coordinates(grid - shift - (grid - point) @ jacobian.T)
+        q = moving_coordinates(grid - shift - (grid - point) @ jacobian.T)
         inside = np.all((q >= 0) & (q <= moving_shape - 1), axis=1).reshape(reference_tile.shape)
         inside = ndi.binary_erosion(inside, iterations=3, border_value=1)[inner].ravel()
         if inside.mean() < MIN_INSIDE:
@@ -210,6 +219,8 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     if search:
         masked = np.where(inside.reshape(first[inner].shape), first[inner], first[inner].mean())
         shift = _integer_shift(reference_tile[inner], masked)
+    if isinstance(transform, DeformableTransform):
+        frozen_field = transform.field(grid - shift)
     smooth_reference = ndi.gaussian_filter(reference_tile, SMOOTHING)
     reference_gradient = [g[inner].ravel() for g in np.gradient(smooth_reference)]
     target = smooth_reference[inner].ravel()
