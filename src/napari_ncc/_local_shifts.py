@@ -204,7 +204,9 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
         image, also after the smoothing): tiles at the border count with those only."""
         q = moving_coordinates(grid - shift - (grid - point) @ jacobian.T)
         inside = np.all((q >= 0) & (q <= moving_shape - 1), axis=1).reshape(reference_tile.shape)
-        inside = ndi.binary_erosion(inside, iterations=3, border_value=1)[inner].ravel()
+        if not inside.all():
+            inside = ndi.binary_erosion(inside, iterations=3, border_value=1)
+        inside = inside[inner].ravel()
         if inside.mean() < MIN_INSIDE:
             return None, inside
         q = np.clip(q, 0, moving_shape - 1)  # outside pixels are masked: read nothing there
@@ -240,10 +242,13 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     relative = points - point
     gain = 1.0
     base_weights = weights
+    # Without a search step, the first sample is the first iteration's.
+    tile = first if not np.any(shift) else None
     for _ in range(_LK_ITERATIONS):
-        tile, inside = moving_tile(shift)
         if tile is None:
-            return None
+            tile, inside = moving_tile(shift)
+            if tile is None:
+                return None
         weights = base_weights * inside
         tile = ndi.gaussian_filter(tile, SMOOTHING)
         observed = tile[inner].ravel()
@@ -267,14 +272,11 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
             if np.abs(jacobian).max() > 0.5:
                 return None
         if np.abs(solution[2:]).max() < _LK_TOLERANCE:
-            break
+            break  # the last update is negligible: its tile and fit are the final ones
         if np.abs(shift).max() > tile_size / 2:
             return None
-    tile, inside = moving_tile(shift)
-    if tile is None:
-        return None
-    tile = ndi.gaussian_filter(tile, SMOOTHING)
-    residual = (tile[inner].ravel() - design[:, :2] @ solution[:2]) * inside
+        tile = None
+    residual = (observed - design @ solution) * inside
     # Weighted least squares: cov = N^-1 (X' W^2 X) N^-1 * residual variance.
     inverse = np.linalg.inv(normal)
     meat = (design * weights[:, None] ** 2).T @ design
@@ -282,7 +284,7 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
     covariance = (inverse @ meat @ inverse)[2 : 2 + ndim, 2 : 2 + ndim] * variance
     sigma = math.sqrt(max(np.trace(covariance) / ndim, 0.0))
     position = transform.moving_coordinates((point - shift)[None])[0]
-    return point, position, sigma, pearson(target[inside], tile[inner].ravel()[inside])
+    return point, position, sigma, pearson(target[inside], observed[inside])
 
 
 def measure_tiles(
