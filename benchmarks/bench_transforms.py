@@ -20,7 +20,9 @@ Run: ``.venv/bin/python benchmarks/bench_transforms.py [--size 384] [--quick]``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -145,7 +147,14 @@ def elastix(reference, moving, model):
     )
 
     # elastix maps fixed (reference) points to moving points; the field is in (x, y).
-    field = np.asarray(itk.transformix_deformation_field(moving_image, result))
+    # transformix writes deformationField.nii into the working directory: use a scratch one.
+    with tempfile.TemporaryDirectory() as scratch:
+        here = os.getcwd()
+        os.chdir(scratch)
+        try:
+            field = np.asarray(itk.transformix_deformation_field(moving_image, result))
+        finally:
+            os.chdir(here)
     flow = np.stack([field[..., 1], field[..., 0]])
     return _flow_map(flow)
 
