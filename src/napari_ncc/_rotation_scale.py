@@ -1,0 +1,217 @@
+"""Coarse rotation, scale and translation between two 2D images (Fourier–Mellin).
+
+The magnitude of an image's Fourier transform does not change when the image is shifted,
+and it rotates and scales (inversely) with the image. In log-polar coordinates that
+rotation and scaling become a shift, found by phase correlation
+(``skimage.transform.warp_polar(..., scaling="log")`` and
+``skimage.registration.phase_cross_correlation``). The magnitude is symmetric, so the angle
+is known modulo 180°: both candidates are tried, each followed by a translation estimate,
+and the one whose aligned images correlate better in real space wins.
+
+This is the coarse stage of :func:`napari_ncc._estimate_transform.estimate_transform`: it
+works on a downsampled copy (at most :data:`COARSE_SIZE` pixels a side) and is accurate to
+a fraction of a degree and about a percent of scale, which the tile refinement
+(:mod:`napari_ncc._local_shifts`) takes to subpixel accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.filters import window
+from skimage.registration import phase_cross_correlation
+from skimage.transform import downscale_local_mean, warp_polar
+
+from ._local_shifts import pearson
+from ._transform import AffineTransform
+from ._warp import covered, warp
+
+__all__ = ["COARSE_SIZE", "CoarseEstimate", "coarse_similarity", "rotation_scale"]
+
+#: The coarse stage works on images downsampled to at most this many pixels a side.
+COARSE_SIZE = 512
+
+#: Angular samples of the log-polar spectrum over 360° (0.5° each, refined by upsampling).
+N_ANGLES = 720
+
+#: Radial band of the spectrum used, as fractions of the Nyquist radius: the lowest
+#: frequencies hold the window's own spectrum, the highest mostly noise and aliasing.
+RADIAL_BAND = (0.03, 0.6)
+
+#: Scales searched (the moving image's pixel scale relative to the reference's).
+SCALE_RANGE = (0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class CoarseEstimate:
+    """The result of :func:`coarse_similarity`.
+
+    Attributes
+    ----------
+    transform : AffineTransform
+        Similarity transform, reference pixel -> moving pixel (full resolution).
+    angle : float
+        Rotation in degrees (as :meth:`AffineTransform.from_rotation`).
+    scale : float
+        Scale of the moving coordinates relative to the reference's.
+    correlation : float
+        Pearson correlation of the reference and the aligned moving image (coarse level)
+        over the pixels the moving image covers.
+    other_correlation : float
+        The same for the rejected 180° candidate.
+    """
+
+    transform: AffineTransform
+    angle: float
+    scale: float
+    correlation: float
+    other_correlation: float
+
+
+def _log_polar_spectrum(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Band of the log-polar, high-pass emphasised log magnitude spectrum of a square image;
+    standardised per radius, so the isotropic parts (noise floor, window) do not pull the
+    scale estimate to 1."""
+    n = image.shape[0]
+    image = (image - image.mean()) * window("hann", image.shape)
+    magnitude = np.abs(np.fft.fftshift(np.fft.fft2(image)))
+    f = np.fft.fftshift(np.fft.fftfreq(n))
+    # Reddy & Chatterji's high-pass emphasis: (1 - X)(2 - X), X = cos(pi fy) cos(pi fx).
+    x = np.cos(np.pi * f)[:, None] * np.cos(np.pi * f)[None, :]
+    spectrum = np.log1p(magnitude * (1 - x) * (2 - x))
+    radius = n // 2
+    polar = warp_polar(
+        spectrum, radius=radius, output_shape=(N_ANGLES, 2 * radius), scaling="log", order=1
+    )
+    klog = polar.shape[1] / math.log(radius)
+    radii = np.exp(np.arange(polar.shape[1]) / klog)
+    band = (radii > RADIAL_BAND[0] * radius) & (radii < RADIAL_BAND[1] * radius)
+    # The spectrum of a real image is point-symmetric: half the angles hold everything.
+    polar = polar[: N_ANGLES // 2, band]
+    polar = (polar - polar.mean(axis=0)) / (polar.std(axis=0) + 1e-12)
+    return polar, klog
+
+
+def _center_square(image: np.ndarray) -> np.ndarray:
+    n = min(image.shape)
+    r0, c0 = (image.shape[0] - n) // 2, (image.shape[1] - n) // 2
+    return image[r0 : r0 + n, c0 : c0 + n]
+
+
+def rotation_scale(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
+    """Rotation (degrees, modulo 180) and scale of `moving` relative to `reference`.
+
+    Parameters
+    ----------
+    reference, moving : ndarray
+        2D float images of the same shape, preferably a few hundred pixels a side.
+
+    Returns
+    -------
+    angle : float
+        In ``[-90, 90)``; the true angle is this or this + 180.
+    scale : float
+        Moving pixel coordinates scale relative to the reference's, in :data:`SCALE_RANGE`.
+
+    Notes
+    -----
+    Only the central square of the images is used (its spectrum is isotropic in units).
+
+    References
+    ----------
+    B. S. Reddy and B. N. Chatterji, "An FFT-based technique for translation, rotation, and
+    scale-invariant image registration", IEEE Trans. Image Process. 5(8), 1996.
+    """
+    a, klog = _log_polar_spectrum(_center_square(reference))
+    b, _ = _log_polar_spectrum(_center_square(moving))
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=20, normalization=None)
+    angle = shift[0] * 360.0 / N_ANGLES
+    angle = (angle + 90.0) % 180.0 - 90.0
+    scale = math.exp(shift[1] / klog)
+    scale = min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
+    return angle, scale
+
+
+def _with_translation(reference, moving, linear_transform: AffineTransform):
+    """Add the translation that best aligns `moving` resampled by `linear_transform`; return
+    the transform and the aligned images' correlation over the covered pixels."""
+    resampled = warp(moving, linear_transform, order=1, output_shape=reference.shape)
+    mask = covered(linear_transform, reference.shape, moving.shape)
+    taper = window("hann", reference.shape)
+    shift, _, _ = phase_cross_correlation(
+        (reference - reference.mean()) * taper,
+        np.where(mask, resampled - resampled[mask].mean(), 0.0) * taper,
+        upsample_factor=10,
+        normalization=None,
+    )
+    # resampled shifted by `shift` ~ reference: reference p <- resampled p - shift.
+    translation = np.eye(3)
+    translation[:2, 2] = -shift
+    transform = AffineTransform(linear_transform.matrix @ translation, "similarity")
+    aligned = warp(moving, transform, order=1, output_shape=reference.shape)
+    inside = covered(transform, reference.shape, moving.shape)
+    if inside.sum() < 0.05 * inside.size:
+        return transform, 0.0
+    return transform, pearson(reference[inside], aligned[inside])
+
+
+def _downsampling_factor(shape, max_size: int) -> int:
+    return max(1, math.ceil(max(shape) / max_size))
+
+
+def coarse_similarity(
+    reference: np.ndarray, moving: np.ndarray, *, max_size: int = COARSE_SIZE
+) -> CoarseEstimate:
+    """Rotation, scale and translation of `moving` relative to `reference`, coarsely.
+
+    Parameters
+    ----------
+    reference, moving : ndarray
+        2D images (any real dtype), same shape.
+    max_size : int, optional
+        Both images are block-averaged to at most this many pixels a side first.
+
+    Returns
+    -------
+    CoarseEstimate
+        Its `transform` maps full-resolution reference pixels to moving pixels.
+
+    Examples
+    --------
+    >>> from skimage import data
+    >>> from napari_ncc._warp import warp
+    >>> reference = data.camera()[100:356, 100:356].astype(float)
+    >>> truth = AffineTransform.from_rotation(20.0, center=(128, 128), translation=(3, -2))
+    >>> moving = warp(reference, truth.inverse(), order=3)
+    >>> estimate = coarse_similarity(reference, moving)
+    >>> abs(estimate.angle - 20.0) < 0.5, abs(estimate.scale - 1) < 0.01
+    (True, True)
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    moving = np.asarray(moving, dtype=np.float64)
+    factor = _downsampling_factor(reference.shape, max_size)
+    if factor > 1:
+        reference = downscale_local_mean(reference, factor)
+        moving = downscale_local_mean(moving, factor)
+    angle, scale = rotation_scale(reference, moving)
+    center = (np.asarray(reference.shape, dtype=np.float64) - 1) / 2
+    candidates = []
+    for a in (angle, angle + 180.0):
+        linear = AffineTransform.from_rotation(a, scale=scale, center=center)
+        linear = AffineTransform(linear.matrix, "similarity")
+        transform, correlation = _with_translation(reference, moving, linear)
+        candidates.append((correlation, a, transform))
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    (best, a, transform), (other, _, _) = candidates
+    # Coarse pixel i covers full pixels factor*i ... factor*i + factor - 1: its centre is
+    # factor * i + (factor - 1) / 2 on both images.
+    to_coarse = np.eye(3)
+    to_coarse[:2, :2] /= factor
+    to_coarse[:2, 2] = -(factor - 1) / 2 / factor
+    full = np.linalg.inv(to_coarse) @ transform.matrix @ to_coarse
+    a = float((a + 180.0) % 360.0 - 180.0)
+    return CoarseEstimate(
+        AffineTransform(full, "similarity"), a, float(scale), float(best), float(other)
+    )
