@@ -284,7 +284,9 @@ def test_fill_band_ignores_rounding_noise_in_the_shift(exact, noisy, lazy):
         inputs = tuple(da.from_array(x, chunks=40) for x in inputs)
     maps = []
     for shift in (exact, noisy):
-        ncc, reg = ncc_confidence(*inputs, 2, fill_value=FILL, registration=Registration(shift))
+        ncc, reg = ncc_confidence(
+            *inputs, radius=2, fill_value=FILL, registration=Registration(shift)
+        )
         maps.append(np.asarray(ncc))
     assert reg.shift == exact
     np.testing.assert_array_equal(maps[1] == FILL, maps[0] == FILL)
