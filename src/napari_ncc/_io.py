@@ -18,14 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 import dask.array as da
 import numpy as np
 
-from ._atomic import (
-    check_free,
-    install,
-    output_path,
-    remove,
-    remove_stale_temporaries,
-    temporary_path,
-)
+from ._atomic import check_free, remove, staged, temporary_path
 from ._confidence import ncc_confidence
 from ._lazy import local_ncc
 from ._read import ATTRS_KEY, read_image
@@ -51,7 +44,8 @@ LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threa
 # ---------------------------------------------------------------------------------------
 
 
-def _check_attrs(attrs) -> dict:
+def check_attrs(attrs) -> dict:
+    """`attrs` as a dict ({} for None), or a TypeError/ValueError if JSON cannot hold it."""
     if attrs is None:
         return {}
     if not isinstance(attrs, dict):
@@ -65,7 +59,7 @@ def _check_attrs(attrs) -> dict:
     return attrs
 
 
-def _regular_chunks(array: da.Array) -> da.Array:
+def regular_chunks(array: da.Array) -> da.Array:
     """Rechunk so that every chunk but the last along each axis has the same length."""
     regular = all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in array.chunks)
     if regular:
@@ -73,7 +67,8 @@ def _regular_chunks(array: da.Array) -> da.Array:
     return array.rechunk(tuple(max(c) for c in array.chunks))
 
 
-def _check_scheduler(scheduler) -> None:
+def check_scheduler(scheduler) -> None:
+    """Raise ValueError unless `scheduler` is one the writers accept (see :func:`write_zarr`)."""
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
         return
     if isinstance(scheduler, str) and "://" in scheduler:
@@ -175,8 +170,15 @@ def _reporting_callbacks(report: Callable[[int, int], object]) -> tuple:
     return (None, start_state, None, posttask, None)
 
 
-def _compute(delayed, scheduler, progress, desc: str) -> None:
-    """Compute `delayed`; if a task fails, return only once no task can still write."""
+def store_blocks(array: da.Array, target, *, scheduler, progress, desc: str) -> None:
+    """Store the blocks of `array` into `target` (any ``da.store`` target), in parallel.
+
+    The writers' one way to compute: on `scheduler` (as in :func:`write_zarr`), with
+    `progress` (a bool, or a ``progress(done, total)`` callable) and `desc` labelling the
+    progress bar. If a task fails (or `progress` raises), returns only once no task can
+    still write, so that the caller can remove what was written.
+    """
+    delayed = da.store(array, target, lock=False, compute=False)
     if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
         from distributed import Client
         from distributed import progress as distributed_progress
@@ -296,18 +298,15 @@ def write_zarr(
     """
     import zarr
 
-    attrs = _check_attrs(attrs)
-    _check_scheduler(scheduler)
+    attrs = check_attrs(attrs)
+    check_scheduler(scheduler)
     if not isinstance(array, da.Array):
         array = np.asarray(array)
         array = da.from_array(array, chunks="auto")
     if array.ndim == 0 or 0 in array.shape:
         raise ValueError(f"cannot write an empty or 0-d array (shape {array.shape})")
-    path = output_path(path, overwrite)
-    array = _regular_chunks(array)
-    remove_stale_temporaries(path)
-    tmp = temporary_path(path)
-    try:
+    array = regular_chunks(array)
+    with staged(path, overwrite) as tmp:
         chunks = tuple(c[0] for c in array.chunks)
         if hasattr(zarr, "create_array"):
             target = zarr.create_array(
@@ -318,14 +317,9 @@ def write_zarr(
                 tmp, mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype
             )
             target.attrs.update(attrs)
-        delayed = da.store(array, target, lock=False, compute=False)
-        _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
-        check_free(path, overwrite)  # (another writer may have got there meanwhile)
-        install(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
-    return path
+        desc = f"writing {os.path.basename(path)}"
+        store_blocks(array, target, scheduler=scheduler, progress=progress, desc=desc)
+    return os.fspath(path)
 
 
 #: Largest tile edge of the TIFF files :func:`write_tiff` writes (rows and columns).
@@ -394,8 +388,8 @@ def write_tiff(
     """
     import tifffile
 
-    attrs = _check_attrs(attrs)
-    _check_scheduler(scheduler)
+    attrs = check_attrs(attrs)
+    check_scheduler(scheduler)
     if not isinstance(array, da.Array):
         array = da.from_array(np.asarray(array), chunks="auto")
     if array.ndim < 2 or 0 in array.shape:
@@ -403,11 +397,8 @@ def write_tiff(
             f"a TIFF file holds arrays of at least 2 dimensions with no empty axis, got "
             f"shape {array.shape}"
         )
-    path = output_path(path, overwrite)
     array, tile = _tile_aligned(array)
-    remove_stale_temporaries(path)
-    tmp = temporary_path(path)
-    try:
+    with staged(path, overwrite) as tmp:
         # Lay out the file: the header, then every tile (zeros) at its final place.
         tifffile.imwrite(
             tmp,
@@ -419,13 +410,9 @@ def write_tiff(
             metadata=attrs,
         )
         target = TiffTiles.of(tmp, array.shape, tile)
-        delayed = da.store(array, target, lock=False, compute=False)
-        _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
-        install(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
-    return path
+        desc = f"writing {os.path.basename(path)}"
+        store_blocks(array, target, scheduler=scheduler, progress=progress, desc=desc)
+    return os.fspath(path)
 
 
 def _tile_aligned(array: da.Array) -> tuple[da.Array, tuple[int, int]]:
@@ -618,7 +605,7 @@ def write_ncc(
     """
     path = os.fspath(path)
     check_free(path, overwrite)
-    _check_scheduler(scheduler)
+    check_scheduler(scheduler)
     sources = [
         os.fspath(x) if isinstance(x, str | os.PathLike) else None for x in (reference, moving)
     ]
