@@ -1,9 +1,11 @@
 """Writing (lazy) arrays to files, atomically: the file side of the lazy layer.
 
 :func:`write_zarr` streams a Dask array into a zarr store chunk by chunk, :func:`write_tiff`
-into the tiles of a tiled TIFF file block by block, and :func:`write_ncc` writes the local
-NCC map of two images of any size to zarr; :func:`write_png` writes small pictures. All of
-them write to a hidden temporary name and rename it at the end (:mod:`napari_ncc._atomic`).
+into the tiles of a tiled TIFF file block by block, :func:`write_array` to either, or to
+OME-Zarr with a pyramid (:func:`napari_ncc._ome_zarr.write_ome_zarr`), by the path's suffix,
+and :func:`write_ncc` writes the local NCC map of two images of any size that way;
+:func:`write_png` writes small pictures. All of them write to a hidden temporary name and
+rename it at the end (:mod:`napari_ncc._atomic`).
 Reading is :func:`napari_ncc._read.read_image`.
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 from ._atomic import check_free, remove, staged, temporary_path
 from ._confidence import ncc_confidence
 from ._lazy import local_ncc
-from ._read import ATTRS_KEY, read_image
+from ._read import ATTRS_KEY, TIFF_SUFFIXES, read_image
 from ._registration import Registration
 from ._validation import json_float
 
@@ -29,6 +31,7 @@ __all__ = [
     "dask_scheduler",
     "progress_bar",
     "progress_callback",
+    "write_array",
     "write_ncc",
     "write_png",
     "write_tiff",
@@ -513,6 +516,62 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
     return path
 
 
+def write_array(
+    array,
+    path: str | os.PathLike,
+    *,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable[[int, int], object] = True,
+    scheduler=None,
+) -> str:
+    """Stream a (lazy) array to a file whose format the path's suffix names, atomically.
+
+    ``.ome.zarr``: OME-Zarr with a pyramid (:func:`napari_ncc._ome_zarr.write_ome_zarr`,
+    `attrs` beside the NGFF metadata); ``.tif``, ``.tiff``, ...: a tiled TIFF file
+    (:func:`write_tiff`); anything else: a zarr store (:func:`write_zarr`). The one place
+    that maps an output path to its writer, for :func:`write_ncc`, the command line and
+    the napari writer.
+
+    Parameters
+    ----------
+    array, path, attrs, overwrite, progress, scheduler
+        As in :func:`write_zarr`.
+
+    Returns
+    -------
+    path : str
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from napari_ncc._io import read_image, write_array
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> image = np.ones((1200, 700), np.float32)
+    >>> for name in ("a.zarr", "a.tif", "a.ome.zarr"):
+    ...     levels, _ = read_image(write_array(image, os.path.join(folder.name, name),
+    ...                                        progress=False))
+    ...     print(name, [level.shape for level in levels])
+    a.zarr [(1200, 700)]
+    a.tif [(1200, 700)]
+    a.ome.zarr [(1200, 700), (600, 350), (300, 175)]
+    >>> folder.cleanup()
+    """
+    # (imported here: the OME-Zarr writer builds on this module's helpers)
+    from ._ome_zarr import is_ome_zarr, write_ome_zarr
+
+    if is_ome_zarr(path):
+        write = write_ome_zarr
+    elif os.fspath(path).lower().endswith(TIFF_SUFFIXES):
+        write = write_tiff
+    else:
+        write = write_zarr
+    return write(
+        array, path, attrs=attrs, overwrite=overwrite, progress=progress, scheduler=scheduler
+    )
+
+
 def _as_input(image, name: str):
     if isinstance(image, str | os.PathLike):
         levels, _ = read_image(image)
@@ -545,12 +604,14 @@ def write_ncc(
     progress: bool = True,
     scheduler=None,
 ) -> str:
-    """Write the local NCC map of two images of any size to a zarr store.
+    """Write the local NCC map of two images of any size to a zarr store, OME-Zarr or TIFF.
 
     The map is computed block by block (see :func:`napari_ncc.local_ncc`) and streamed
-    to disk with :func:`write_zarr`: bounded memory, a progress bar, written to a
+    to disk with :func:`write_array`: bounded memory, a progress bar, written to a
     temporary location and renamed at the end. The parameters are stored in the
-    attributes under ``"napari_ncc"``, so :func:`read_image` gives them back.
+    attributes under ``"napari_ncc"``, so :func:`read_image` gives them back. A path
+    ending in ``.ome.zarr`` gets OME-Zarr (NGFF) with a pyramid of block means, which
+    other NGFF tools open as a multiscale image.
 
     Parameters
     ----------
@@ -558,7 +619,8 @@ def write_ncc(
         The two images: paths that :func:`read_image` opens (level 0 is used), Dask
         arrays or NumPy arrays. Not modified.
     path : str or os.PathLike
-        Destination zarr store.
+        Destination: ``.ome.zarr`` (OME-Zarr with a pyramid), ``.tif``/``.tiff`` (a
+        tiled TIFF file), or a zarr store (any other name, usually ``.zarr``).
     radius, window, mode, fill_value, axes
         As in :func:`napari_ncc.local_ncc`.
     registration : Registration, optional
@@ -629,7 +691,7 @@ def write_ncc(
         "shape": list(ncc.shape),
         "inputs": sources,
     }
-    return write_zarr(
+    return write_array(
         ncc,
         path,
         attrs={ATTRS_KEY: params},
