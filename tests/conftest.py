@@ -22,3 +22,12 @@ if _TESTS_DIR not in sys.path:
 def rng() -> np.random.Generator:
     """A freshly seeded random generator (seed 12345): same data on every run."""
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def pyramid_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Where the pyramids of big files are cached (the reader, the widget): a folder of the
+    test's own, never the user's ``~/.cache``."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder / "napari-ncc" / "pyramids"

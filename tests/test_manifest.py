@@ -96,8 +96,10 @@ def test_manifest_contributions():
     [reader] = contributions.readers
     assert reader.accepts_directories
     assert {"*.zarr", "*.tif", "*.tiff", "*.ome.zarr"} <= set(reader.filename_patterns)
-    [writer] = contributions.writers
-    assert writer.layer_types == ["image"] and writer.filename_extensions == [".zarr"]
+    zarr_writer, ome_writer = contributions.writers
+    assert zarr_writer.layer_types == ["image"] and zarr_writer.filename_extensions == [".zarr"]
+    assert ome_writer.layer_types == ["image"]
+    assert ome_writer.filename_extensions == [".ome.zarr"]
     assert [s.key for s in contributions.sample_data] == ["cell", "motorcycle"]
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 
 import dask.array as da
@@ -242,3 +245,58 @@ def test_read_refuses_broken_metadata(tmp_path, rng, damage):
     group.attrs["ome"] = ome
     with pytest.raises(ValueError, match=r"broken OME-Zarr metadata|no OME-Zarr multiscale"):
         read_ome_zarr(out)
+
+
+def _assert_map_with_pyramid(path, a, b, radius, shapes):
+    """The OME-Zarr at `path`, read by ome-zarr's reader: level 0 the NCC map of a and b
+    (brute force, and local_ncc, on a tile with a halo), coarser levels its block means."""
+    levels, metadata = library_read(path)
+    assert [level.shape for level in levels] == shapes
+    tile = (slice(280, 340), slice(480, 560))
+    halo = (slice(270, 350), slice(470, 570))
+    inner = (slice(10, -10), slice(10, -10))
+    np.testing.assert_allclose(
+        levels[0][tile].compute(), brute_force_ncc(a[halo], b[halo], radius)[inner], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        levels[0][tile].compute(),
+        napari_ncc.local_ncc(a[halo], b[halo], radius=radius)[inner],
+        atol=1e-5,
+    )
+    full = levels[0].compute()
+    np.testing.assert_allclose(levels[2].compute(), block_mean(full, 4), atol=1e-5)
+    assert [axis["name"] for axis in metadata["axes"]] == ["y", "x"]
+    return zarr.open_group(str(path), mode="r").attrs["napari_ncc"]
+
+
+def test_write_ncc_to_ome_zarr_writes_the_map_with_its_pyramid(tmp_path, pair_on_disk):
+    a, b, _ = pair_on_disk
+    out = tmp_path / "map.ome.zarr"
+    inputs = [str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")]
+    assert napari_ncc.write_ncc(*inputs, out, radius=2, progress=False) == str(out)
+    assert leftovers(tmp_path) == []
+    params = _assert_map_with_pyramid(out, a, b, 2, [(1100, 1300), (550, 650), (275, 325)])
+    assert params["radius"] == 2 and params["inputs"] == inputs
+    # read_image (napari-ncc's reader, through ome-zarr) gives the pyramid and parameters.
+    levels, meta = napari_ncc.read_image(out)
+    assert len(levels) == 3 and meta["napari_ncc"]["radius"] == 2
+
+
+def test_cli_compare_writes_ome_zarr_with_its_pyramid(tmp_path, pair_on_disk):
+    a, b, _ = pair_on_disk
+    out = tmp_path / "map.ome.zarr"
+    script = os.path.join(os.path.dirname(sys.executable), "napari-ncc")
+    if not os.path.exists(script):
+        pytest.skip("the napari-ncc console script is not installed")
+    options = ["--no-register", "--radius", "3", "-q", "--json"]
+    result = subprocess.run(
+        [script, "compare", tmp_path / "a.zarr", tmp_path / "b.zarr", "-o", out, *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["written"] == {"map": str(out)}
+    params = _assert_map_with_pyramid(out, a, b, 3, [(1100, 1300), (550, 650), (275, 325)])
+    assert params["radius"] == 3 and params["registration"] is None
+    assert leftovers(tmp_path) == []

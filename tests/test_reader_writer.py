@@ -230,7 +230,10 @@ def test_save_dialog_names_the_format_once():
     # What napari's save dialog lists: "<plugin display name> <writer display name> (*.ext)"
     filters, _ = file_extensions_string_for_layers([Image(np.zeros((4, 4)))])
     ours = [f for f in filters.split(";;") if f.startswith("napari-ncc")]
-    assert ours == ["napari-ncc chunked zarr (*.zarr)"]
+    assert ours == [
+        "napari-ncc chunked zarr (*.zarr)",
+        "napari-ncc OME-Zarr with pyramid (*.ome.zarr)",
+    ]
 
 
 @pytest.mark.gui
@@ -256,3 +259,112 @@ def test_two_saves_to_one_path_keep_the_first(
     )
     np.testing.assert_array_equal(zarr.open(path, mode="r")[...], first)
     assert [p.name for p in tmp_path.iterdir()] == ["once.zarr"]  # no temporary left
+
+
+# ------------------------------------------------------------------- OME-Zarr, pyramids
+
+
+def library_levels(path) -> list:
+    """The levels of the OME-Zarr image at `path`, as ome-zarr's own reader gives them."""
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    [node] = [node for node in Reader(parse_url(str(path)))() if node.load(Multiscales)]
+    return node.data
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = image[: h * factor, : w * factor].astype(np.float64)
+    return blocks.reshape(h, factor, w, factor).mean(axis=(1, 3))
+
+
+def test_writer_writes_ome_zarr_with_a_pyramid_that_opens_multiscale(tmp_path, rng):
+    pytest.importorskip("ome_zarr")
+    ncc = rng.uniform(-1, 1, (1100, 600)).astype(np.float32)
+    params = {"radius": 4, "window": "box"}
+    attributes = {"name": "NCC", "metadata": {"napari_ncc": params}, "scale": (0.5, 0.5)}
+    [path] = write_image(
+        str(tmp_path / "map.ome.zarr"), da.from_array(ncc, chunks=256), attributes
+    )
+    assert path == str(tmp_path / "map.ome.zarr")
+    levels = library_levels(path)
+    assert [level.shape for level in levels] == [(1100, 600), (550, 300), (275, 150)]
+    np.testing.assert_array_equal(np.asarray(levels[0]), ncc)
+    np.testing.assert_allclose(np.asarray(levels[2]), block_mean(ncc, 4), atol=1e-5)
+    [(data, kwargs, _)] = _read(path)
+    assert kwargs["multiscale"] is True and len(data) == 3
+    assert kwargs["colormap"] == _multiscale.NCC_COLORMAP
+    assert kwargs["metadata"]["napari_ncc"]["radius"] == 4 and kwargs["scale"] == (0.5, 0.5)
+    # The OME-Zarr writer names its files so, whatever name it was given.
+    from napari_ncc._writer import write_ome_zarr_image
+
+    [other] = write_ome_zarr_image(str(tmp_path / "other.zarr"), ncc, {"name": "x"})
+    assert other == str(tmp_path / "other.ome.zarr") and len(library_levels(other)) == 3
+    with pytest.raises(ValueError, match="RGB layer 'rgb' as OME-Zarr"):
+        write_image(
+            str(tmp_path / "rgb.ome.zarr"), np.zeros((8, 8, 3)), {"rgb": True, "name": "rgb"}
+        )
+    assert not (tmp_path / "rgb.ome.zarr").exists()
+
+
+@pytest.mark.gui
+def test_viewer_saves_ome_zarr_in_the_background_and_reopens_it_multiscale(
+    make_napari_viewer, qtbot, tmp_path, notifications
+):
+    pytest.importorskip("ome_zarr")
+    viewer = make_napari_viewer()
+    ncc = np.linspace(-1, 1, 1100 * 600, dtype=np.float32).reshape(1100, 600)
+    viewer.layers.selection = {viewer.add_image(da.from_array(ncc, chunks=256), name="big")}
+    path = str(tmp_path / "saved.ome.zarr")
+    assert viewer.layers.save(path, selected=True, plugin="napari-ncc") == [path]
+    qtbot.waitUntil(lambda: any(n.message.startswith("napari-ncc saved") for n in notifications))
+    assert not [n for n in notifications if n.severity == "error"]
+    assert [level.shape for level in library_levels(path)] == [(1100, 600), (550, 300), (275, 150)]
+    [opened] = viewer.open(path, plugin="napari-ncc")
+    assert opened.multiscale and len(opened.data) == 3
+    np.testing.assert_array_equal(np.asarray(opened.data[0]), ncc)
+
+
+@pytest.fixture
+def big_zarr(tmp_path, rng):
+    """A single-scale zarr array larger than MULTISCALE_MIN_SIDE (narrow: cheap)."""
+    image = rng.integers(0, 255, (_multiscale.MULTISCALE_MIN_SIDE * 2, 600), dtype=np.uint8)
+    path = str(tmp_path / "big.zarr")
+    zarr.create_array(path, data=image, chunks=(2048, 600))
+    return image, path
+
+
+def _files(folder) -> dict:
+    return {
+        os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.gui
+def test_big_single_scale_zarr_opens_as_multiscale_and_reopens_from_the_cache(
+    make_napari_viewer, big_zarr, pyramid_cache, progress_bars
+):
+    image, path = big_zarr
+    # Choosing the reader is cheap: no pyramid yet.
+    assert napari_get_reader(path) is not None and not os.path.exists(pyramid_cache)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(path, plugin="napari-ncc")
+    assert layer.multiscale
+    shapes = [tuple(level.shape) for level in layer.data]
+    assert shapes == _multiscale.pyramid_shapes(image.shape) and len(shapes) > 2
+    np.testing.assert_array_equal(np.asarray(layer.data[0][:100]), image[:100])
+    np.testing.assert_allclose(np.asarray(layer.data[1]), block_mean(image, 2), atol=0.51)
+    # Built once, with a progress bar in the viewer.
+    [bar] = [bar for bar in progress_bars if "pyramid of big.zarr" in str(bar.desc)]
+    assert bar.total > 0
+    cached = _files(pyramid_cache)
+    assert cached
+    # Opened again: the pyramid comes from the cache, nothing is built or rewritten.
+    [again] = viewer.open(path, plugin="napari-ncc")
+    assert again.multiscale and [tuple(level.shape) for level in again.data] == shapes
+    assert len([bar for bar in progress_bars if "pyramid" in str(bar.desc)]) == 1
+    assert _files(pyramid_cache) == cached

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gc
 import inspect
+import os
 import re
 
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from scipy import ndimage
 from skimage import data
 
@@ -572,3 +574,49 @@ def test_progress_reports_every_registered_plane(make_napari_viewer, qtbot, prog
     )
     seen = [(done, total) for desc, done, total in progress_steps if "registration" in desc]
     assert seen and seen[-1] == (5, 5) and {total for _, total in seen} == {5}
+
+
+def _cached_files(folder) -> dict:
+    return {
+        os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+def test_layers_from_files_share_the_pyramids_cached_for_their_files(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path, pyramid_cache
+):
+    reference, moving = _pair((300, 260), displacement=(2.0, 3.0))
+    paths = []
+    for name, image in (("ref", reference), ("mov", moving)):
+        paths.append(str(tmp_path / f"{name}.zarr"))
+        zarr.create_array(paths[-1], data=image, chunks=(128, 128))
+    viewer = make_napari_viewer(show=True)
+    # Opened while they count as small: single-scale layers that know their file.
+    [ref_layer] = viewer.open(paths[0], plugin="napari-ncc")
+    [mov_layer] = viewer.open(paths[1], plugin="napari-ncc")
+    assert not ref_layer.multiscale and ref_layer.source.path == paths[0]
+    assert not os.path.exists(pyramid_cache)
+    # Now large: the widget builds their pyramids into the cache, one entry per file.
+    monkeypatch.setattr(_multiscale, "MULTISCALE_MIN_SIDE", 200)
+    monkeypatch.setattr(_multiscale, "PYRAMID_MIN_SIDE", 100)
+    widget = _open(viewer)
+    layer = _run(qtbot, widget, reference=ref_layer, moving=mov_layer, register=False)
+    assert [tuple(level.shape) for level in layer.data] == [(300, 260), (150, 130), (75, 65)]
+    coarse_ref = reference.reshape(150, 2, 130, 2).mean(axis=(1, 3))
+    coarse_mov = moving.reshape(150, 2, 130, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(
+        np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 3), atol=1e-4
+    )
+    assert len(os.listdir(pyramid_cache)) == 2
+    cached = _cached_files(pyramid_cache)
+    # The reader opens the files again as pyramids from that cache: nothing is rebuilt.
+    [again] = viewer.open(paths[0], plugin="napari-ncc")
+    assert again.multiscale and [tuple(level.shape) for level in again.data] == [
+        (300, 260),
+        (150, 130),
+        (75, 65),
+    ]
+    np.testing.assert_allclose(np.asarray(again.data[1]), coarse_ref, atol=1e-5)
+    assert _cached_files(pyramid_cache) == cached

@@ -5,17 +5,19 @@ writing host and process (:func:`temporary_path`), then renames it into place
 (:func:`install`), so an interrupted run never leaves a half-written file under the final
 name. A run killed outright (SIGKILL, power loss) cannot clean up after itself: the next
 write to the same destination removes what it left (:func:`remove_stale_temporaries`),
-and nothing else.
+and nothing else. :func:`staged` takes all these steps around a block of writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 
 __all__ = [
     "check_free",
@@ -23,6 +25,7 @@ __all__ = [
     "output_path",
     "remove",
     "remove_stale_temporaries",
+    "staged",
     "temporary_path",
 ]
 
@@ -112,6 +115,46 @@ def install(tmp: str, path: str) -> None:
         remove(trash)
     else:
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def staged(path: str | os.PathLike, overwrite: bool) -> Iterator[str]:
+    """Write into a temporary sibling of `path`, installed as `path` when the block succeeds.
+
+    The steps every writer takes: `path` checked (:func:`output_path`), the leftovers of
+    killed runs removed (:func:`remove_stale_temporaries`), a fresh
+    :func:`temporary_path` given to the block, and, once the block is done, `path`
+    checked free again (another writer may have got there meanwhile) and the temporary
+    renamed to it (:func:`install`). On any exception, the temporary is removed and `path`
+    is left as it was.
+
+    Yields
+    ------
+    tmp : str
+        Where to write (nothing exists there yet).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = os.path.join(folder.name, "note.txt")
+    >>> with staged(out, overwrite=False) as tmp:
+    ...     with open(tmp, "w") as f:
+    ...         _ = f.write("done")
+    >>> os.listdir(folder.name)
+    ['note.txt']
+    >>> folder.cleanup()
+    """
+    path = output_path(path, overwrite)
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        check_free(path, overwrite)
+        install(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
 
 
 def output_path(path: str | os.PathLike, overwrite: bool) -> str:

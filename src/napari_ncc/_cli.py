@@ -1,9 +1,10 @@
 """Command line: ``napari-ncc compare`` and ``napari-ncc demo``.
 
 A thin front end. It parses arguments, calls the reader (``read_image``), the whole job
-(``ncc_confidence``: registration, then the map) and the atomic writers (``write_zarr``,
-``write_tiff``), and prints what they found with the shared summary (``_summary``). It adds
-only the one-line error messages, the progress display and the handling of signals.
+(``ncc_confidence``: registration, then the map) and the atomic writers (``write_array``:
+zarr, OME-Zarr or TIFF by the output's suffix), and prints what they found with the shared
+summary (``_summary``). It adds only the one-line error messages, the progress display and
+the handling of signals.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ._io import (
     LOCAL_SCHEDULERS,
     dask_scheduler,
     progress_callback,
+    write_array,
     write_png,
-    write_tiff,
     write_zarr,
 )
 from ._read import ATTRS_KEY, TIFF_SUFFIXES, ZARR_SUFFIXES, is_rgb, read_image
@@ -54,7 +55,7 @@ DEMO_FILES = ("ncc.zarr", "preview.png", "summary.json")
 EPILOG_COMPARE = """\
 examples:
   napari-ncc compare before.tif after.tif -o ncc.zarr
-  napari-ncc compare a.ome.zarr b.ome.zarr -o ncc.zarr --radius 5 --window gaussian
+  napari-ncc compare a.ome.zarr b.ome.zarr -o ncc.ome.zarr --radius 5 --window gaussian
   napari-ncc compare movie_a.tif movie_b.tif -o ncc.zarr --per-plane 0
   napari-ncc compare movie.tif movie.tif -o drift.zarr --per-plane 0 --reference-plane 0
   napari-ncc compare a.zarr b.zarr -o ncc.zarr --scheduler tcp://10.0.0.5:8786
@@ -67,10 +68,11 @@ is the local NCC of the reference and the registered moving image at full resolu
 one value in [-1, 1] per pixel, FILL where a window is flat or reaches pixels the shift
 brought in from outside the moving image.
 
-output: a .zarr store or a tiled .tif/.tiff file, both written block by block (any size,
-bounded memory) to a hidden temporary name renamed at the end. An existing OUT is never
-replaced unless --overwrite. The summary goes to stdout (--json for a machine-readable
-one); progress and log lines go to stderr.
+output: a .zarr store, an .ome.zarr (OME-Zarr, NGFF 0.5, with a pyramid of block means:
+other NGFF tools open it as a multiscale image) or a tiled .tif/.tiff file, all written
+block by block (any size, bounded memory) to a hidden temporary name renamed at the end.
+An existing OUT is never replaced unless --overwrite. The summary goes to stdout (--json
+for a machine-readable one); progress and log lines go to stderr.
 
 exit status: 0 done, 1 error, 2 bad arguments, 130 interrupted (Ctrl-C), 143 terminated
 (SIGTERM), 129 hung up (SIGHUP). A stopped run removes its temporary output; a later run
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="OUT",
-        help="where to write the map: a .zarr store or a tiled .tif/.tiff file",
+        help="where to write the map: a .zarr store, an .ome.zarr (OME-Zarr with a "
+        "pyramid) or a tiled .tif/.tiff file",
     )
     _add_ncc_options(compare)
     group = compare.add_argument_group("registration")
@@ -401,13 +404,12 @@ def _read(path: Path, role: str) -> tuple[list, dict]:
     return levels, metadata
 
 
-def _output_kind(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(ZARR_SUFFIXES):
-        return "zarr"
-    if name.endswith(TIFF_SUFFIXES):
-        return "tiff"
-    raise CLIError(f"OUT must end in .zarr (a zarr store) or .tif/.tiff (a TIFF file), got {path}")
+def _check_output_format(path: Path) -> None:
+    if not path.name.lower().endswith(ZARR_SUFFIXES + TIFF_SUFFIXES):
+        raise CLIError(
+            "OUT must end in .zarr (a zarr store), .ome.zarr (OME-Zarr with a pyramid) or "
+            f".tif/.tiff (a TIFF file), got {path}"
+        )
 
 
 def _check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
@@ -506,7 +508,7 @@ def _confidence_map(ref_levels: list, mov_levels: list, args):
 def compare(args) -> dict:
     """Run ``napari-ncc compare`` with parsed arguments; return the result dict."""
     out = Path(args.output)
-    kind = _output_kind(out)
+    _check_output_format(out)
     ref_path = _check_input(args.reference, "REFERENCE")
     mov_path = _check_input(args.moving, "MOVING")
     _check_output(out, args.overwrite, (ref_path, mov_path))
@@ -526,8 +528,7 @@ def compare(args) -> dict:
         ncc, registration = _confidence_map(ref_levels, mov_levels, args)
         params = _parameters(args, registration, (ref_path, mov_path))
         log.info("writing the NCC map to %s", out)
-        write = write_zarr if kind == "zarr" else write_tiff
-        write(
+        write_array(
             ncc,
             out,
             attrs={ATTRS_KEY: params},

@@ -1,9 +1,11 @@
 """Writing (lazy) arrays to files, atomically: the file side of the lazy layer.
 
 :func:`write_zarr` streams a Dask array into a zarr store chunk by chunk, :func:`write_tiff`
-into the tiles of a tiled TIFF file block by block, and :func:`write_ncc` writes the local
-NCC map of two images of any size to zarr; :func:`write_png` writes small pictures. All of
-them write to a hidden temporary name and rename it at the end (:mod:`napari_ncc._atomic`).
+into the tiles of a tiled TIFF file block by block, :func:`write_array` to either, or to
+OME-Zarr with a pyramid (:func:`napari_ncc._ome_zarr.write_ome_zarr`), by the path's suffix,
+and :func:`write_ncc` writes the local NCC map of two images of any size that way;
+:func:`write_png` writes small pictures. All of them write to a hidden temporary name and
+rename it at the end (:mod:`napari_ncc._atomic`).
 Reading is :func:`napari_ncc._read.read_image`.
 """
 
@@ -18,17 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 import dask.array as da
 import numpy as np
 
-from ._atomic import (
-    check_free,
-    install,
-    output_path,
-    remove,
-    remove_stale_temporaries,
-    temporary_path,
-)
+from ._atomic import check_free, remove, staged, temporary_path
 from ._confidence import ncc_confidence
 from ._lazy import local_ncc
-from ._read import ATTRS_KEY, read_image
+from ._read import ATTRS_KEY, TIFF_SUFFIXES, read_image
 from ._registration import Registration
 from ._validation import json_float
 
@@ -36,6 +31,7 @@ __all__ = [
     "dask_scheduler",
     "progress_bar",
     "progress_callback",
+    "write_array",
     "write_ncc",
     "write_png",
     "write_tiff",
@@ -51,7 +47,8 @@ LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threa
 # ---------------------------------------------------------------------------------------
 
 
-def _check_attrs(attrs) -> dict:
+def check_attrs(attrs) -> dict:
+    """`attrs` as a dict ({} for None), or a TypeError/ValueError if JSON cannot hold it."""
     if attrs is None:
         return {}
     if not isinstance(attrs, dict):
@@ -65,7 +62,7 @@ def _check_attrs(attrs) -> dict:
     return attrs
 
 
-def _regular_chunks(array: da.Array) -> da.Array:
+def regular_chunks(array: da.Array) -> da.Array:
     """Rechunk so that every chunk but the last along each axis has the same length."""
     regular = all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in array.chunks)
     if regular:
@@ -73,7 +70,8 @@ def _regular_chunks(array: da.Array) -> da.Array:
     return array.rechunk(tuple(max(c) for c in array.chunks))
 
 
-def _check_scheduler(scheduler) -> None:
+def check_scheduler(scheduler) -> None:
+    """Raise ValueError unless `scheduler` is one the writers accept (see :func:`write_zarr`)."""
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
         return
     if isinstance(scheduler, str) and "://" in scheduler:
@@ -175,8 +173,15 @@ def _reporting_callbacks(report: Callable[[int, int], object]) -> tuple:
     return (None, start_state, None, posttask, None)
 
 
-def _compute(delayed, scheduler, progress, desc: str) -> None:
-    """Compute `delayed`; if a task fails, return only once no task can still write."""
+def store_blocks(array: da.Array, target, *, scheduler, progress, desc: str) -> None:
+    """Store the blocks of `array` into `target` (any ``da.store`` target), in parallel.
+
+    The writers' one way to compute: on `scheduler` (as in :func:`write_zarr`), with
+    `progress` (a bool, or a ``progress(done, total)`` callable) and `desc` labelling the
+    progress bar. If a task fails (or `progress` raises), returns only once no task can
+    still write, so that the caller can remove what was written.
+    """
+    delayed = da.store(array, target, lock=False, compute=False)
     if (isinstance(scheduler, str) and "://" in scheduler) or type(scheduler).__name__ == "Client":
         from distributed import Client
         from distributed import progress as distributed_progress
@@ -296,18 +301,15 @@ def write_zarr(
     """
     import zarr
 
-    attrs = _check_attrs(attrs)
-    _check_scheduler(scheduler)
+    attrs = check_attrs(attrs)
+    check_scheduler(scheduler)
     if not isinstance(array, da.Array):
         array = np.asarray(array)
         array = da.from_array(array, chunks="auto")
     if array.ndim == 0 or 0 in array.shape:
         raise ValueError(f"cannot write an empty or 0-d array (shape {array.shape})")
-    path = output_path(path, overwrite)
-    array = _regular_chunks(array)
-    remove_stale_temporaries(path)
-    tmp = temporary_path(path)
-    try:
+    array = regular_chunks(array)
+    with staged(path, overwrite) as tmp:
         chunks = tuple(c[0] for c in array.chunks)
         if hasattr(zarr, "create_array"):
             target = zarr.create_array(
@@ -318,14 +320,9 @@ def write_zarr(
                 tmp, mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype
             )
             target.attrs.update(attrs)
-        delayed = da.store(array, target, lock=False, compute=False)
-        _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
-        check_free(path, overwrite)  # (another writer may have got there meanwhile)
-        install(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
-    return path
+        desc = f"writing {os.path.basename(path)}"
+        store_blocks(array, target, scheduler=scheduler, progress=progress, desc=desc)
+    return os.fspath(path)
 
 
 #: Largest tile edge of the TIFF files :func:`write_tiff` writes (rows and columns).
@@ -394,8 +391,8 @@ def write_tiff(
     """
     import tifffile
 
-    attrs = _check_attrs(attrs)
-    _check_scheduler(scheduler)
+    attrs = check_attrs(attrs)
+    check_scheduler(scheduler)
     if not isinstance(array, da.Array):
         array = da.from_array(np.asarray(array), chunks="auto")
     if array.ndim < 2 or 0 in array.shape:
@@ -403,11 +400,8 @@ def write_tiff(
             f"a TIFF file holds arrays of at least 2 dimensions with no empty axis, got "
             f"shape {array.shape}"
         )
-    path = output_path(path, overwrite)
     array, tile = _tile_aligned(array)
-    remove_stale_temporaries(path)
-    tmp = temporary_path(path)
-    try:
+    with staged(path, overwrite) as tmp:
         # Lay out the file: the header, then every tile (zeros) at its final place.
         tifffile.imwrite(
             tmp,
@@ -419,13 +413,9 @@ def write_tiff(
             metadata=attrs,
         )
         target = TiffTiles.of(tmp, array.shape, tile)
-        delayed = da.store(array, target, lock=False, compute=False)
-        _compute(delayed, scheduler, progress, f"writing {os.path.basename(path)}")
-        install(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
-    return path
+        desc = f"writing {os.path.basename(path)}"
+        store_blocks(array, target, scheduler=scheduler, progress=progress, desc=desc)
+    return os.fspath(path)
 
 
 def _tile_aligned(array: da.Array) -> tuple[da.Array, tuple[int, int]]:
@@ -526,6 +516,62 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
     return path
 
 
+def write_array(
+    array,
+    path: str | os.PathLike,
+    *,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable[[int, int], object] = True,
+    scheduler=None,
+) -> str:
+    """Stream a (lazy) array to a file whose format the path's suffix names, atomically.
+
+    ``.ome.zarr``: OME-Zarr with a pyramid (:func:`napari_ncc._ome_zarr.write_ome_zarr`,
+    `attrs` beside the NGFF metadata); ``.tif``, ``.tiff``, ...: a tiled TIFF file
+    (:func:`write_tiff`); anything else: a zarr store (:func:`write_zarr`). The one place
+    that maps an output path to its writer, for :func:`write_ncc`, the command line and
+    the napari writer.
+
+    Parameters
+    ----------
+    array, path, attrs, overwrite, progress, scheduler
+        As in :func:`write_zarr`.
+
+    Returns
+    -------
+    path : str
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from napari_ncc._io import read_image, write_array
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> image = np.ones((1200, 700), np.float32)
+    >>> for name in ("a.zarr", "a.tif", "a.ome.zarr"):
+    ...     levels, _ = read_image(write_array(image, os.path.join(folder.name, name),
+    ...                                        progress=False))
+    ...     print(name, [level.shape for level in levels])
+    a.zarr [(1200, 700)]
+    a.tif [(1200, 700)]
+    a.ome.zarr [(1200, 700), (600, 350), (300, 175)]
+    >>> folder.cleanup()
+    """
+    # (imported here: the OME-Zarr writer builds on this module's helpers)
+    from ._ome_zarr import is_ome_zarr, write_ome_zarr
+
+    if is_ome_zarr(path):
+        write = write_ome_zarr
+    elif os.fspath(path).lower().endswith(TIFF_SUFFIXES):
+        write = write_tiff
+    else:
+        write = write_zarr
+    return write(
+        array, path, attrs=attrs, overwrite=overwrite, progress=progress, scheduler=scheduler
+    )
+
+
 def _as_input(image, name: str):
     if isinstance(image, str | os.PathLike):
         levels, _ = read_image(image)
@@ -558,12 +604,14 @@ def write_ncc(
     progress: bool = True,
     scheduler=None,
 ) -> str:
-    """Write the local NCC map of two images of any size to a zarr store.
+    """Write the local NCC map of two images of any size to a zarr store, OME-Zarr or TIFF.
 
     The map is computed block by block (see :func:`napari_ncc.local_ncc`) and streamed
-    to disk with :func:`write_zarr`: bounded memory, a progress bar, written to a
+    to disk with :func:`write_array`: bounded memory, a progress bar, written to a
     temporary location and renamed at the end. The parameters are stored in the
-    attributes under ``"napari_ncc"``, so :func:`read_image` gives them back.
+    attributes under ``"napari_ncc"``, so :func:`read_image` gives them back. A path
+    ending in ``.ome.zarr`` gets OME-Zarr (NGFF) with a pyramid of block means, which
+    other NGFF tools open as a multiscale image.
 
     Parameters
     ----------
@@ -571,7 +619,8 @@ def write_ncc(
         The two images: paths that :func:`read_image` opens (level 0 is used), Dask
         arrays or NumPy arrays. Not modified.
     path : str or os.PathLike
-        Destination zarr store.
+        Destination: ``.ome.zarr`` (OME-Zarr with a pyramid), ``.tif``/``.tiff`` (a
+        tiled TIFF file), or a zarr store (any other name, usually ``.zarr``).
     radius, window, mode, fill_value, axes
         As in :func:`napari_ncc.local_ncc`.
     registration : Registration, optional
@@ -618,7 +667,7 @@ def write_ncc(
     """
     path = os.fspath(path)
     check_free(path, overwrite)
-    _check_scheduler(scheduler)
+    check_scheduler(scheduler)
     sources = [
         os.fspath(x) if isinstance(x, str | os.PathLike) else None for x in (reference, moving)
     ]
@@ -642,7 +691,7 @@ def write_ncc(
         "shape": list(ncc.shape),
         "inputs": sources,
     }
-    return write_zarr(
+    return write_array(
         ncc,
         path,
         attrs={ATTRS_KEY: params},

@@ -162,7 +162,7 @@ def _mean_2x2(block: np.ndarray, axes: tuple[int, ...], dtype) -> np.ndarray:
     return out.astype(dtype)
 
 
-def _coarsen(level: da.Array) -> da.Array:
+def coarsen(level: da.Array) -> da.Array:
     """One pyramid step: the mean of 2x2 pixel blocks of the plane axes, input dtype kept.
 
     Floats become at least float32; a trailing odd row or column is dropped (the next
@@ -238,7 +238,7 @@ def _write_levels(image: da.Array, directory) -> Generator[tuple[int, int], None
     levels = [image]
     batch = max(2 * (os.cpu_count() or 1), 2)
     for k in range(1, len(pyramid_shapes(image.shape))):
-        coarse = _coarsen(levels[-1])
+        coarse = coarsen(levels[-1])
         chunks = tuple(
             PYRAMID_CHUNK if ax in plane_axes(coarse.ndim) else 1 for ax in range(coarse.ndim)
         )
@@ -305,14 +305,39 @@ def build_pyramid(
     >>> [level.shape for level in levels]
     [(1200, 1000), (600, 500), (300, 250)]
     """
-    with contextlib.closing(iter_pyramid(image, directory)) as steps:
+    return run_steps(iter_pyramid(image, directory), progress)
+
+
+def run_steps(
+    steps: Generator[tuple[int, int], None, object],
+    progress: Callable[[int, int], object] | None = None,
+):
+    """Run a generator of ``(done, total)`` steps to its end; return its return value.
+
+    How the blocking functions (:func:`build_pyramid`, ``cached_pyramid``) drive their
+    generator versions: each step goes to ``progress(done, total)``, which may raise to
+    stop (a cancelled napari run); the generator is then closed, so that it removes what it
+    left unfinished.
+
+    Examples
+    --------
+    >>> def counting():
+    ...     yield 1, 2
+    ...     yield 2, 2
+    ...     return "done"
+    >>> run_steps(counting(), lambda done, total: print(f"{done}/{total}"))
+    1/2
+    2/2
+    'done'
+    """
+    with contextlib.closing(steps):
         while True:
             try:
                 done, total = next(steps)
             except StopIteration as stop:
                 return stop.value
             if progress is not None:
-                progress(done, total)  # may raise to stop (a cancelled napari run)
+                progress(done, total)
 
 
 def rescaled(registration, factors):

@@ -4,28 +4,26 @@
 it is, then each coarser level the 2x2 block mean (over the last two axes) of the level
 before, read back from the store, so memory stays bounded by a few chunks whatever the
 size. Everything is written to a hidden temporary sibling and renamed at the end, like
-:func:`napari_ncc._io.write_zarr`. :func:`read_ome_zarr` opens such a store (or any
-OME-Zarr image) lazily. The NGFF metadata is written and parsed by ``ome-zarr``
+every writer (:func:`napari_ncc._atomic.staged`). :func:`read_ome_zarr` opens such a store
+(or any OME-Zarr image) lazily; :func:`napari_ncc._read.read_image` reads OME-Zarr through
+it. The NGFF metadata is written and parsed by ``ome-zarr``
 (ome-zarr-py); napari-ncc's own parameters sit beside it in the group attributes under
 ``"napari_ncc"``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import dask.array as da
 import numpy as np
 
-from ._atomic import check_free as _check_free
-from ._atomic import remove as _remove
-from ._io import _check_attrs, _check_scheduler, _compute, _regular_chunks
-from ._multiscale import PYRAMID_FACTOR, _coarsen, plane_axes, pyramid_shapes
-from ._read import ATTRS_KEY, _dask_chunks, _ncc_attrs, _strip_suffixes
+from ._atomic import check_free, staged
+from ._io import check_attrs, check_scheduler, regular_chunks, store_blocks
+from ._multiscale import PYRAMID_FACTOR, coarsen, plane_axes, pyramid_shapes
+from ._read import ATTRS_KEY, dask_chunks, ncc_attrs, strip_suffixes
 
 __all__ = ["is_ome_zarr", "read_ome_zarr", "write_ome_zarr"]
 
@@ -47,7 +45,7 @@ _RESERVED_ATTRS = ("ome", "multiscales", "omero", "labels", "version")
 _DOWNSCALING = {
     "description": "mean of 2x2 pixel blocks over the last two axes, level k from level k-1 "
     "(a trailing odd row or column dropped)",
-    "method": "napari_ncc._multiscale._mean_2x2",
+    "method": "napari_ncc._multiscale.coarsen",
 }
 
 
@@ -79,32 +77,6 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
     (True, True, False)
     """
     return os.fspath(path).rstrip("/\\").lower().endswith(".ome.zarr")
-
-
-@contextlib.contextmanager
-def _staged(path: str, overwrite: bool) -> Iterator[str]:
-    """A hidden temporary sibling of `path` to write into, renamed to `path` on success.
-
-    On any exception the temporary directory is removed and `path` is left as it was; an
-    existing `path` (``overwrite=True``) is replaced only once the new one is complete.
-    The same steps as :func:`napari_ncc._io.write_zarr`'s, which has them inline.
-    """
-    parent, base = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
-    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        yield tmp
-        if os.path.lexists(path):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            _remove(trash)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _axis_names(names, ndim: int, fmt, axes_type) -> tuple[str, ...]:
@@ -169,7 +141,7 @@ def write_ome_zarr(
     name: str | None = None,
     ngff_version: str = "0.5",
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], object] = True,
     scheduler=None,
 ) -> str:
     """Stream a (lazy) array into an OME-Zarr multiscale image with a pyramid, atomically.
@@ -230,12 +202,12 @@ def write_ome_zarr(
     import zarr
 
     path = os.fspath(path)
-    _check_free(path, overwrite)
-    attrs = _check_attrs(attrs)
+    check_free(path, overwrite)
+    attrs = check_attrs(attrs)
     reserved = sorted(set(attrs) & set(_RESERVED_ATTRS))
     if reserved:
         raise ValueError(f"attrs may not set the NGFF keys {reserved}; they are written here")
-    _check_scheduler(scheduler)
+    check_scheduler(scheduler)
     if str(ngff_version) not in NGFF_VERSIONS:
         raise ValueError(f"ngff_version must be one of {NGFF_VERSIONS}, got {ngff_version!r}")
     fmt = ome_format.format_from_version(str(ngff_version))
@@ -249,28 +221,28 @@ def write_ome_zarr(
     scale = _per_axis(scale, array.ndim, "scale", 1.0, positive=True)
     translate = _per_axis(translate, array.ndim, "translate", 0.0, positive=False)
     if name is None:
-        name = _strip_suffixes(os.path.basename(os.path.abspath(path)))
-    array = _regular_chunks(array)
+        name = strip_suffixes(os.path.basename(os.path.abspath(path)))
+    array = regular_chunks(array)
     chunks0 = tuple(c[0] for c in array.chunks)
     shapes = pyramid_shapes(array.shape)
     base = os.path.basename(os.path.abspath(path))
     array_options: dict = {"chunk_key_encoding": fmt.chunk_key_encoding}
     if fmt.zarr_format == 3:
         array_options["dimension_names"] = list(names)
-    with _staged(path, overwrite) as tmp:
+    with staged(path, overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=fmt.zarr_format)
         group.attrs.update(attrs)
         level, previous = array, None
         for k, shape in enumerate(shapes):
             chunks = tuple(min(c, n) for c, n in zip(chunks0, shape, strict=True))
             if k:
-                level = _coarsen(previous).rechunk(chunks)
+                level = coarsen(previous).rechunk(chunks)
             assert level.shape == shape, (level.shape, shape)
             target = group.create_array(
                 str(k), shape=shape, chunks=chunks, dtype=level.dtype, **array_options
             )
-            stored = da.store(level, target, lock=False, compute=False)
-            _compute(stored, scheduler, progress, f"writing {base} level {k}/{len(shapes) - 1}")
+            desc = f"writing {base} level {k}/{len(shapes) - 1}"
+            store_blocks(level, target, scheduler=scheduler, progress=progress, desc=desc)
             previous = da.from_zarr(target)
         datasets = [
             {"path": str(k), "coordinateTransformations": transforms}
@@ -316,8 +288,10 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[list[da.Array], dict]:
         group = zarr.open_group(path, mode="r")
     except Exception as err:
         raise ValueError(f"{path} is not a readable zarr group: {err}") from None
-    # Telling the reader the version avoids its "version mismatch" warning on 0.4 stores.
-    fmt = ome_format.FormatV04() if group.metadata.zarr_format == 2 else ome_format.FormatV05()
+    # The version the metadata declares (the library's own detection), so that the reader
+    # does not log a "version mismatch" for 0.4 stores.
+    default = ome_format.FormatV04() if group.metadata.zarr_format == 2 else ome_format.FormatV05()
+    fmt = ome_format.detect_format(dict(group.attrs), default)
     node = None
     try:
         location = ome_io.parse_url(path, fmt=fmt)
@@ -328,16 +302,21 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[list[da.Array], dict]:
                     break
     except Exception as err:  # the reader raises whatever zarr or its validation raise
         raise ValueError(f"{path}: broken OME-Zarr metadata: {err}") from None
-    if node is None or not node.data:
-        raise ValueError(f"{path} holds no OME-Zarr multiscale image ('multiscales' metadata)")
+    if node is None:
+        raise ValueError(
+            f"{path} is a zarr group without OME-Zarr 'multiscales' metadata (no multiscale "
+            f"image); open one of its arrays instead (for example {path}/0)"
+        )
+    if not node.data:
+        raise ValueError(f"{path}: broken OME-Zarr metadata: the multiscale image lists no levels")
     levels = []
     for level in node.data:
-        wanted = _dask_chunks(level.chunksize, level.shape)
+        wanted = dask_chunks(level.chunksize, level.shape)
         levels.append(level if wanted == level.chunksize else level.rechunk(wanted))
     ndim = levels[0].ndim
     metadata: dict = {
         "name": node.metadata.get("name")
-        or _strip_suffixes(os.path.basename(os.path.normpath(path))),
+        or strip_suffixes(os.path.basename(os.path.normpath(path))),
         "scale": None,
         "axes": None,
         "path": path,
@@ -359,7 +338,7 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[list[da.Array], dict]:
                 known = True
     if known:
         metadata["scale"] = tuple(float(s) for s in scale)
-    params = _ncc_attrs(dict(group.attrs))
+    params = ncc_attrs(dict(group.attrs))
     if params is not None:
         metadata[ATTRS_KEY] = params
     return levels, metadata

@@ -11,16 +11,14 @@ changed file gets a new pyramid (the old one is removed). :func:`open_image_pyra
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Generator
 
 import dask.array as da
 
-from ._atomic import remove as _remove
+from ._atomic import remove, remove_stale_temporaries, temporary_path
 from ._multiscale import (
     PYRAMID_CHUNK,
     PYRAMID_FACTOR,
@@ -28,6 +26,7 @@ from ._multiscale import (
     iter_pyramid,
     needs_pyramid,
     pyramid_shapes,
+    run_steps,
 )
 from ._read import read_image
 
@@ -131,7 +130,8 @@ def iter_cached_pyramid(
     if levels is not None:
         return levels
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_temporaries(entry)
+    tmp = temporary_path(entry)
     try:
         yield from iter_pyramid(image, tmp)
         with open(os.path.join(tmp, _SOURCE_FILE), "w") as f:
@@ -140,17 +140,17 @@ def iter_cached_pyramid(
             os.rename(tmp, entry)  # the rename marks the entry complete
         except OSError:
             if _open_entry(entry, image, source) is None:  # a broken entry: replace it
-                _remove(entry)
+                remove(entry)
                 os.rename(tmp, entry)
             else:  # another process finished the same pyramid first: use theirs
-                _remove(tmp)
+                remove(tmp)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     # Pyramids of earlier versions of this file are stale now.
     for name in os.listdir(folder):
-        if os.path.join(folder, name) != entry and not name.startswith(".tmp-"):
-            _remove(os.path.join(folder, name))
+        if os.path.join(folder, name) != entry and not name.startswith("."):  # (temporaries)
+            remove(os.path.join(folder, name))
     levels = _open_entry(entry, image, source)
     if levels is None:
         raise OSError(f"the pyramid cached for {path} in {entry} could not be read back")
@@ -212,15 +212,7 @@ def cached_pyramid(
     ([], True)
     >>> folder.cleanup()
     """
-    # (closed at once when `progress` raises, so that the partial build is removed)
-    with contextlib.closing(iter_cached_pyramid(path, image, cache_dir=cache_dir)) as steps:
-        while True:
-            try:
-                done, total = next(steps)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(done, total)
+    return run_steps(iter_cached_pyramid(path, image, cache_dir=cache_dir), progress)
 
 
 def open_image_pyramid(

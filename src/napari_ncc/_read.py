@@ -58,7 +58,7 @@ def is_rgb(axes: Sequence[str] | None, shape: Sequence[int]) -> bool:
     )
 
 
-def _dask_chunks(native: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+def dask_chunks(native: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
     """Dask chunks for reading: whole native chunks, grown when tiny, split when huge."""
     chunks = [max(1, min(int(c), int(s))) for c, s in zip(native, shape, strict=True)]
     spatial = list(range(max(0, len(shape) - 2), len(shape)))
@@ -76,7 +76,14 @@ def _dask_chunks(native: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]
     return tuple(chunks)
 
 
-def _strip_suffixes(name: str) -> str:
+def strip_suffixes(name: str) -> str:
+    """A file name without its image suffix (``.ome.zarr``, ``.tif``, ...): the layer name.
+
+    Examples
+    --------
+    >>> strip_suffixes("map.ome.zarr"), strip_suffixes("slide.OME.TIF"), strip_suffixes("a.png")
+    ('map', 'slide', 'a')
+    """
     lower = name.lower()
     for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", *ZARR_SUFFIXES, *TIFF_SUFFIXES):
         if lower.endswith(suffix):
@@ -84,7 +91,11 @@ def _strip_suffixes(name: str) -> str:
     return os.path.splitext(name)[0]
 
 
-def _ncc_attrs(attrs) -> dict | None:
+def ncc_attrs(attrs) -> dict | None:
+    """The NCC parameters stored in a file's attributes (under :data:`ATTRS_KEY`), or None.
+
+    ``fill_value`` comes back as a float (NaN is stored as the string ``"nan"``).
+    """
     params = attrs.get(ATTRS_KEY)
     if not isinstance(params, dict):
         return None
@@ -95,7 +106,7 @@ def _ncc_attrs(attrs) -> dict | None:
 
 
 def _zarr_level(array) -> da.Array:
-    return da.from_zarr(array, chunks=_dask_chunks(array.chunks, array.shape))
+    return da.from_zarr(array, chunks=dask_chunks(array.chunks, array.shape))
 
 
 def _read_zarr(path: str, name: str) -> tuple[list[da.Array], dict]:
@@ -105,45 +116,20 @@ def _read_zarr(path: str, name: str) -> tuple[list[da.Array], dict]:
         node = zarr.open(path, mode="r")
     except Exception as err:
         raise ValueError(f"{path} is not a readable zarr store: {err}") from None
-    attrs = dict(node.attrs)
-    metadata: dict = {"name": name, "scale": None, "axes": None, "path": path}
-    if isinstance(node, zarr.Array):
-        levels = [_zarr_level(node)]
-    else:
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        if not multiscales:
-            raise ValueError(
-                f"{path} is a zarr group without OME-Zarr 'multiscales' metadata; open one "
-                "of its arrays instead (for example {path}/0)"
-            )
-        image = multiscales[0]
+    if not isinstance(node, zarr.Array):
+        # An OME-Zarr image, read by the NGFF library (imported here: the OME-Zarr module
+        # builds on this one).
+        from ._ome_zarr import read_ome_zarr
+
         try:
-            levels = [_zarr_level(node[d["path"]]) for d in image["datasets"]]
-        except Exception as err:
-            raise ValueError(f"{path}: broken OME-Zarr multiscales metadata: {err}") from None
-        if not levels:
-            raise ValueError(f"{path}: OME-Zarr multiscales metadata lists no datasets")
-        axes = image.get("axes")
-        if axes:
-            metadata["axes"] = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes)
-        scale = np.ones(levels[0].ndim)
-        known = False
-        for transforms in (
-            image["datasets"][0].get("coordinateTransformations", []),
-            image.get("coordinateTransformations", []),
-        ):
-            for t in transforms:
-                if t.get("type") == "scale" and len(t.get("scale", ())) == levels[0].ndim:
-                    scale = scale * np.asarray(t["scale"], dtype=float)
-                    known = True
-        if known:
-            metadata["scale"] = tuple(float(s) for s in scale)
-        if image.get("name"):
-            metadata["name"] = str(image["name"])
-    params = _ncc_attrs(attrs)
+            return read_ome_zarr(path)
+        except ImportError as err:  # no ome-zarr (Python 3.10): one clear error
+            raise ValueError(str(err)) from None
+    metadata: dict = {"name": name, "scale": None, "axes": None, "path": path}
+    params = ncc_attrs(dict(node.attrs))
     if params is not None:
         metadata[ATTRS_KEY] = params
-    return levels, metadata
+    return [_zarr_level(node)], metadata
 
 
 class TiffLevel:
@@ -252,7 +238,7 @@ def _read_tiff(path: str, name: str) -> tuple[list[da.Array], dict]:
                     store.close()
             scale = _tiff_scale(series.pages[0] or tif.pages[0], axes, len(series.shape))
             shaped = tif.shaped_metadata
-            params = _ncc_attrs(shaped[0]) if shaped else None
+            params = ncc_attrs(shaped[0]) if shaped else None
     except ValueError as err:
         raise ValueError(f"cannot read TIFF {path}: {err}") from None
     except Exception as err:
@@ -263,7 +249,7 @@ def _read_tiff(path: str, name: str) -> tuple[list[da.Array], dict]:
         levels.append(
             da.from_array(
                 source,
-                chunks=_dask_chunks(chunks, shape),
+                chunks=dask_chunks(chunks, shape),
                 asarray=False,
                 meta=np.empty((0,) * len(shape), dtype=dtype),
                 name=f"tiff-{name}-{i}-" + _token(source),
@@ -295,7 +281,7 @@ def _read_small(path: str, name: str) -> tuple[list[da.Array], dict]:
         axes = ("y", "x")
     elif image.ndim == 3 and image.shape[-1] in (3, 4):
         axes = ("y", "x", "c")
-    level = da.from_array(image, chunks=_dask_chunks(image.shape, image.shape))
+    level = da.from_array(image, chunks=dask_chunks(image.shape, image.shape))
     return [level], {"name": name, "scale": None, "axes": axes, "path": path}
 
 
@@ -342,7 +328,7 @@ def read_image(path: str | os.PathLike) -> tuple[list[da.Array], dict]:
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist")
     base = os.path.basename(os.path.normpath(path))
-    name = _strip_suffixes(base)
+    name = strip_suffixes(base)
     lower = base.lower()
     if os.path.isdir(path) or lower.endswith(ZARR_SUFFIXES):
         return _read_zarr(path, name)

@@ -1,22 +1,26 @@
-"""napari reader: zarr, OME-Zarr and TIFF files, opened lazily through :mod:`napari_ncc._io`.
+"""napari reader: zarr, OME-Zarr and TIFF files, opened lazily through :mod:`napari_ncc._read`.
 
-Multiscale files (OME-Zarr, pyramidal TIFF) give multiscale layers; NCC maps written by
-napari-ncc come back with their parameters, colormap and contrast limits. Anything this
-reader cannot open (wrong type, corrupt file) gets ``None``, so napari tries another reader
-instead of failing.
+Multiscale files (OME-Zarr, pyramidal TIFF) give multiscale layers; so do big single-scale
+zarr arrays and TIFF files, with a pyramid built once and cached on disk
+(:func:`napari_ncc._pyramid_cache.open_image_pyramid`): napari then reads only the tiles on
+screen instead of loading the whole image. NCC maps written by napari-ncc come back with
+their parameters, colormap and contrast limits. Anything this reader cannot open (wrong
+type, corrupt file) gets ``None``, so napari tries another reader instead of failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 from ._multiscale import NCC_COLORMAP, NCC_CONTRAST_LIMITS
+from ._pyramid_cache import open_image_pyramid
 from ._read import ATTRS_KEY, SMALL_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, is_rgb, read_image
 
 
-def _layer_data(path: str) -> list[tuple]:
-    levels, meta = read_image(path)
+def _layer_data(levels: list, meta: dict, path: str) -> list[tuple]:
     kwargs: dict = {"name": meta.get("name") or os.path.basename(path)}
     scale = meta.get("scale")
     rgb = is_rgb(meta.get("axes"), levels[0].shape)
@@ -42,11 +46,39 @@ def _layer_data(path: str) -> list[tuple]:
     return [(data, kwargs, "image")]
 
 
+@contextlib.contextmanager
+def _pyramid_progress(path: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback showing a napari progress bar while a pyramid
+    is built, when a viewer is open; None otherwise (a script, a test: no bar). The bar
+    appears with the first block built: none when the pyramid comes from the cache."""
+    napari = sys.modules.get("napari")
+    if napari is None or napari.current_viewer() is None:
+        yield None
+        return
+    from napari.utils import progress
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress(total=total, desc=f"Building the pyramid of {os.path.basename(path)}")
+        bar.update(done - bar.n)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def napari_get_reader(path: str | list[str]) -> Callable | None:
     """The reader for `path`, or None if napari-ncc cannot open it.
 
     Opening is lazy (only metadata is read), so trying it here is cheap and lets a corrupt
     or unsupported file fall through to another reader instead of raising in the viewer.
+    The pyramid of a big single-scale file (a pass over the file the first time, then
+    read from the cache) is made by the returned function, when napari opens the file.
     """
     if isinstance(path, list):
         if len(path) != 1:
@@ -57,11 +89,13 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
     if not lower.endswith(ZARR_SUFFIXES + TIFF_SUFFIXES + SMALL_SUFFIXES):
         return None
     try:
-        layers = _layer_data(path)
+        read_image(path)
     except (ValueError, OSError):
         return None
 
     def read(_path) -> list[tuple]:
-        return layers
+        with _pyramid_progress(path) as progress:
+            levels, meta = open_image_pyramid(path, progress=progress)
+        return _layer_data(levels, meta, path)
 
     return read

@@ -47,6 +47,7 @@ from qtpy.QtCore import Qt
 
 from . import _multiscale
 from ._activity import Activity, Cancelled
+from ._pyramid_cache import cached_pyramid
 from ._read import ATTRS_KEY
 from ._validation import WINDOWS
 
@@ -83,6 +84,17 @@ def _levels(layer: Image) -> list[da.Array]:
         level = level if isinstance(level, da.Array) else da.asarray(level)
         levels.append(_multiscale.as_luminance(level) if layer.rgb else level)
     return levels
+
+
+def _source_path(layer: Image) -> str | None:
+    """The file a single-scale grey layer was read from, or None.
+
+    The pyramid of such a layer is cached on disk by file (the one the reader built when
+    it opened the file, or one built here and reused next time); an RGB layer is compared
+    by its luminance, which is not the file's image.
+    """
+    path = getattr(layer.source, "path", None)
+    return None if layer.multiscale or layer.rgb or not path else str(path)
 
 
 def _image_shape(layer: Image) -> tuple[int, ...]:
@@ -157,7 +169,14 @@ class _Job:
     """
 
     def __init__(
-        self, reference, moving, params, build_pyramids: bool, activity, registration=None
+        self,
+        reference,
+        moving,
+        params,
+        build_pyramids: bool,
+        activity,
+        registration=None,
+        sources=(None, None),
     ):
         self.reference = reference
         self.moving = moving
@@ -165,6 +184,13 @@ class _Job:
         self.build_pyramids = build_pyramids
         self.activity = activity
         self.registration = registration
+        self.sources = sources  # the files of the inputs, when known: cached pyramids
+
+    def _pyramid(self, image, path: str | None, name: str) -> list:
+        progress = self.activity.callback(f"{name} pyramid (blocks)")
+        if path is None:
+            return _multiscale.build_pyramid(image, progress=progress)
+        return cached_pyramid(path, image, progress=progress)
 
     def _result(self, reference, moving, registration, final: bool) -> _Result:
         p = self.params
@@ -190,12 +216,8 @@ class _Job:
         reference, moving, p = self.reference, self.moving, self.params
         activity = self.activity
         if self.build_pyramids:
-            reference = _multiscale.build_pyramid(
-                reference[0], progress=activity.callback("reference pyramid (blocks)")
-            )
-            moving = _multiscale.build_pyramid(
-                moving[0], progress=activity.callback("moving pyramid (blocks)")
-            )
+            reference = self._pyramid(reference[0], self.sources[0], "reference")
+            moving = self._pyramid(moving[0], self.sources[1], "moving")
         registration = self.registration
         if p["register"] and registration is None:
             with warnings.catch_warnings():
@@ -488,7 +510,8 @@ class NCCConfidenceWidget(FunctionGui):
         if self._activity is not None:  # a call from code while a run is going
             self._activity.cancel()
         activity = Activity("NCC confidence")
-        job = _Job(ref_levels, mov_levels, params, build, activity, registration)
+        sources = (_source_path(reference), _source_path(moving))
+        job = _Job(ref_levels, mov_levels, params, build, activity, registration, sources)
         self._cache_key = (key, (_weak(reference), _weak(moving)))
         names = (reference.name, moving.name)
         display = {

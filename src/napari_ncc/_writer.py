@@ -1,9 +1,11 @@
-"""napari writer: an image layer to a zarr store, through :func:`napari_ncc._io.write_zarr`.
+"""napari writers: an image layer to a zarr store, or to OME-Zarr with a pyramid.
 
-Chunk by chunk (lazy layers are computed block by block), atomically (a temporary name,
-renamed when complete), never over an existing path. A multiscale layer is saved at full
-resolution. An NCC layer keeps its parameters (``metadata["napari_ncc"]``), scale and
-translate, so the reader shows it again as it was.
+Through :func:`napari_ncc._io.write_array`: a path ending in ``.ome.zarr`` gets OME-Zarr
+(NGFF, level 0 and a pyramid of block means, which other NGFF tools open as a multiscale
+image), any other a zarr array. Chunk by chunk (lazy layers are computed block by block),
+atomically (a temporary name, renamed when complete), never over an existing path. A
+multiscale layer is saved from its full resolution. An NCC layer keeps its parameters
+(``metadata["napari_ncc"]``), scale and translate, so the reader shows it again as it was.
 
 napari calls a writer synchronously from its save action. With a viewer open, the store is
 written in a worker thread, with its progress (and a cancel button) in napari's activity
@@ -19,7 +21,8 @@ import os
 import sys
 from typing import Any
 
-from ._io import ATTRS_KEY, write_zarr
+from ._io import ATTRS_KEY, write_array
+from ._ome_zarr import is_ome_zarr
 
 
 def _jsonable(value) -> Any:
@@ -39,6 +42,9 @@ def _open_viewer():
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     """Save one image layer as a zarr array at `path` (the npe2 writer contribution).
 
+    A `path` ending in ``.ome.zarr`` gets OME-Zarr with a pyramid instead, as
+    :func:`write_ome_zarr_image` writes it.
+
     Returns
     -------
     paths : list of str
@@ -50,10 +56,37 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     ------
     FileExistsError
         If `path` exists and no viewer is open: napari-ncc never overwrites unasked.
+    ValueError
+        If an RGB layer is to be saved as OME-Zarr, which has no colour axis last.
     """
     path = os.fspath(path)
     if not path.lower().endswith(".zarr"):
         path += ".zarr"
+    return _write(path, data, attributes)
+
+
+def write_ome_zarr_image(path: str, data: Any, attributes: dict) -> list[str]:
+    """Save one image layer as OME-Zarr with a pyramid at `path` (npe2 writer contribution).
+
+    Level 0 is the layer's (full-resolution) data; each coarser level the 2 x 2 block mean
+    of the one before (:func:`napari_ncc._ome_zarr.write_ome_zarr`), so that NGFF viewers
+    open it as a multiscale image. `path` gets the suffix ``.ome.zarr`` if it has not
+    (``map`` and ``map.zarr`` become ``map.ome.zarr``); the rest is as in
+    :func:`write_image`.
+    """
+    path = os.fspath(path)
+    if not is_ome_zarr(path):
+        path = path.rstrip("/\\")
+        path = (path[: -len(".zarr")] if path.lower().endswith(".zarr") else path) + ".ome.zarr"
+    return _write(path, data, attributes)
+
+
+def _write(path: str, data: Any, attributes: dict) -> list[str]:
+    if attributes.get("rgb") and is_ome_zarr(path):
+        raise ValueError(
+            f"cannot save the RGB layer {attributes.get('name')!r} as OME-Zarr ({path}): "
+            "OME-Zarr has no colour axis last; save it as .zarr instead"
+        )
     if attributes.get("multiscale"):
         data = data[0]
     attrs = None
@@ -67,7 +100,7 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
         }
         attrs = {ATTRS_KEY: params}
     if _open_viewer() is None:
-        return [write_zarr(data, path, attrs=attrs, overwrite=False, progress=True)]
+        return [write_array(data, path, attrs=attrs, overwrite=False, progress=True)]
     return _save_in_background(data, path, attrs, attributes.get("name") or "layer")
 
 
@@ -96,7 +129,7 @@ def _save_in_background(data, path: str, attrs: dict | None, name: str) -> list[
         show_info(f"napari-ncc saved {name!r} to {written}")
 
     activity.start(
-        write_zarr,
+        write_array,
         data,
         path,
         attrs=attrs,
