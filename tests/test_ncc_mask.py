@@ -186,7 +186,7 @@ def test_garbage_under_the_mask_of_a_large_image(rng):
     np.testing.assert_array_equal(dirty, clean)
     assert np.isfinite(dirty[600:, 600:]).mean() > 0.9
     mask[~np.isfinite(a)] = True
-    with pytest.raises(ValueError, match=r"image0 contains \d+ NaN or infinite values where"):
+    with pytest.raises(ValueError, match=r"reference contains \d+ NaN or infinite values where"):
         ncc_block(a, b, plan, full_maps(plan), mask=mask, n_threads=3)
 
 
@@ -196,7 +196,7 @@ def test_nan_where_the_mask_is_true_is_an_error(rng):
     a[3, 4] = np.nan
     mask[5, 5] = False
     a[5, 5] = np.inf  # masked off: not counted
-    with pytest.raises(ValueError, match="image0 contains 1 NaN or infinite values where the"):
+    with pytest.raises(ValueError, match="reference contains 1 NaN or infinite values where the"):
         local_ncc(a, b, 2, mask=mask)
     mask[3, 4] = False
     assert np.isfinite(local_ncc(a, b, 2, mask=mask)).all()

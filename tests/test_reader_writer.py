@@ -192,10 +192,16 @@ def test_viewer_saves_in_the_background_and_opens_an_ncc_layer(
     assert viewer.layers.save(path, selected=True, plugin="napari-ncc") == [path]
     # Written in a worker thread, with a progress bar in the activity panel; the store
     # appears under its name only once complete.
-    qtbot.waitUntil(lambda: any(n.message.startswith("napari-ncc saved") for n in notifications))
+    qtbot.waitUntil(
+        lambda: any(n.message.startswith("napari-ncc saved") for n in notifications),
+        timeout=120_000,
+    )
     assert os.path.isdir(path)
     [bar] = [bar for bar in progress_bars if "Saving saved.zarr" in str(bar.desc)]
-    assert bar.total > 0 and bar.n == bar.total  # counted in Dask tasks, to the last one
+    # Counted in Dask tasks, to the last one (the bar's updates reach the main thread as
+    # queued signals, possibly after the notification: wait for them, never race them).
+    assert bar.total > 0
+    qtbot.waitUntil(lambda: bar.n == bar.total, timeout=60_000)
     assert not [n for n in notifications if n.severity == "error"]
 
     [opened] = viewer.open(path, plugin="napari-ncc")
@@ -255,7 +261,8 @@ def test_two_saves_to_one_path_keep_the_first(
         lambda: (
             sum(n.message.startswith("napari-ncc saved") for n in notifications) == 1
             and any("already exists" in n.message for n in notifications)
-        )
+        ),
+        timeout=120_000,
     )
     np.testing.assert_array_equal(zarr.open(path, mode="r")[...], first)
     assert [p.name for p in tmp_path.iterdir()] == ["once.zarr"]  # no temporary left
@@ -319,7 +326,10 @@ def test_viewer_saves_ome_zarr_in_the_background_and_reopens_it_multiscale(
     viewer.layers.selection = {viewer.add_image(da.from_array(ncc, chunks=256), name="big")}
     path = str(tmp_path / "saved.ome.zarr")
     assert viewer.layers.save(path, selected=True, plugin="napari-ncc") == [path]
-    qtbot.waitUntil(lambda: any(n.message.startswith("napari-ncc saved") for n in notifications))
+    qtbot.waitUntil(
+        lambda: any(n.message.startswith("napari-ncc saved") for n in notifications),
+        timeout=120_000,
+    )
     assert not [n for n in notifications if n.severity == "error"]
     assert [level.shape for level in library_levels(path)] == [(1100, 600), (550, 300), (275, 150)]
     [opened] = viewer.open(path, plugin="napari-ncc")
