@@ -107,9 +107,12 @@ def test_computed_arrays_are_read_through_their_graph(image, chunks):
     assert isinstance(source, DaskSource)
     expected = None if chunks[1] == (7, 23) else chunks
     assert storage_chunks(source, 3) == expected
+    _sources.COMPUTED_CHUNKS.clear()
     calls.clear()
     np.testing.assert_array_equal(source[1:2, 9:12, 2:5], image[1:2, 9:12, 2:5] + 1)
     assert len(calls) == 1  # just the chunk holding the box
+    np.testing.assert_array_equal(source[1:2, 10:12, 3:5], image[1:2, 10:12, 3:5] + 1)
+    assert len(calls) == 1  # kept for the next read
 
 
 def test_arrays_whose_chunks_need_all_others_are_not_sources_and_say_so(image, caplog):

@@ -31,7 +31,9 @@ import itertools
 import logging
 import math
 import operator
+import threading
 import uuid
+from collections import OrderedDict
 
 import dask.array as da
 import numpy as np
@@ -39,6 +41,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 
 __all__ = [
+    "COMPUTED_CACHE_BYTES",
     "STORAGE_CHUNK_PIXELS",
     "ChunkedSource",
     "DaskSource",
@@ -50,6 +53,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Bytes of computed chunks that :class:`DaskSource` keeps for the next reads (all sources
+#: of the process together, least recently used dropped first): a chunk read by a block
+#: is soon read again by the strip tasks of its neighbours, and by the next napari view.
+COMPUTED_CACHE_BYTES = 2**28
 
 #: Storage chunks larger than this many pixels (such as a TIFF stored as one strip) are not
 #: treated as chunks: halo strip tasks would have to decode and hold them whole.
@@ -107,13 +115,51 @@ class ChunkedSource:
         return out
 
 
+class _ChunkCache:
+    """Computed chunks by graph key, read-only, at most :data:`COMPUTED_CACHE_BYTES`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key):
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is not None:
+                self._chunks.move_to_end(key)
+            return chunk
+
+    def put(self, key, chunk: np.ndarray) -> None:
+        chunk.setflags(write=False)  # shared by every read of it
+        with self._lock:
+            if key in self._chunks or chunk.nbytes > COMPUTED_CACHE_BYTES:
+                return
+            self._chunks[key] = chunk
+            self._bytes += chunk.nbytes
+            while self._bytes > COMPUTED_CACHE_BYTES:
+                _, dropped = self._chunks.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._bytes = 0
+
+
+#: The computed chunks :class:`DaskSource` reads keep (see :class:`_ChunkCache`).
+COMPUTED_CHUNKS = _ChunkCache()
+
+
 class DaskSource:
     """A computed Dask array seen as a sliceable source.
 
     Slicing computes the chunks the box touches, with the synchronous scheduler, in the
     thread (or ``dask.distributed`` worker) that asks: the graph is culled to those
     chunks' keys and run, without the slicing and optimisation passes of
-    ``array[box].compute()``, whose cost grows with the number of chunks. :attr:`chunks`
+    ``array[box].compute()``, whose cost grows with the number of chunks. Chunks just
+    computed are kept a while (:data:`COMPUTED_CHUNKS`), for the neighbours and the next
+    view that read them again. :attr:`chunks`
     are the array's chunks when they are regular, so that the lazy engine's strip tasks
     (:mod:`napari_ncc._blocks`) hand halos to neighbouring blocks and each chunk is
     computed about twice, not once per block whose halo reaches into it.
@@ -158,8 +204,14 @@ class DaskSource:
             last = int(np.searchsorted(starts, max(stop, start + 1), side="left")) - 1
             cells.append(range(max(first, 0), max(first, last) + 1))
         keys = [(self.array.name, *idx) for idx in itertools.product(*cells)]
-        graph = self.array.__dask_graph__().cull(set(keys))
-        blocks = dict(zip((k[1:] for k in keys), get(dict(graph), keys), strict=True))
+        found = {key: COMPUTED_CHUNKS.get(key) for key in keys}
+        missing = [key for key, chunk in found.items() if chunk is None]
+        if missing:
+            graph = self.array.__dask_graph__().cull(set(missing))
+            for key, chunk in zip(missing, get(dict(graph), missing), strict=True):
+                found[key] = chunk = np.asarray(chunk).view()  # (its own flags)
+                COMPUTED_CHUNKS.put(key, chunk)
+        blocks = {key[1:]: chunk for key, chunk in found.items()}
         return ChunkedSource(blocks, self.array.chunks, self.dtype)[tuple(index)]
 
 
