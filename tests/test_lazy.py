@@ -70,10 +70,20 @@ def from_zarr(z) -> da.Array:
 
 
 def computed(x: np.ndarray, chunks) -> da.Array:
-    """A Dask array that is not a plain read of a source (forces the overlap path)."""
+    """A Dask array that is not a plain read of a source (read through a DaskSource)."""
     return da.from_array(x, chunks=chunks).map_blocks(
         np.copy, meta=np.empty((0,) * x.ndim, x.dtype)
     )
+
+
+def reduced(x: np.ndarray, chunks) -> da.Array:
+    """A computed Dask array whose chunks each need all others (forces the overlap path)."""
+    lazy = computed(x, chunks)
+    return lazy + 0 * lazy.max()
+
+
+#: How each path of the lazy engine gets its input: a source, a computed array, overlap.
+MAKERS = {"source": da.from_array, "computed": computed, "overlap": reduced}
 
 
 def test_public_local_ncc_is_the_lazy_one():
@@ -115,14 +125,18 @@ def test_dask_in_lazy_float32_out_without_computing(pair):
         ((23, 31), 4),
     ],
 )
-@pytest.mark.parametrize("path", ["source", "overlap"])
+@pytest.mark.parametrize("path", ["source", "computed", "overlap"])
 def test_chunking_never_changes_the_numbers(pair, tiny_blocks, mode, chunks0, chunks1, path):
     a, b = pair
     expected = core_ncc(a, b, 3, mode=mode)
     if path == "source":
         x0, x1 = da.from_array(a, chunks=chunks0), da.from_array(b, chunks=chunks1)
-    else:
+    elif path == "computed":
+        if chunks0 in (1, 2):
+            pytest.skip("a computed read per one-pixel chunk: slow, and the seams are covered")
         x0, x1 = computed(a, chunks0), computed(b, chunks1)
+    else:
+        x0, x1 = reduced(a, chunks0), reduced(b, chunks1)
     out = local_ncc(x0, x1, radius=3, mode=mode)
     assert isinstance(out, da.Array)
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
@@ -146,12 +160,12 @@ def test_lazy_matches_brute_force_reference(pair, tiny_blocks, mode):
 @pytest.mark.parametrize(
     "radius, axes", [(2, None), ((1, 2, 3), None), (2, (1, 2)), (3, (-1,)), ((0, 2), (0, 2))]
 )
-@pytest.mark.parametrize("path", ["source", "overlap"])
+@pytest.mark.parametrize("path", ["source", "computed", "overlap"])
 def test_3d_and_axes(rng, tiny_blocks, window, radius, axes, path):
     a = rng.random((5, 9, 11)).astype(np.float32)
     b = (a + 0.3 * rng.random(a.shape)).astype(np.float32)
     expected = core_ncc(a, b, radius, window=window, axes=axes)
-    make = da.from_array if path == "source" else computed
+    make = MAKERS[path]
     out = local_ncc(
         make(a, (2, 4, 3)), make(b, (3, 2, 5)), radius=radius, window=window, axes=axes
     )
@@ -227,11 +241,63 @@ def test_find_source(tmp_path, pair):
     np.testing.assert_array_equal(whole, a)
     persisted = da.from_array(a, chunks=8).map_blocks(np.copy).persist(scheduler="sync")
     assert isinstance(find_source(persisted)[1], _sources.ChunkedSource)
-    assert find_source(da.from_array(a, chunks=8) + 1) is None
-    assert find_source(computed(a, 8)) is None
-    assert find_source(da.from_array(memmap, chunks=8, lock=True)) is None
+    # Computed arrays are read through the graph (a lock in it is honoured there).
+    for x in (da.from_array(a, chunks=8) + 1, computed(a, 8), da.from_array(memmap, lock=True)):
+        assert isinstance(find_source(x)[1], _sources.DaskSource)
+    assert find_source(reduced(a, 4)) is None  # 48 chunks, each needing all
     sliced = find_source(da.from_array(memmap, chunks=8)[2:, 3])[1]
     np.testing.assert_array_equal(sliced[(slice(1, 5),)], a[3:7, 3])
+
+
+def _generated(size: int, chunk: int, seed: int, calls: list) -> da.Array:
+    """A `size` x `size` image made chunk by chunk by a generator (as a reader gives it),
+    recording in `calls` the chunk index of every call."""
+
+    def generate(block_info=None):
+        info = block_info[None]
+        calls.append(tuple(info["chunk-location"]))
+        (y0, y1), (x0, x1) = info["array-location"]
+        y, x = np.mgrid[y0:y1, x0:x1]
+        return (np.sin(0.3 * y + seed) * np.cos(0.17 * x) + 0.01 * ((y * 7 + x * 3) % 5)).astype(
+            np.float32
+        )
+
+    return da.map_blocks(
+        generate,
+        chunks=tuple(
+            (chunk,) * (size // chunk) + ((size % chunk,) if size % chunk else ())
+            for _ in range(2)
+        ),
+        dtype=np.float32,
+        meta=np.empty((0, 0), np.float32),
+    )
+
+
+@pytest.mark.parametrize("shift", [None, (2.5, -1.25)])
+def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
+    # What napari does at 1:1: slice a small view of the map and compute it. Only the
+    # input chunks under the view and its halo are generated, however large the image,
+    # and no layer of the map's graph is materialized whole.
+    counts = []
+    for size in (4096, 65536):
+        _sources.COMPUTED_CHUNKS.clear()
+        calls: list = []
+        ref, mov = _generated(size, 256, 0, calls), _generated(size, 256, 1, calls)
+        ncc = local_ncc(ref, mov, radius=3, moving_shift=shift)
+        own = set(ncc.dask.layers) - set(ref.dask.layers) - set(mov.dask.layers)
+        assert not any(ncc.dask.layers[name].is_materialized() for name in own)
+        view = np.s_[1000:1300, 2000:2400]
+        out = ncc[view].compute()
+        # (blocks of about 1024 x 1024 pixels: the view's two, their halos, their strips)
+        assert set(calls) <= {(i, j) for i in range(10) for j in range(3, 13)}
+        assert len(calls) == len(set(calls))  # each chunk computed once, then kept
+        counts.append(len(calls))
+        window = np.s_[1000 - 7 : 1300 + 7, 2000 - 7 : 2400 + 7]
+        a, b = ref[window].compute(), mov[window].compute()
+        if shift is not None:
+            b = scipy_shift(b, shift)
+        np.testing.assert_allclose(out, core_ncc(a, b, 3)[7:-7, 7:-7], atol=1e-5, rtol=0)
+    assert counts[0] == counts[1]
 
 
 @reads_from_source
@@ -487,7 +553,7 @@ def scipy_shift(x, shift, order=1, mode="nearest"):
 
 
 @pytest.mark.parametrize("shift", [(0.5, -1.25), (-3.7, 0.0), (12.2, 7.9)])
-@pytest.mark.parametrize("path", ["numpy", "source", "overlap"])
+@pytest.mark.parametrize("path", ["numpy", "source", "computed", "overlap"])
 def test_moving_shift_equals_shift_then_ncc(pair, tiny_blocks, shift, path):
     a, b = pair
     expected = core_ncc(a, scipy_shift(b, shift), 3)
@@ -495,7 +561,7 @@ def test_moving_shift_equals_shift_then_ncc(pair, tiny_blocks, shift, path):
         out = local_ncc(a, b, radius=3, moving_shift=shift)
         assert isinstance(out, np.ndarray)
     else:
-        make = da.from_array if path == "source" else computed
+        make = MAKERS[path]
         out = local_ncc(make(a, (4, 6)), make(b, 5), radius=3, moving_shift=shift).compute()
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
@@ -512,11 +578,11 @@ def test_moving_shift_of_uint16_is_not_rounded(rng):
 
 @pytest.mark.parametrize("mode", ["nearest", "constant", "grid-constant", "reflect", "mirror"])
 @pytest.mark.parametrize("order", [0, 1, 3])
-@pytest.mark.parametrize("path", ["source", "overlap"])
+@pytest.mark.parametrize("path", ["source", "computed", "overlap"])
 def test_shift_lazy_matches_scipy(rng, mode, order, path):
     x = rng.random((25, 34)).astype(np.float32)
     shift = (2.3, -4.6)
-    make = da.from_array if path == "source" else computed
+    make = MAKERS[path]
     out = shift_lazy(make(x, (4, 7)), shift, order=order, mode=mode)
     assert isinstance(out, da.Array) and out.dtype == np.float32
     expected = scipy_shift(x, shift, order=order, mode=mode)
@@ -556,7 +622,7 @@ def test_shift_lazy_errors(rng):
 @pytest.mark.parametrize("path", ["source", "overlap"])
 def test_chunks_are_the_blocks_computed(pair, path):
     a, b = pair
-    make = da.from_array if path == "source" else computed
+    make = MAKERS[path]
     out = local_ncc(make(a, 8), make(b, 5), radius=3, moving_shift=(0.5, -1.0), chunks=(6, 7))
     assert out.chunks == da.core.normalize_chunks((6, 7), a.shape)
     if path == "source" and not QUERY_PLANNING:  # blocks read their regions: no rechunk
@@ -628,7 +694,7 @@ def test_unknown_chunk_sizes_are_refused(pair):
 @pytest.mark.parametrize("path", ["source", "overlap"])
 def test_1d(pair, tiny_blocks, path):
     a, b = pair[0].ravel()[:60], pair[1].ravel()[:60]
-    make = da.from_array if path == "source" else computed
+    make = MAKERS[path]
     out = local_ncc(make(a, 4), make(b, 7), radius=5, mode="mirror")
     np.testing.assert_allclose(out.compute(), core_ncc(a, b, 5, mode="mirror"), atol=1e-5)
 

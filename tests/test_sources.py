@@ -17,7 +17,13 @@ import pytest
 import zarr
 
 from napari_ncc import _sources
-from napari_ncc._sources import ChunkedSource, SlicedSource, find_source, storage_chunks
+from napari_ncc._sources import (
+    ChunkedSource,
+    DaskSource,
+    SlicedSource,
+    find_source,
+    storage_chunks,
+)
 
 #: Dask's array query planning (array-expr) is on (the second run of ``make test``). Its
 #: graphs are not recognised yet: every form below is expected to fail there, strictly, so
@@ -114,11 +120,34 @@ def test_persisted(image):
     assert isinstance(found_source(persisted), ChunkedSource)
 
 
-def test_computed_arrays_are_not_sources_and_say_so(image, caplog):
-    x = da.from_array(image, chunks=8) + 1
+@pytest.mark.parametrize("chunks", [(2, 8, 9), (1, (7, 23), 26)], ids=["regular", "ragged"])
+def test_computed_arrays_are_read_through_their_graph(image, chunks):
+    calls = []
+
+    def generate(block, block_info=None):
+        calls.append(block_info[None]["chunk-location"])
+        return block + 1
+
+    x = da.from_array(image, chunks=chunks).map_blocks(generate, dtype=image.dtype)
+    source = found_source(x)
+    assert isinstance(source, DaskSource)
+    expected = None if chunks[1] == (7, 23) else chunks
+    assert storage_chunks(source, 3) == expected
+    _sources.COMPUTED_CHUNKS.clear()
+    calls.clear()
+    np.testing.assert_array_equal(source[1:2, 9:12, 2:5], image[1:2, 9:12, 2:5] + 1)
+    assert len(calls) == 1  # just the chunk holding the box
+    np.testing.assert_array_equal(source[1:2, 10:12, 3:5], image[1:2, 10:12, 3:5] + 1)
+    assert len(calls) == 1  # kept for the next read
+
+
+def test_arrays_whose_chunks_need_all_others_are_not_sources_and_say_so(image, caplog):
+    x = da.from_array(image, chunks=(1, 4, 4))
+    x = x - x.mean()
     with caplog.at_level(logging.DEBUG, logger="napari_ncc"):
         assert find_source(x) is None
     assert "no sliceable source recognised" in caplog.text and x.name in caplog.text
+    assert "a reduction?" in caplog.text
 
 
 def test_a_graph_that_breaks_recognition_falls_back_and_says_so(image, caplog, monkeypatch):

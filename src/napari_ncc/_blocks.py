@@ -15,20 +15,27 @@ combination of runs; usually just one), read with the shift margin as `outer`, m
 (halo strips of neighbouring storage chunks) handed over by the strip task of the chunk
 that holds them. A strip task decompresses its chunk once for all the blocks around it,
 so what strip tasks keep in memory is a few thin strips, not whole chunks.
+
+:class:`BlockReads` makes these tasks on demand, block by block: a view of a gigapixel map
+asks for the few blocks on screen, and only their tasks (and the strip tasks of the chunks
+around them) are ever made, so a view costs the same whatever the image size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 __all__ = [
     "BUFFER_BYTES",
     "BUFFER_POOL_BYTES",
+    "BlockReads",
+    "ReadInput",
     "add_strip_tasks",
     "assemble",
     "block_boxes",
@@ -220,6 +227,175 @@ def assemble(source, layout, strips, transform: Callable | None = None) -> np.nd
     if pieces.size == 1:
         return pieces.flat[0]
     return np.block(pieces.tolist())
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadInput:
+    """One image a :class:`BlockReads` graph reads (the arguments of :func:`read_layout`).
+
+    `key` holds `source` in the graph; `strips` names its strip tasks; `halo` is the
+    widest thin piece per axis (window halo plus shift margin), which also bounds how far
+    beyond its runs a block reads.
+    """
+
+    key: str
+    source: object
+    strips: str
+    native: tuple[int, ...] | None
+    reach: Callable | None
+    halo: tuple[int, ...]
+
+
+class BlockReads:
+    """The tasks of a graph whose blocks read their regions from sources, made on demand.
+
+    Parameters
+    ----------
+    name : str
+        Name of the output blocks (keys ``(name, *block_index)``).
+    chunks : tuple of tuple of int
+        Output chunks.
+    shape : tuple of int
+        Shape of the sources.
+    inputs : sequence of ReadInput
+    runs : callable
+        ``runs(box)``: per axis, the ``(start, stop)`` runs of source indices the block
+        `box` reads (the same for every input; along each axis it depends only on the
+        box's extent on that axis, as each input's `reach` maps each axis on its own).
+    make_task : callable
+        ``make_task(box, layouts, cells)``: the block's task, given one layout and one
+        list of strip keys per input.
+
+    Notes
+    -----
+    A strip task serves every block that wants halo strips from its chunk: the blocks
+    that can want them are found per axis (those whose runs, grown by the halo, reach
+    the chunk), and their layouts are made (and kept) to collect their requests.
+    """
+
+    def __init__(self, name, chunks, shape, inputs, runs, make_task) -> None:
+        self.name = name
+        self.chunks = tuple(tuple(int(c) for c in ax) for ax in chunks)
+        self.shape = tuple(shape)
+        self.inputs = tuple(inputs)
+        self.runs = runs
+        self.make_task = make_task
+        self._starts = [np.cumsum((0, *c)) for c in self.chunks]
+        self._layouts: dict = {}
+        self._reach_cache: dict = {}
+
+    def __getstate__(self) -> dict:
+        # What was made on demand is made again where the graph is unpickled.
+        return {**self.__dict__, "_layouts": {}, "_reach_cache": {}}
+
+    def block_keys(self) -> Iterator[tuple]:
+        """Keys of all output blocks."""
+        for idx in itertools.product(*(range(len(c)) for c in self.chunks)):
+            yield (self.name, *idx)
+
+    def source_keys(self) -> dict:
+        """Graph key -> source."""
+        return {i.key: i.source for i in self.inputs}
+
+    def owns(self, key) -> bool:
+        """Whether `key` is a block, strip or source key of this graph."""
+        if isinstance(key, str):
+            return any(key == i.key for i in self.inputs)
+        if not isinstance(key, tuple) or not key:
+            return False
+        if key[0] == self.name:
+            return len(key) == len(self.chunks) + 1 and all(
+                isinstance(k, int) and 0 <= k < len(c)
+                for k, c in zip(key[1:], self.chunks, strict=True)
+            )
+        for n, i in enumerate(self.inputs):
+            if key[0] == i.strips and i.native is not None:
+                return self._strip_pieces(n, key[1:]) != ()
+        return False
+
+    def _box(self, idx) -> tuple:
+        return tuple((int(s[i]), int(s[i + 1])) for s, i in zip(self._starts, idx, strict=True))
+
+    def _layout(self, n: int, idx) -> tuple[tuple, dict]:
+        """``(layout, requests)`` of block `idx` reading input `n` (kept)."""
+        found = self._layouts.get((n, idx))
+        if found is None:
+            spec = self.inputs[n]
+            runs = self.runs(self._box(idx))
+            grid, entries, requests = read_layout(
+                runs, self.shape, spec.reach, spec.native, spec.halo
+            )
+            found = self._layouts[(n, idx)] = ((grid, entries), requests)
+        return found
+
+    def _readers(self, n: int, ax: int, cell: int) -> list[int]:
+        """Block indices along `ax` whose reads of input `n` can reach storage chunk `cell`."""
+        reach = self._reach_cache.get((n, ax))
+        if reach is None:
+            spec, reach = self.inputs[n], []
+            for j in range(len(self.chunks[ax])):
+                runs = self.runs(
+                    self._box(tuple(j if a == ax else 0 for a in range(len(self.chunks))))
+                )
+                ranges = []
+                for run in runs[ax]:
+                    # (a reach maps each axis on its own: the other axes' runs do not matter)
+                    inner = tuple(run if a == ax else r[0] for a, r in enumerate(runs))
+                    lo, hi = (inner if spec.reach is None else spec.reach(inner))[ax]
+                    ranges.append((lo - spec.halo[ax], hi + spec.halo[ax]))
+                reach.append(ranges)
+            self._reach_cache[(n, ax)] = reach
+        size = self.inputs[n].native[ax]
+        lo, hi = cell * size, (cell + 1) * size
+        return [j for j, runs in enumerate(reach) if any(a < hi and lo < b for a, b in runs)]
+
+    def _strip_pieces(self, n: int, cell) -> tuple:
+        """Sorted pieces all blocks want from storage chunk `cell` of input `n`."""
+        if len(cell) != len(self.chunks):
+            return ()
+        pieces: set = set()
+        readers = [self._readers(n, ax, c) for ax, c in enumerate(cell)]
+        for idx in itertools.product(*readers):
+            pieces.update(self._layout(n, idx)[1].get(tuple(cell), ()))
+        return tuple(sorted(pieces))
+
+    def tasks(self, keys: Iterable) -> tuple[dict, dict]:
+        """The tasks `keys` need (blocks first, then strips, then sources) and, per task,
+        the keys it refers to."""
+        blocks, strips, sources = {}, {}, {}
+        wanted = []
+        for key in keys:
+            if isinstance(key, str):
+                sources[key] = set()
+            elif key[0] == self.name:
+                idx = tuple(key[1:])
+                layouts, cells = [], []
+                for n, spec in enumerate(self.inputs):
+                    layout, requests = self._layout(n, idx)
+                    layouts.append(layout)
+                    cells.append([(spec.strips, *c) for c in sorted(requests)])
+                    wanted.extend((n, c) for c in requests)
+                    sources[spec.key] = set()
+                task = self.make_task(self._box(idx), layouts, cells)
+                blocks[key] = (task, {self.inputs[n].key for n in range(len(self.inputs))})
+                blocks[key][1].update(k for c in cells for k in c)
+            else:
+                n = next(n for n, i in enumerate(self.inputs) if i.strips == key[0])
+                wanted.append((n, tuple(key[1:])))
+        for n, cell in wanted:
+            spec = self.inputs[n]
+            key = (spec.strips, *cell)
+            if key not in strips:
+                pieces = self._strip_pieces(n, cell)
+                strips[key] = ((read_strips, spec.key, pieces), {spec.key})
+                sources[spec.key] = set()
+        sourced = {key: (self.source_keys()[key], deps) for key, deps in sources.items()}
+        out = {**blocks, **strips, **sourced}
+        return {k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()}
+
+    def all_keys(self) -> list:
+        """Every key of the graph (makes every block's layout)."""
+        return list(self.tasks(list(self.block_keys()))[0])
 
 
 # ---------------------------------------------------------------------------------------

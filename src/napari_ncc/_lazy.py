@@ -11,7 +11,11 @@ Where an input is backed by something that can be sliced (found by
 tasks, so storing the map with plain Dask keeps a bounded number of blocks in memory
 whatever the image size. A subpixel shift of the moving image is applied inside the same
 per-block read (:mod:`napari_ncc._shift`), so read -> shift -> NCC -> store stays bounded
-too. Computed Dask inputs go through ``dask.array.overlap`` instead.
+too. A computed Dask input (``map_blocks`` of a reader or generator, a filter) is read the
+same way, each read computing just the chunks it touches (``_sources.DaskSource``); the
+graph's tasks are made on demand (``_blocks.BlockReads``), so a napari view of a gigapixel
+map costs its blocks on screen, whatever the image size. Only inputs whose chunks each need
+many others (a reduction over the image) go through ``dask.array.overlap``.
 
 All task functions are module-level and their arguments picklable, so the graphs run on
 ``dask.distributed``.
@@ -28,20 +32,18 @@ import numpy as np
 from dask.base import tokenize
 
 from ._blocks import (
-    add_strip_tasks,
+    BlockReads,
+    ReadInput,
     assemble,
-    block_boxes,
     borrowed_contiguous,
     merge_chunks,
-    merge_requests,
     overlap_chunks,
-    read_layout,
 )
 from ._borders import border_index_map
 from ._ncc import NCCPlan, check_image, ncc_block, plan_ncc
 from ._ncc import local_ncc as _local_ncc_numpy
 from ._shift import shift_lazy, shift_margin, shift_read_box, shift_transform
-from ._sources import as_dask_array, as_source, storage_chunks
+from ._sources import DaskSource, as_dask_array, as_source, storage_chunks
 from ._validation import check_finite_shift
 
 __all__ = ["local_ncc"]
@@ -50,6 +52,12 @@ __all__ = ["local_ncc"]
 #: along the windowed axes) to about this many pixels: tiny chunks waste time on task
 #: overhead and halo re-reads, while the peak memory per thread stays ~ 20 bytes/pixel.
 BLOCK_PIXELS = 2**22
+
+#: Blocks read from a computed Dask array (:class:`~napari_ncc._sources.DaskSource`) are its
+#: chunks merged to at least this many pixels only: computing a chunk costs more than
+#: decoding one, and a view in napari asks for a few chunks, so a block near one chunk
+#: computes the least beyond what is on screen.
+COMPUTED_BLOCK_PIXELS = 2**20
 
 
 def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -78,6 +86,14 @@ def _block_reads(plan: NCCPlan, box) -> tuple[list, list]:
         runs.append(_runs(np.flatnonzero(read) + lo))
         maps.append(np.where(inside, rank[np.where(inside, index - lo, 0)], -1))
     return runs, maps
+
+
+def _block_runs(plan: NCCPlan, box) -> list:
+    return _block_reads(plan, box)[0]
+
+
+def _ncc_task(key0, key1, plan: NCCPlan, shift, box, layouts, cells) -> tuple:
+    return (ncc_source_block, key0, key1, plan, box, *layouts, *cells, shift)
 
 
 def ncc_source_block(
@@ -152,12 +168,12 @@ def _split_chunks(chunks: tuple[int, ...], max_len: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _source_chunks(chunks: tuple, plan: NCCPlan) -> tuple:
+def _source_chunks(chunks: tuple, plan: NCCPlan, block_pixels: int) -> tuple:
     """Output chunks of the direct-read path: input chunks merged (or split) to blocks of
-    about BLOCK_PIXELS, so that seams follow the input chunks where they can."""
+    about `block_pixels`, so that seams follow the input chunks where they can."""
     other = math.prod(max(chunks[ax]) for ax in range(len(chunks)) if ax not in plan.axes)
     k = len(plan.axes)
-    target = max(1, math.ceil((BLOCK_PIXELS / max(other, 1)) ** (1.0 / k)))
+    target = max(1, math.ceil((block_pixels / max(other, 1)) ** (1.0 / k)))
     out = list(chunks)
     for ax in plan.axes:
         out[ax] = _split_chunks(merge_chunks(chunks[ax], target, 1), 2 * target)
@@ -198,34 +214,35 @@ def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None) -> da.Array:
             grid = next((c for c in native if c is not None), None)
             if grid is not None:
                 base_chunks = _normalize_output_chunks(grid, plan.shape)
-            out_chunks = _source_chunks(base_chunks, plan)
-        name = f"local-ncc-{token}"
-        strips = (f"local-ncc-strips0-{token}", f"local-ncc-strips1-{token}")
+            computed = any(isinstance(src, DaskSource) for src in (source0, source1))
+            block_pixels = COMPUTED_BLOCK_PIXELS if computed else BLOCK_PIXELS
+            out_chunks = _source_chunks(base_chunks, plan, min(block_pixels, BLOCK_PIXELS))
         halo = [plan.depth[ax] for ax in range(ndim)]
         if shift is None:
             reach, margins = None, [0] * ndim
         else:
             reach = partial(shift_read_box, shape=plan.shape, shift=shift, order=1, mode="nearest")
             margins = [shift_margin(s, 1) for s in shift]
-        settings = (
-            (None, halo),
-            (reach, [h + m for h, m in zip(halo, margins, strict=True)]),
+        inputs = (
+            ReadInput(key0, source0, f"local-ncc-strips0-{token}", native[0], None, tuple(halo)),
+            ReadInput(
+                key1,
+                source1,
+                f"local-ncc-strips1-{token}",
+                native[1],
+                reach,
+                tuple(h + m for h, m in zip(halo, margins, strict=True)),
+            ),
         )
-        dsk: dict = {key0: source0, key1: source1}
-        requests: tuple[dict, dict] = ({}, {})
-        for idx, box in block_boxes(out_chunks):
-            runs, _ = _block_reads(plan, box)
-            layouts, cells = [], []
-            for i in range(2):
-                grid, entries, wanted = read_layout(
-                    runs, plan.shape, settings[i][0], native[i], settings[i][1]
-                )
-                layouts.append((grid, entries))
-                cells.append([(strips[i], *c) for c in merge_requests(requests[i], wanted)])
-            dsk[(name, *idx)] = (ncc_source_block, key0, key1, plan, box, *layouts, *cells, shift)
-        add_strip_tasks(dsk, strips[0], key0, requests[0])
-        add_strip_tasks(dsk, strips[1], key1, requests[1])
-        return as_dask_array(name, dsk, out_chunks, np.float32)
+        reads = BlockReads(
+            f"local-ncc-{token}",
+            out_chunks,
+            plan.shape,
+            inputs,
+            partial(_block_runs, plan),
+            partial(_ncc_task, key0, key1, plan, shift),
+        )
+        return as_dask_array(reads.name, reads, out_chunks, np.float32)
     # Computed input(s): dask overlap with un-padded (or periodic) borders.
     arrays = [
         x if isinstance(x, da.Array) else da.from_array(x, chunks=base_chunks)
@@ -334,7 +351,11 @@ def local_ncc(
     halo from the source, so storing the map (``to_zarr``, ``da.store``,
     :func:`napari_ncc._io.write_ncc`) holds only a few blocks in memory whatever the
     image size; output blocks are input chunks merged to about ``BLOCK_PIXELS`` pixels.
-    Computed Dask inputs are correlated through ``dask.array.overlap``. The graph is
+    A computed Dask input (``map_blocks`` of a reader or a generator, a filter) is read
+    the same way, each read computing only the input chunks it touches (each about
+    twice), and blocks near its chunk size, so a slice of the map (a napari view) costs
+    the blocks it covers whatever the image size; inputs whose chunks each need many
+    others (a reduction) are correlated through ``dask.array.overlap``. The graph is
     picklable and runs on ``dask.distributed`` (``Client("tcp://host:port")``).
 
     Examples

@@ -19,14 +19,7 @@ import numpy as np
 from dask.base import tokenize
 from scipy import ndimage
 
-from ._blocks import (
-    add_strip_tasks,
-    assemble,
-    block_boxes,
-    merge_requests,
-    overlap_chunks,
-    read_layout,
-)
+from ._blocks import BlockReads, ReadInput, assemble, overlap_chunks
 from ._borders import border_index_map, canonical_mode
 from ._sources import as_dask_array, find_source, storage_chunks
 from ._validation import check_finite_shift, check_image, check_order, interpolated_dtype
@@ -170,6 +163,14 @@ def shift_source_block(source, layout, strips, shift, order, mode) -> np.ndarray
     return assemble(source, layout, strips, shift_transform(shift, order, mode))
 
 
+def _box_runs(box) -> list:
+    return [[ab] for ab in box]
+
+
+def _shift_task(key, shift, order, mode, box, layouts, cells) -> tuple:
+    return (shift_source_block, key, layouts[0], cells[0], shift, order, mode)
+
+
 def shift_transform(shift, order: int = 1, mode: str = "nearest"):
     """The ``transform`` of :func:`napari_ncc._blocks.assemble` that shifts each box."""
     return partial(shift_region, shift=shift, order=order, mode=mode)
@@ -260,20 +261,13 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
     found = find_source(image)
     if found is not None:
         key, source = found
-        strips = f"shift-strips-{token}"
-        native = storage_chunks(source, image.ndim)
-        margins = [shift_margin(s, order) for s in shift]
+        margins = tuple(shift_margin(s, order) for s in shift)
         reach = partial(shift_read_box, shape=image.shape, shift=shift, order=order, mode=mode)
-        dsk: dict = {key: source}
-        requests: dict = {}
-        for idx, box in block_boxes(image.chunks):
-            runs = [[ab] for ab in box]
-            grid, entries, wanted = read_layout(runs, image.shape, reach, native, margins)
-            cells = [(strips, *c) for c in merge_requests(requests, wanted)]
-            layout = (grid, entries)
-            dsk[(name, *idx)] = (shift_source_block, key, layout, cells, shift, order, mode)
-        add_strip_tasks(dsk, strips, key, requests)
-        return as_dask_array(name, dsk, image.chunks, out_dtype)
+        native = storage_chunks(source, image.ndim)
+        spec = ReadInput(key, source, f"shift-strips-{token}", native, reach, margins)
+        task = partial(_shift_task, key, shift, order, mode)
+        reads = BlockReads(name, image.chunks, image.shape, (spec,), _box_runs, task)
+        return as_dask_array(name, reads, image.chunks, out_dtype)
     depth = {ax: shift_margin(s, order) for ax, s in enumerate(shift)}
     chunks = list(overlap_chunks(image.chunks, depth))
     for ax, n in enumerate(image.shape):

@@ -4,10 +4,19 @@ The lazy engine (:mod:`napari_ncc._lazy`, :mod:`napari_ncc._shift`) runs fastest
 bounded memory when each output block can slice its own region (halo included) straight
 from the object a Dask array reads: a zarr array, a TIFF file's zarr store, a memory map,
 a NumPy array. :func:`find_source` recognises the graphs that are a plain read of such an
-object, and :func:`as_dask_array` turns the engine's task dictionaries back into a Dask
-array. Both need Dask's graph internals (``HighLevelGraph`` layers, ``Blockwise.io_deps``,
-``dask._task_spec``'s ``Alias`` and ``DataNode``, ``__dask_graph__``), which change between
-Dask releases, so they live here alone.
+object, and :func:`as_dask_array` turns the engine's tasks (a dictionary, or a
+:class:`~napari_ncc._blocks.BlockReads` that makes them on demand) back into a Dask
+array. Both need Dask's graph internals (``HighLevelGraph`` layers and culling,
+``Blockwise.io_deps``, ``dask._task_spec``'s ``Alias`` and ``DataNode``,
+``__dask_graph__``, ``dask.core.get``), which change between Dask releases, so they live
+here alone.
+
+A computed Dask array (``map_blocks`` of a reader or a generator, a dask-image filter, any
+graph in which each chunk needs only a few others) is a source too: :class:`DaskSource`
+computes just the chunks a box touches, so a view of the NCC map costs the tiles on screen
+plus their halos whatever the image size, instead of culling an overlap graph that grows
+with the image. Graphs where one chunk needs many (a reduction over the whole image) are
+not wrapped: each read would redo the reduction.
 
 Recognition is an optimisation, never a requirement: when a graph is not recognised
 (another form, or a Dask release that builds it differently), :func:`find_source` returns
@@ -22,16 +31,20 @@ import itertools
 import logging
 import math
 import operator
+import threading
 import uuid
+from collections import OrderedDict
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 
 __all__ = [
+    "COMPUTED_CACHE_BYTES",
     "STORAGE_CHUNK_PIXELS",
     "ChunkedSource",
+    "DaskSource",
     "SlicedSource",
     "as_dask_array",
     "as_source",
@@ -40,6 +53,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Bytes of computed chunks that :class:`DaskSource` keeps for the next reads (all sources
+#: of the process together, least recently used dropped first): a chunk read by a block
+#: is soon read again by the strip tasks of its neighbours, and by the next napari view.
+COMPUTED_CACHE_BYTES = 2**28
 
 #: Storage chunks larger than this many pixels (such as a TIFF stored as one strip) are not
 #: treated as chunks: halo strip tasks would have to decode and hold them whole.
@@ -95,6 +113,116 @@ class ChunkedSource:
             )
             out[target] = block[tuple(slice(p[1], p[2]) for p in parts)]
         return out
+
+
+class _ChunkCache:
+    """Computed chunks by graph key, read-only, at most :data:`COMPUTED_CACHE_BYTES`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key):
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is not None:
+                self._chunks.move_to_end(key)
+            return chunk
+
+    def put(self, key, chunk: np.ndarray) -> None:
+        chunk.setflags(write=False)  # shared by every read of it
+        with self._lock:
+            if key in self._chunks or chunk.nbytes > COMPUTED_CACHE_BYTES:
+                return
+            self._chunks[key] = chunk
+            self._bytes += chunk.nbytes
+            while self._bytes > COMPUTED_CACHE_BYTES:
+                _, dropped = self._chunks.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._bytes = 0
+
+
+#: The computed chunks :class:`DaskSource` reads keep (see :class:`_ChunkCache`).
+COMPUTED_CHUNKS = _ChunkCache()
+
+
+class DaskSource:
+    """A computed Dask array seen as a sliceable source.
+
+    Slicing computes the chunks the box touches, with the synchronous scheduler, in the
+    thread (or ``dask.distributed`` worker) that asks: the graph is culled to those
+    chunks' keys and run, without the slicing and optimisation passes of
+    ``array[box].compute()``, whose cost grows with the number of chunks. Chunks just
+    computed are kept a while (:data:`COMPUTED_CHUNKS`), for the neighbours and the next
+    view that read them again. :attr:`chunks`
+    are the array's chunks when they are regular, so that the lazy engine's strip tasks
+    (:mod:`napari_ncc._blocks`) hand halos to neighbouring blocks and each chunk is
+    computed about twice, not once per block whose halo reaches into it.
+
+    Parameters
+    ----------
+    array : dask.array.Array
+        A graph in which each chunk needs only a few others (see :func:`find_source`).
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> source = DaskSource(da.arange(12, chunks=4).reshape(3, 4).rechunk((3, 2)) * 2)
+    >>> source[1:, 1:3], source.chunks
+    (array([[10, 12],
+           [18, 20]]), (3, 2))
+    """
+
+    def __init__(self, array: da.Array) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self._starts = [np.cumsum((0, *c)) for c in array.chunks]
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """The chunk shape when all chunks but the last of each axis have it, else None."""
+        regular = []
+        for c in self.array.chunks:
+            if len(c) > 1 and (len(set(c[:-1])) > 1 or c[-1] > c[0]):
+                return None
+            regular.append(int(c[0]))
+        return tuple(regular)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        from dask.core import get
+
+        cells = []
+        for sl, starts, n in zip(index, self._starts, self.shape, strict=True):
+            start, stop, _ = sl.indices(n)
+            first = int(np.searchsorted(starts, start, side="right")) - 1
+            last = int(np.searchsorted(starts, max(stop, start + 1), side="left")) - 1
+            cells.append(range(max(first, 0), max(first, last) + 1))
+        keys = [(self.array.name, *idx) for idx in itertools.product(*cells)]
+        found = {key: COMPUTED_CHUNKS.get(key) for key in keys}
+        missing = [key for key, chunk in found.items() if chunk is None]
+        if missing:
+            graph = self.array.__dask_graph__().cull(set(missing))
+            for key, chunk in zip(missing, get(dict(graph), missing), strict=True):
+                found[key] = chunk = np.asarray(chunk).view()  # (its own flags)
+                COMPUTED_CHUNKS.put(key, chunk)
+        blocks = {key[1:]: chunk for key, chunk in found.items()}
+        return ChunkedSource(blocks, self.array.chunks, self.dtype)[tuple(index)]
+
+
+def _is_local(array: da.Array, graph: HighLevelGraph) -> tuple[bool, str]:
+    """Whether a chunk of `array` needs only a neighbourhood of chunks from every layer."""
+    middle = (array.name, *(n // 2 for n in array.numblocks))
+    bound = 4**array.ndim
+    for name, layer in graph.cull({middle}).layers.items():
+        if len(layer) > bound:
+            return False, f"one chunk needs {len(layer)} tasks of layer {name} (a reduction?)"
+    return True, ""
 
 
 def _memory_span(array: np.ndarray) -> tuple[int, int]:
@@ -296,15 +424,18 @@ def find_source(array) -> tuple[str, object] | None:
     Recognises ``da.from_zarr`` and ``da.from_array`` of a zarr array, a TIFF zarr store, a
     memory map or any array-like (a single getter layer), plain slicing of those (unit
     steps, integer indices: a crop, a plane of a stack), and arrays whose chunks are NumPy
-    arrays held in the graph (``da.from_array`` of a NumPy array, ``persist``).
+    arrays held in the graph (``da.from_array`` of a NumPy array, ``persist``). Any other
+    array whose chunks each need only a few tasks (``map_blocks`` of a generator, a
+    filter) is read through :class:`DaskSource`.
 
     Returns
     -------
     (key, source) or None
         A graph key to hold the source under, and the source (sliced with tuples of
-        slices, returning NumPy arrays); None for a computed array, or a graph this Dask
-        release builds in a form not recognised (logged at debug level: the caller then
-        takes the public path, with the same numbers).
+        slices, returning NumPy arrays); None for a computed array whose chunks need many
+        others (a reduction), or a graph this Dask release builds in a form not
+        recognised (logged at debug level: the caller then takes the public path, with
+        the same numbers).
 
     Examples
     --------
@@ -312,13 +443,18 @@ def find_source(array) -> tuple[str, object] | None:
     >>> key, source = find_source(da.from_array(np.arange(6.0).reshape(2, 3), chunks=1))
     >>> source[1:, :2]
     array([[3., 4.]])
-    >>> find_source(da.ones((2, 3)) + 1) is None
+    >>> type(find_source(da.ones((2, 3), chunks=1) + 1)[1]).__name__
+    'DaskSource'
+    >>> x = da.ones((16, 16), chunks=2)
+    >>> find_source(x - x.mean()) is None
     True
     """
     if not isinstance(array, da.Array):
         return None
     try:
         found, reason = _recognise(array)
+        if found is None:
+            found, reason = _computed(array, reason)
     except Exception as err:  # a Dask release whose graphs look different: fall back
         found, reason = None, f"{type(err).__name__}: {err}"
     if found is None:
@@ -379,6 +515,17 @@ def _recognise(array) -> tuple[tuple[str, object] | None, str]:
     return (f"napari-ncc-source-{tokenize(array.name)}", sliced), ""
 
 
+def _computed(array: da.Array, reason: str) -> tuple[tuple[str, object] | None, str]:
+    """A :class:`DaskSource` for a computed array whose chunks each need a few tasks."""
+    graph = array.__dask_graph__()
+    if not isinstance(graph, HighLevelGraph) or array.size == 0:
+        return None, reason
+    local, why = _is_local(array, graph)
+    if not local:
+        return None, f"{reason}; {why}"
+    return (f"napari-ncc-source-{tokenize(array.name)}", DaskSource(array)), ""
+
+
 def storage_chunks(source, ndim: int) -> tuple[int, ...] | None:
     """Shape of the chunks a source decompresses as a whole (zarr chunks, TIFF tiles).
 
@@ -407,13 +554,65 @@ def as_source(image) -> tuple[str, object] | None:
     return f"napari-ncc-source-{uuid.uuid4().hex}", image
 
 
-def as_dask_array(name: str, tasks: dict, chunks: tuple, dtype) -> da.Array:
-    """A Dask array from a dictionary of tasks (keys ``(name, *block_index)``).
+class _OnDemandLayer(Layer):
+    """A graph layer whose tasks are made when culling asks for them.
 
-    The tasks may refer to other keys of the dictionary only (sources, strip tasks), so
-    the graph is one self-contained layer.
+    Culling (what every ``compute`` of a slice does first) costs the blocks asked for,
+    not the whole layer; iterating over the layer makes every task.
     """
-    graph = HighLevelGraph.from_collections(name, tasks, dependencies=[])
+
+    def __init__(self, maker) -> None:
+        super().__init__()
+        self.maker = maker
+        self._all: dict | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_all": None}
+
+    @property
+    def has_legacy_tasks(self) -> bool:  # tuple tasks, but found without materializing
+        return True
+
+    def is_materialized(self) -> bool:
+        return False
+
+    def get_output_keys(self):
+        return set(self.maker.block_keys())
+
+    def _materialize(self) -> dict:
+        if self._all is None:
+            self._all = self.maker.tasks(list(self.maker.block_keys()))[0]
+        return self._all
+
+    def __contains__(self, key) -> bool:
+        return self.maker.owns(key)
+
+    def __getitem__(self, key):
+        if not self.maker.owns(key):
+            raise KeyError(key)
+        return self.maker.tasks([key])[0][key]
+
+    def __iter__(self):
+        return iter(self._materialize())
+
+    def __len__(self) -> int:
+        return len(self._materialize())
+
+    def cull(self, keys, all_hlg_keys):
+        tasks, deps = self.maker.tasks([k for k in keys if self.maker.owns(k)])
+        return MaterializedLayer(tasks, annotations=self.annotations), deps
+
+
+def as_dask_array(name: str, tasks, chunks: tuple, dtype) -> da.Array:
+    """A Dask array from tasks with keys ``(name, *block_index)``.
+
+    `tasks` is a dictionary, or an object that makes them on demand
+    (:class:`~napari_ncc._blocks.BlockReads`: its ``block_keys``, ``owns`` and ``tasks``).
+    The tasks may refer to each other's keys only (sources, strip tasks), so the graph is
+    one self-contained layer.
+    """
+    layer = tasks if isinstance(tasks, dict) else _OnDemandLayer(tasks)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     dtype = np.dtype(dtype)
     meta = np.empty((0,) * len(chunks), dtype=dtype)
     return da.Array(graph, name, chunks, dtype=dtype, meta=meta)
