@@ -41,12 +41,13 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 from magicgui.widgets import FunctionGui, Label
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 
 from . import _multiscale
 from ._activity import Activity, Cancelled
+from ._ncc import check_mask
 from ._read import ATTRS_KEY
 from ._validation import WINDOWS
 
@@ -83,6 +84,20 @@ def _levels(layer: Image) -> list[da.Array]:
         level = level if isinstance(level, da.Array) else da.asarray(level)
         levels.append(_multiscale.as_luminance(level) if layer.rgb else level)
     return levels
+
+
+def _is_mask_layer(layer) -> bool:
+    if isinstance(layer, Labels):
+        return True
+    return isinstance(layer, Image) and not layer.rgb and np.dtype(layer.dtype) == np.bool_
+
+
+def _mask_data(layer) -> np.ndarray | da.Array:
+    """A mask layer's level 0 as a boolean mask (a copy: painting later changes nothing)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    if isinstance(layer, Labels):
+        return data > 0
+    return data if isinstance(data, da.Array) else np.array(data, dtype=bool)
 
 
 def _image_shape(layer: Image) -> tuple[int, ...]:
@@ -157,8 +172,16 @@ class _Job:
     """
 
     def __init__(
-        self, reference, moving, params, build_pyramids: bool, activity, registration=None
+        self,
+        reference,
+        moving,
+        params,
+        build_pyramids: bool,
+        activity,
+        registration=None,
+        mask=None,
     ):
+        self.mask = mask
         self.reference = reference
         self.moving = moving
         self.params = params
@@ -175,6 +198,8 @@ class _Job:
             registration=registration,
             window=p["window"],
             per_plane=p["per_plane"],
+            mask=self.mask,
+            min_fraction=p["min_fraction"],
         )
         registered = None
         if p["show_registered"]:
@@ -301,6 +326,22 @@ class NCCConfidenceWidget(FunctionGui):
                     "tooltip": "For stacks: register and correlate each plane along an axis on "
                     "its own (windows over the other axes), instead of one nD window.",
                 },
+                "mask": {
+                    "widget_type": "ComboBox",
+                    "nullable": False,
+                    "choices": self._mask_choices,
+                    "tooltip": "Optional: a Labels layer (label > 0 is data) or a boolean "
+                    "image of the reference's shape. Windows then count only those pixels "
+                    "(and only those the registered moving image covers).",
+                },
+                "min_fraction": {
+                    "label": "min fraction",
+                    "min": 0.01,
+                    "max": 1.0,
+                    "step": 0.05,
+                    "tooltip": "With a mask: the fraction of a window's pixels that must be "
+                    "data; other windows get the fill value 0.",
+                },
                 "show_registered": {
                     "label": "add registered moving",
                     "tooltip": "Also add the registered moving image as a (lazy) layer.",
@@ -333,6 +374,10 @@ class NCCConfidenceWidget(FunctionGui):
         # reference picked); the reference widget does not exist yet on the first call.
         reference = self.get_widget("reference") if self._initialized else None
         return _plane_choices(None if reference is None else reference.value)
+
+    def _mask_choices(self, _widget=None) -> list[tuple[str, object]]:
+        masks = [layer for layer in self._viewer.layers if _is_mask_layer(layer)]
+        return [("none", None)] + [(layer.name, layer) for layer in masks]
 
     # --- layer choices -----------------------------------------------------------------
     def reset_choices(self, *args) -> None:
@@ -438,6 +483,8 @@ class NCCConfidenceWidget(FunctionGui):
         window: str = "box",
         register: bool = True,
         per_plane=None,  # (label, value) choices, None: one window over all axes
+        mask=None,  # a Labels or boolean Image layer, None: every pixel is data
+        min_fraction: float = 0.5,
         show_registered: bool = False,
         new_layer: bool = False,
     ):
@@ -465,11 +512,20 @@ class NCCConfidenceWidget(FunctionGui):
             ref_levels, mov_levels = ref_levels[:1], mov_levels[:1]
         if per_plane is not None and per_plane >= ref_levels[0].ndim - 1:
             per_plane = None
+        mask_data = None if mask is None else _mask_data(mask)
+        if mask_data is not None:
+            try:
+                check_mask(mask_data, ref_levels[0].shape)
+            except (TypeError, ValueError) as exc:
+                show_error(f"NCC confidence: mask layer {mask.name!r}: {exc}")
+                return None
         params = {
             "radius": int(radius),
             "window": window,
             "register": bool(register),
             "per_plane": per_plane,
+            "mask": None if mask is None else mask.name,
+            "min_fraction": float(min_fraction),
             "show_registered": bool(show_registered),
         }
         # Same layers, same data: reuse the pyramids built and the registration found by
@@ -488,7 +544,7 @@ class NCCConfidenceWidget(FunctionGui):
         if self._activity is not None:  # a call from code while a run is going
             self._activity.cancel()
         activity = Activity("NCC confidence")
-        job = _Job(ref_levels, mov_levels, params, build, activity, registration)
+        job = _Job(ref_levels, mov_levels, params, build, activity, registration, mask_data)
         self._cache_key = (key, (_weak(reference), _weak(moving)))
         names = (reference.name, moving.name)
         display = {
