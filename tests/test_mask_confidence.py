@@ -156,3 +156,26 @@ def test_write_ncc_with_a_mask_file(tmp_path, shifted_pair):
     assert_same(ncc.compute(), expected)
     assert meta["napari_ncc"]["mask"] == str(tmp_path / "mask.tif")
     assert meta["napari_ncc"]["min_fraction"] == 0.4
+
+
+def test_pyramid_levels_use_the_mask_sampled_at_their_centres(shifted_pair):
+    from napari_ncc._multiscale import mask_level, ncc_levels
+
+    reference, moving, mask = shifted_pair
+    pyramids = [
+        [da.from_array(x), da.from_array(np.ascontiguousarray(x[::2, ::2]))]
+        for x in (reference, moving)
+    ]
+    levels = ncc_levels(*pyramids, radius=2, mask=mask, min_fraction=0.4, fill_value=np.nan)
+    assert len(levels) == 2
+    expected0, _ = brute_force_masked_ncc(
+        reference, moving, mask, 2, min_fraction=0.4, fill_value=np.nan
+    )
+    assert_same(levels[0].compute(), expected0)
+    # Each coarse centre lies between 2 x 2 pixels: the tie goes to the last of them.
+    coarse = mask[1::2, 1::2]
+    np.testing.assert_array_equal(np.asarray(mask_level(mask, coarse.shape)), coarse)
+    expected1, _ = brute_force_masked_ncc(
+        reference[::2, ::2], moving[::2, ::2], coarse, 2, min_fraction=0.4, fill_value=np.nan
+    )
+    assert_same(levels[1].compute(), expected1)

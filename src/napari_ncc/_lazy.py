@@ -3,7 +3,8 @@
 Every output block is computed by the core :func:`~napari_ncc._ncc.ncc_block` from a block
 of the inputs plus a halo as wide as the window radius, with border index maps from
 :func:`~napari_ncc._borders.border_index_map` converted from global to local indices, so
-border modes and chunk seams are handled exactly as in memory.
+border modes and chunk seams are handled exactly as in memory. A mask, if given, is a third
+input read exactly like the reference (same halo, same index maps, never shifted).
 
 Where an input is backed by something that can be sliced (found by
 :mod:`napari_ncc._sources`), each output block reads its own region straight from it

@@ -443,7 +443,8 @@ def ncc_levels(
 def mask_level(mask, shape: Sequence[int]):
     """A level-0 `mask` on the grid of a coarser level of `shape`, lazily.
 
-    Each coarse pixel takes the value of the level-0 pixel nearest its centre: a sample,
+    Each coarse pixel takes the value of the level-0 pixel nearest its centre (of two
+    equally near, the later one): a sample,
     not an average, so the level stays boolean and a thin excluded line may disappear at
     coarse levels (which only serve the overview).
 

@@ -19,6 +19,9 @@ The layer
   A diverging map keeps the sign visible: contrast inversion is information too.
 - The reference layer's scale and translate; ``metadata["napari_ncc"]`` records the
   parameters, the shift and the registration quality.
+- An optional mask layer (a Labels layer, label > 0 being data, or a boolean Image) limits
+  every window to those pixels (see :func:`napari_ncc.ncc_confidence`); coarse levels sample
+  it (:func:`~napari_ncc._multiscale.mask_level`).
 - Running again updates that layer in place (unless "new layer" is ticked). The pyramids
   built and the registration found are reused while the two layers and their data are the
   same, and the map is lazy: a new radius or window costs only the chunks on screen.
