@@ -96,8 +96,11 @@ def _is_mask_layer(layer) -> bool:
 
 
 def _mask_data(layer) -> np.ndarray | da.Array:
-    """A mask layer's level 0 as a boolean mask (a copy: painting later changes nothing)."""
+    """A mask layer's level 0 as a boolean mask (in memory, a copy: painting later changes
+    nothing; other data, such as a zarr array, lazily)."""
     data = layer.data[0] if layer.multiscale else layer.data
+    if not isinstance(data, np.ndarray | da.Array):
+        data = da.asarray(data)
     if isinstance(layer, Labels):
         return data > 0
     return data if isinstance(data, da.Array) else np.array(data, dtype=bool)
@@ -486,10 +489,10 @@ class NCCConfidenceWidget(FunctionGui):
         window: str = "box",
         register: bool = True,
         per_plane=None,  # (label, value) choices, None: one window over all axes
-        mask=None,  # a Labels or boolean Image layer, None: every pixel is data
-        min_fraction: float = 0.5,
         show_registered: bool = False,
         new_layer: bool = False,
+        mask=None,  # a Labels or boolean Image layer, None: every pixel is data
+        min_fraction: float = 0.5,
     ):
         if reference is None or moving is None:
             show_error("NCC confidence: choose a reference and a moving image layer")
