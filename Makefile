@@ -44,7 +44,7 @@ test: sysdeps lint docs
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	@# The lazy layer again with Dask's array query planning on, where this Dask has it.
 	@if $(BIN)/python -c "import dask.array as da; assert hasattr(da, 'array_expr_enabled')"; \
-	then DASK_ARRAY__QUERY_PLANNING=True $(BIN)/python -m pytest -q tests/test_lazy.py tests/test_sources.py; \
+	then DASK_ARRAY__QUERY_PLANNING=True $(BIN)/python -m pytest -q tests/test_lazy.py tests/test_mask_lazy.py tests/test_sources.py; \
 	else echo "this Dask has no array query planning: the second run of the lazy tests is skipped"; fi
 
 bench: $(VENV)/.installed-test

@@ -265,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
         "pyramid) or a tiled .tif/.tiff file",
     )
     _add_ncc_options(compare)
+    group = compare.add_argument_group("mask")
+    group.add_argument(
+        "--mask",
+        metavar="PATH",
+        help="an image of REFERENCE's shape whose non-zero pixels are data (a labels image, "
+        "a 0/1 TIFF): every window counts only those pixels (and only those the registered "
+        "MOVING covers)",
+    )
+    group.add_argument(
+        "--min-fraction",
+        type=_real,
+        default=0.5,
+        metavar="F",
+        help="with --mask: the fraction of a window's pixels that must be data, in (0, 1] "
+        "(default 0.5); other windows get FILL",
+    )
     group = compare.add_argument_group("registration")
     group.add_argument(
         "--no-register",
@@ -335,7 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ncc_options(demo)
     _add_run_options(demo)
-    demo.set_defaults(register=True, upsample_factor=20, per_plane=None, reference_plane=None)
+    demo.set_defaults(
+        register=True,
+        upsample_factor=20,
+        per_plane=None,
+        reference_plane=None,
+        mask=None,
+        min_fraction=0.5,
+    )
     return parser
 
 
@@ -404,6 +427,18 @@ def _read(path: Path, role: str) -> tuple[list, dict]:
     return levels, metadata
 
 
+def _read_mask(path: Path, shape: Sequence[int], ref_path: Path):
+    """The --mask image as a lazy boolean mask: its non-zero pixels are data."""
+    levels, _ = _read(path, "MASK")
+    try:
+        check_same_shape(
+            shape, levels[0].shape, names=(f"REFERENCE ({ref_path.name})", f"MASK ({path.name})")
+        )
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    return levels[0] != 0
+
+
 def _check_output_format(path: Path) -> None:
     if not path.name.lower().endswith(ZARR_SUFFIXES + TIFF_SUFFIXES):
         raise CLIError(
@@ -454,6 +489,8 @@ def _parameters(args, registration, inputs) -> dict:
         "mode": args.mode,
         "fill_value": json_float(args.fill_value),
         "per_plane": args.per_plane,
+        "mask": args.mask,
+        "min_fraction": args.min_fraction if args.mask is not None else None,
         "registration": None if registration is None else registration.to_dict(),
         "inputs": [str(p) for p in inputs],
     }
@@ -462,7 +499,7 @@ def _parameters(args, registration, inputs) -> dict:
 # --------------------------------------------------------------------------- commands
 
 
-def _confidence_map(ref_levels: list, mov_levels: list, args):
+def _confidence_map(ref_levels: list, mov_levels: list, args, mask=None):
     """``ncc_confidence`` of the pair (registered unless --no-register): a lazy map."""
     from ._confidence import ncc_confidence
     from ._ncc import plan_ncc
@@ -479,7 +516,7 @@ def _confidence_map(ref_levels: list, mov_levels: list, args):
         per_plane = check_per_plane(args.per_plane, len(shape))
         axes = None if per_plane is None else [ax for ax in range(len(shape)) if ax != per_plane]
         options = dict(window=args.window, mode=args.mode, fill_value=args.fill_value)
-        plan_ncc(shape, shape, args.radius, axes=axes, **options)
+        plan_ncc(shape, shape, args.radius, axes=axes, min_fraction=args.min_fraction, **options)
     except ValueError as error:
         message = _one_line(error) if hint is None else f"{_one_line(error)}; {hint}"
         raise CLIError(message) from None
@@ -498,6 +535,8 @@ def _confidence_map(ref_levels: list, mov_levels: list, args):
         reference_plane=args.reference_plane,
         upsample_factor=args.upsample_factor,
         chunks=getattr(args, "chunks", None) or None,
+        mask=mask,
+        min_fraction=args.min_fraction,
         **options,
     )
     if registration is not None and registration.shifts is None:
@@ -511,7 +550,8 @@ def compare(args) -> dict:
     _check_output_format(out)
     ref_path = _check_input(args.reference, "REFERENCE")
     mov_path = _check_input(args.moving, "MOVING")
-    _check_output(out, args.overwrite, (ref_path, mov_path))
+    mask_path = None if args.mask is None else _check_input(args.mask, "MASK")
+    _check_output(out, args.overwrite, (ref_path, mov_path, *([mask_path] if mask_path else [])))
     progress = _show_progress(args)
 
     with dask_scheduler(args.scheduler) as scheduler:
@@ -525,7 +565,8 @@ def compare(args) -> dict:
             )
         except ValueError as error:
             raise CLIError(str(error)) from None
-        ncc, registration = _confidence_map(ref_levels, mov_levels, args)
+        mask = None if mask_path is None else _read_mask(mask_path, ref_levels[0].shape, ref_path)
+        ncc, registration = _confidence_map(ref_levels, mov_levels, args, mask)
         params = _parameters(args, registration, (ref_path, mov_path))
         log.info("writing the NCC map to %s", out)
         write_array(

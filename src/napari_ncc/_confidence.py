@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._lazy import local_ncc
-from ._ncc import plan_ncc
+from ._ncc import check_mask, plan_ncc
 from ._register import is_pyramid
 from ._register import register as _register
 from ._registration import Registration
@@ -38,6 +38,8 @@ def ncc_confidence(
     reference_plane: int | None = None,
     upsample_factor: int = 20,
     registration: Registration | None = None,
+    mask=None,
+    min_fraction: float = 0.5,
     chunks=None,
 ):
     """Register `moving` onto `reference`, then map their local NCC.
@@ -71,6 +73,13 @@ def ncc_confidence(
         Passed to :func:`napari_ncc.register`.
     registration : Registration, optional
         Use this registration instead of estimating one (`register` is then ignored).
+    mask : array_like or dask.array.Array of bool, optional
+        True where the reference's pixels are data (see :func:`napari_ncc.local_ncc`). It
+        is combined with the region the registered moving image covers, and every window
+        is computed over its pixels that are both (see Notes). Not used by the
+        registration.
+    min_fraction : float, optional
+        With a mask: the fraction of a window's pixels that must be data, in (0, 1].
     chunks : int, tuple or str, optional
         Blocks of the lazy map (Dask input only), as in :func:`napari_ncc.local_ncc`.
 
@@ -89,6 +98,13 @@ def ncc_confidence(
     which the shift cuts the valid region, it is shrunk by the radius, so a window that
     touches invalid pixels gets `fill_value`. Along a side the shift does not cut, the
     image border is handled by `mode` as in :func:`napari_ncc.local_ncc`.
+
+    With a `mask`, the valid region is instead combined with it (``mask &
+    registration.valid_mask(shape)``, per plane for a per-plane registration; built block
+    by block for a Dask mask), so a window at the edge of the shifted-in band is computed
+    over its valid pixels when at least `min_fraction` of them are valid, rather than
+    filled whole. ``mask=np.ones(shape, bool)`` asks for that alone. Without a mask the
+    band is filled whole, as before: the map then never rests on a part of a window.
 
     For Dask input, the registration reads the images as :func:`napari_ncc.register`
     does (bounded memory), and the map is built lazily: each block of the moving image
@@ -135,7 +151,11 @@ def ncc_confidence(
         mode=mode,
         fill_value=fill_value,
         axes=axes,
+        min_fraction=min_fraction,
     )
+    if mask is not None:
+        mask = mask if is_dask(mask) else np.asarray(mask)
+        check_mask(mask, plan.shape)
 
     if registration is not None:
         if not isinstance(registration, Registration):
@@ -155,8 +175,12 @@ def ncc_confidence(
         )
 
     options = dict(radius=radius, window=window, mode=mode, fill_value=fill_value, axes=axes)
+    options.update(min_fraction=min_fraction, chunks=chunks)
     if registration is None:
-        return local_ncc(reference, moving, chunks=chunks, **options), None
+        return local_ncc(reference, moving, mask=mask, **options), None
+    if mask is not None:
+        # The covered region is part of the mask: no band to fill afterwards.
+        options["mask"] = _and_covered(mask, registration, plan.shape)
 
     compared = reference
     if registration.reference_plane is not None:
@@ -166,9 +190,11 @@ def ncc_confidence(
     if lazy and registration.shifts is None:
         # Each block of the moving image is shifted as it is read.
         shift = registration.shift
-        ncc = local_ncc(compared, moving, moving_shift=shift, chunks=chunks, **options)
+        ncc = local_ncc(compared, moving, moving_shift=shift, **options)
     else:
-        ncc = local_ncc(compared, registration.apply(moving), chunks=chunks, **options)
+        ncc = local_ncc(compared, registration.apply(moving), **options)
+    if mask is not None:
+        return ncc, registration
     return _fill_invalid(ncc, registration, plan, fill_value), registration
 
 
@@ -238,6 +264,40 @@ def _inside(shape, location, lo, hi) -> np.ndarray:
         v.reshape([-1 if i == ax else 1 for i in range(ndim)]) for ax, v in enumerate(vecs)
     ]
     return functools.reduce(np.logical_and, open_mesh, np.ones((1,) * ndim, dtype=bool))
+
+
+def _covered_block(registration: Registration, shape, block_shape, location) -> np.ndarray:
+    """``registration.valid_mask(shape)`` over the block at `location` (start offsets)."""
+    if registration.shifts is None:
+        region = registration.valid_region(shape)
+        return _inside(block_shape, location, *_bounds(region))
+    axis = registration.per_plane
+    covered = np.empty(block_shape, dtype=bool)
+    plane_shape, plane_location = list(block_shape), list(location)
+    plane_shape[axis] = 1
+    for local in range(block_shape[axis]):
+        plane_location[axis] = location[axis] + local
+        region = registration.valid_region(shape, plane=plane_location[axis])
+        index = [slice(None)] * len(block_shape)
+        index[axis] = slice(local, local + 1)
+        covered[tuple(index)] = _inside(plane_shape, plane_location, *_bounds(region))
+    return covered
+
+
+def _bounds(region) -> tuple[list[int], list[int]]:
+    return [sl.start for sl in region], [sl.stop for sl in region]
+
+
+def _and_covered(mask, registration: Registration, shape):
+    """`mask` and the region the registered moving image covers; lazily for a Dask mask."""
+    if not is_dask(mask):
+        return mask & registration.valid_mask(shape)
+
+    def block(m, block_info=None):
+        location = [start for start, _ in block_info[0]["array-location"]]
+        return m & _covered_block(registration, shape, m.shape, location)
+
+    return mask.map_blocks(block, dtype=bool, meta=np.empty((0,) * mask.ndim, dtype=bool))
 
 
 def _fill_block(block, lo, hi, per_plane, fill_value, location):

@@ -599,6 +599,8 @@ def write_ncc(
     fill_value: float = 0.0,
     axes: int | Sequence[int] | None = None,
     registration: Registration | None = None,
+    mask=None,
+    min_fraction: float = 0.5,
     chunks=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -628,6 +630,13 @@ def write_ncc(
         the map is then :func:`napari_ncc.ncc_confidence`'s, with `fill_value` where a
         window reaches pixels shifted in from outside `moving`. By default the images
         are compared as they are.
+    mask : str, os.PathLike, array_like or dask.array.Array, optional
+        True where the reference's pixels are data (see :func:`napari_ncc.local_ncc`): a
+        boolean array, or a path that :func:`read_image` opens, whose non-zero pixels are
+        data. With a `registration`, it is combined with the region the registered image
+        covers (see :func:`napari_ncc.ncc_confidence`).
+    min_fraction : float, optional
+        With a mask: the fraction of a window's pixels that must be data, in (0, 1].
     chunks : int, tuple or str, optional
         Chunks of the map (and of the store), as in :func:`napari_ncc.local_ncc`; by
         default the input chunks merged to blocks of about four million pixels.
@@ -669,12 +678,17 @@ def write_ncc(
     check_free(path, overwrite)
     check_scheduler(scheduler)
     sources = [
-        os.fspath(x) if isinstance(x, str | os.PathLike) else None for x in (reference, moving)
+        os.fspath(x) if isinstance(x, str | os.PathLike) else None
+        for x in (reference, moving, mask)
     ]
     reference, moving = _as_input(reference, "reference"), _as_input(moving, "moving")
+    if mask is not None:
+        # A mask file holds labels or 0/1 values: its non-zero pixels are data.
+        mask = _as_input(mask, "mask") != 0 if sources[2] is not None else mask
     if not isinstance(reference, da.Array) and not isinstance(moving, da.Array):
         reference = da.from_array(reference, chunks="auto")
     options = dict(radius=radius, window=window, mode=mode, fill_value=fill_value, axes=axes)
+    options.update(mask=mask, min_fraction=min_fraction)
     if registration is None:
         ncc = local_ncc(reference, moving, chunks=chunks, **options)
     else:
@@ -688,8 +702,11 @@ def write_ncc(
         "fill_value": json_float(fill_value),
         "axes": None if axes is None else _json_ints(axes),
         "registration": None if registration is None else registration.to_dict(),
+        "min_fraction": float(min_fraction) if mask is not None else None,
         "shape": list(ncc.shape),
-        "inputs": sources,
+        "inputs": sources[:2],
+        # The mask's path, or "array" for one given in memory.
+        "mask": sources[2] or (None if mask is None else "array"),
     }
     return write_array(
         ncc,

@@ -3,7 +3,8 @@
 Every output block is computed by the core :func:`~napari_ncc._ncc.ncc_block` from a block
 of the inputs plus a halo as wide as the window radius, with border index maps from
 :func:`~napari_ncc._borders.border_index_map` converted from global to local indices, so
-border modes and chunk seams are handled exactly as in memory.
+border modes and chunk seams are handled exactly as in memory. A mask, if given, is a third
+input read exactly like the reference (same halo, same index maps, never shifted).
 
 Where an input is backed by something that can be sliced (found by
 :mod:`napari_ncc._sources`), each output block reads its own region straight from it
@@ -40,7 +41,7 @@ from ._blocks import (
     overlap_chunks,
 )
 from ._borders import border_index_map
-from ._ncc import NCCPlan, check_image, ncc_block, plan_ncc
+from ._ncc import NCCPlan, check_image, check_mask, ncc_block, plan_ncc
 from ._ncc import local_ncc as _local_ncc_numpy
 from ._shift import shift_lazy, shift_margin, shift_read_box, shift_transform
 from ._sources import DaskSource, as_dask_array, as_source, storage_chunks
@@ -92,12 +93,26 @@ def _block_runs(plan: NCCPlan, box) -> list:
     return _block_reads(plan, box)[0]
 
 
-def _ncc_task(key0, key1, plan: NCCPlan, shift, box, layouts, cells) -> tuple:
-    return (ncc_source_block, key0, key1, plan, box, *layouts, *cells, shift)
+def _ncc_task(keys, plan: NCCPlan, shift, box, layouts, cells) -> tuple:
+    task = (ncc_source_block, keys[0], keys[1], plan, box, *layouts[:2], *cells[:2], shift)
+    if len(keys) > 2:  # the mask
+        task = (*task, keys[2], layouts[2], cells[2])
+    return task
 
 
 def ncc_source_block(
-    source0, source1, plan: NCCPlan, box, layout0, layout1, strips0, strips1, shift=None
+    source0,
+    source1,
+    plan: NCCPlan,
+    box,
+    layout0,
+    layout1,
+    strips0,
+    strips1,
+    shift=None,
+    mask_source=None,
+    mask_layout=None,
+    mask_strips=(),
 ) -> np.ndarray:
     """NCC map of one output block, reading it and its halo straight from the sources.
 
@@ -115,13 +130,17 @@ def ncc_source_block(
     shift : sequence of float, optional
         Subpixel shift applied to `source1` (``scipy.ndimage.shift`` convention, linear,
         ``mode="nearest"``) as it is read.
+    mask_source, mask_layout, mask_strips : optional
+        The boolean mask, read like `source0` (it is in the reference frame, never shifted).
     """
     _, maps = _block_reads(plan, box)
-    region0 = assemble(source0, layout0, strips0)
+    regions = [assemble(source0, layout0, strips0)]
     transform = None if shift is None else shift_transform(shift, 1, "nearest")
-    region1 = assemble(source1, layout1, strips1, transform)
-    with borrowed_contiguous(region0, region1) as (block0, block1):
-        return ncc_block(block0, block1, plan, maps, n_threads=1)
+    regions.append(assemble(source1, layout1, strips1, transform))
+    if mask_source is not None:
+        regions.append(assemble(mask_source, mask_layout, mask_strips))
+    with borrowed_contiguous(*regions) as (block0, block1, *mask):
+        return ncc_block(block0, block1, plan, maps, mask=mask[0] if mask else None, n_threads=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,8 +155,13 @@ def _overlap_boundary(plan: NCCPlan) -> dict[int, str]:
     return {ax: (kind if ax in plan.axes else "none") for ax in range(len(plan.shape))}
 
 
-def ncc_overlap_block(block0, block1, plan: NCCPlan, chunks, block_id=None) -> np.ndarray:
-    """NCC map of one block of ``dask.array.overlap`` output (see :func:`local_ncc`)."""
+def ncc_overlap_block(
+    block0, block1, mask=None, *, plan: NCCPlan, chunks, block_id=None
+) -> np.ndarray:
+    """NCC map of one block of ``dask.array.overlap`` output (see :func:`local_ncc`).
+
+    `mask`, if given, is the block of the overlapped boolean mask, read like the images.
+    """
     maps = []
     for ax, r in zip(plan.axes, plan.radius, strict=True):
         starts = np.cumsum((0, *chunks[ax]))
@@ -148,7 +172,7 @@ def ncc_overlap_block(block0, block1, plan: NCCPlan, chunks, block_id=None) -> n
         else:
             local = np.where(index >= 0, index - max(0, start - r), -1)
         maps.append(local)
-    return ncc_block(block0, block1, plan, maps, n_threads=1)
+    return ncc_block(block0, block1, plan, maps, mask=mask, n_threads=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,9 +213,12 @@ def _normalize_output_chunks(chunks, shape) -> tuple:
 # ---------------------------------------------------------------------------------------
 
 
-def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None) -> da.Array:
-    src0, src1 = as_source(reference), as_source(moving)
-    dask_inputs = [x for x in (reference, moving) if isinstance(x, da.Array)]
+def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None, mask=None) -> da.Array:
+    # The mask, if any, is a third input read exactly like the reference (same halo, same
+    # border index maps, never shifted), so masked maps are chunk-invariant too.
+    inputs = (reference, moving) if mask is None else (reference, moving, mask)
+    srcs = [as_source(x) for x in inputs]
+    dask_inputs = [x for x in inputs if isinstance(x, da.Array)]
     base_chunks = dask_inputs[0].chunks
     token = tokenize(
         "napari-ncc",
@@ -200,13 +227,13 @@ def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None) -> da.Array:
         chunks,
         *[
             x.name if isinstance(x, da.Array) else (src[0] if src else None)
-            for x, src in ((reference, src0), (moving, src1))
+            for x, src in zip(inputs, srcs, strict=True)
         ],
     )
-    if src0 is not None and src1 is not None:
+    if all(src is not None for src in srcs):
         ndim = len(plan.shape)
-        (key0, source0), (key1, source1) = src0, src1
-        native = (storage_chunks(source0, ndim), storage_chunks(source1, ndim))
+        keys = [key for key, _ in srcs]
+        native = [storage_chunks(source, ndim) for _, source in srcs]
         if chunks is not None:
             out_chunks = _normalize_output_chunks(chunks, plan.shape)
         else:
@@ -214,7 +241,7 @@ def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None) -> da.Array:
             grid = next((c for c in native if c is not None), None)
             if grid is not None:
                 base_chunks = _normalize_output_chunks(grid, plan.shape)
-            computed = any(isinstance(src, DaskSource) for src in (source0, source1))
+            computed = any(isinstance(source, DaskSource) for _, source in srcs)
             block_pixels = COMPUTED_BLOCK_PIXELS if computed else BLOCK_PIXELS
             out_chunks = _source_chunks(base_chunks, plan, min(block_pixels, BLOCK_PIXELS))
         halo = [plan.depth[ax] for ax in range(ndim)]
@@ -223,30 +250,27 @@ def _lazy_ncc(reference, moving, plan: NCCPlan, shift, chunks=None) -> da.Array:
         else:
             reach = partial(shift_read_box, shape=plan.shape, shift=shift, order=1, mode="nearest")
             margins = [shift_margin(s, 1) for s in shift]
-        inputs = (
-            ReadInput(key0, source0, f"local-ncc-strips0-{token}", native[0], None, tuple(halo)),
-            ReadInput(
-                key1,
-                source1,
-                f"local-ncc-strips1-{token}",
-                native[1],
-                reach,
-                tuple(h + m for h, m in zip(halo, margins, strict=True)),
-            ),
+        settings = [
+            (None, tuple(halo)),
+            (reach, tuple(h + m for h, m in zip(halo, margins, strict=True))),
+            (None, tuple(halo)),  # the mask: read like the reference, never shifted
+        ]
+        read_inputs = tuple(
+            ReadInput(key, source, f"local-ncc-strips{i}-{token}", native[i], *settings[i])
+            for i, (key, source) in enumerate(srcs)
         )
         reads = BlockReads(
             f"local-ncc-{token}",
             out_chunks,
             plan.shape,
-            inputs,
+            read_inputs,
             partial(_block_runs, plan),
-            partial(_ncc_task, key0, key1, plan, shift),
+            partial(_ncc_task, tuple(keys), plan, shift),
         )
         return as_dask_array(reads.name, reads, out_chunks, np.float32)
     # Computed input(s): dask overlap with un-padded (or periodic) borders.
     arrays = [
-        x if isinstance(x, da.Array) else da.from_array(x, chunks=base_chunks)
-        for x in (reference, moving)
+        x if isinstance(x, da.Array) else da.from_array(x, chunks=base_chunks) for x in inputs
     ]
     if shift is not None:
         arrays[1] = shift_lazy(arrays[1], shift, order=1, mode="nearest")
@@ -277,13 +301,16 @@ def local_ncc(
     fill_value: float = 0.0,
     axes: int | Sequence[int] | None = None,
     moving_shift: Sequence[float] | None = None,
+    mask=None,
+    min_fraction: float = 0.5,
     chunks=None,
 ):
     """Local normalized cross-correlation (Pearson correlation of patches) of two images.
 
     For every pixel, the Pearson correlation coefficient of the two patches of
-    ``2 * radius + 1`` pixels per windowed axis centred on it. NumPy in, NumPy out; a Dask
-    array in (either input) gives a lazy Dask array out, computed chunk by chunk.
+    ``2 * radius + 1`` pixels per windowed axis centred on it (with a `mask`: of their
+    pixels where the mask is true). NumPy in, NumPy out; a Dask array in (either image or
+    the mask) gives a lazy Dask array out, computed chunk by chunk.
 
     Parameters
     ----------
@@ -304,8 +331,9 @@ def local_ncc(
     fill_value : float, optional
         Written where the correlation is undefined because either patch is flat: its
         standard deviation is zero or below ``FLAT_RTOL`` (1e-6) times the half-range of
-        the values (of the image in memory; of the block and its halo when lazy).
-        ``np.nan`` works too.
+        the values (of the image in memory; of the block and its halo when lazy; of the
+        true pixels only, with a mask), or, with a mask, because too few of the window's
+        pixels are true (see `min_fraction`). ``np.nan`` works too.
     axes : int or sequence of int, optional
         Axes the window spans (all by default). Other axes are independent: for example
         ``axes=(-2, -1)`` gives a per-plane 2D map through a time series.
@@ -316,6 +344,17 @@ def local_ncc(
         the reference). Lazily, each block is shifted as it is read. To also mark the
         pixels shifted in from outside `moving`, use :func:`napari_ncc.ncc_confidence`
         with a :class:`napari_ncc.Registration`.
+    mask : array_like or dask.array.Array of bool, optional
+        Of the images' shape, True where the pixels are data. Each window's correlation is
+        then computed over its true pixels only; the values under a false mask never enter
+        the result (they may be anything, NaN included). The mask is in the reference's
+        frame (`moving_shift` does not move it). It follows `mode` at the border like the
+        images, and with ``mode="constant"`` the zeros beyond the border count as data, so
+        an all-true mask gives the unmasked map. Integer masks are refused: pass
+        ``labels > 0`` or ``mask != 0``. See "Masks" in the documentation.
+    min_fraction : float, optional
+        With a mask: the fraction of a window's pixels (of its weight, for the Gaussian
+        window) that must be true, in (0, 1]; other windows get `fill_value`.
     chunks : int, tuple or str, optional
         Blocks of the lazy map, in any form ``dask.array.rechunk`` accepts (``16``,
         ``(256, 512)``, ``"auto"``): each block is computed at that size, which is cheaper
@@ -344,8 +383,11 @@ def local_ncc(
     more than 16 bits), the flat-window threshold is ``FLAT_RTOL`` times the half-range of
     the block and its halo, not of the whole image, so a window whose standard deviation
     lies between the two thresholds (about 1e-6 of the value range: flat up to rounding)
-    can be `fill_value` with one chunking and a correlation with another. Building the
-    graph reads no pixel.
+    can be `fill_value` with one chunking and a correlation with another. With a mask the
+    same holds, the half-range being that of the block's true pixels; the mask itself is
+    read with the same halo and border handling as the images, so which pixels count, and
+    the `min_fraction` test, never depend on the chunking. Building the graph reads no
+    pixel.
     When the inputs are backed by something sliceable (``da.from_zarr``, a TIFF zarr
     store, ``da.from_array`` of a NumPy array or memory map), each block reads its own
     halo from the source, so storing the map (``to_zarr``, ``da.store``,
@@ -377,8 +419,17 @@ def local_ncc(
     (dtype('float32'), (64, 64))
     >>> bool(np.allclose(lazy.compute(), m, atol=1e-5))
     True
+
+    Pixels that are not data, here a band of garbage, are left out with a mask:
+
+    >>> b[:, :20] = 1e4
+    >>> m = local_ncc(a, b, radius=3, mask=b < 1e4, fill_value=np.nan)
+    >>> bool(np.allclose(m[:, 23:], 1.0, atol=1e-5)), bool(np.isnan(m[:, :19]).all())
+    (True, True)
     """
-    lazy = isinstance(reference, da.Array) or isinstance(moving, da.Array)
+    lazy = any(isinstance(x, da.Array) for x in (reference, moving, mask))
+    if mask is not None and not isinstance(mask, da.Array):
+        mask = np.asarray(mask)
     if not lazy:
         if chunks is not None:
             raise ValueError(
@@ -386,13 +437,14 @@ def local_ncc(
                 "in memory; wrap one with dask.array.from_array to build a lazy map"
             )
         reference, moving = np.asarray(reference), np.asarray(moving)
-    for image, name in ((reference, "reference"), (moving, "moving")):
+    for image, name in ((reference, "reference"), (moving, "moving"), (mask, "mask")):
         if isinstance(image, da.Array) and any(math.isnan(n) for n in image.shape):
             raise ValueError(
                 f"{name} has unknown chunk sizes (shape {image.shape}); call "
                 "compute_chunk_sizes() on it first"
             )
-        check_image(image, name)
+        if image is not mask:
+            check_image(image, name)
     plan = plan_ncc(
         reference.shape,
         moving.shape,
@@ -401,7 +453,10 @@ def local_ncc(
         mode=mode,
         fill_value=fill_value,
         axes=axes,
+        min_fraction=min_fraction,
     )
+    if mask is not None:
+        check_mask(mask, plan.shape)
     shift = (
         None
         if moving_shift is None
@@ -420,5 +475,7 @@ def local_ncc(
             mode=mode,
             fill_value=fill_value,
             axes=axes,
+            mask=mask,
+            min_fraction=min_fraction,
         )
-    return _lazy_ncc(reference, moving, plan, shift, chunks)
+    return _lazy_ncc(reference, moving, plan, shift, chunks, mask)

@@ -375,6 +375,8 @@ def ncc_levels(
     fill_value: float = 0.0,
     axes=None,
     per_plane: int | None = None,
+    mask=None,
+    min_fraction: float = 0.5,
 ) -> list[da.Array]:
     """Lazy NCC map of every level of two pyramids (see the module notes for why).
 
@@ -387,8 +389,11 @@ def ncc_levels(
     ----------
     reference_levels, moving_levels : sequence of dask.array.Array
         The two pyramids, level 0 first, with the same level shapes.
-    radius, window, mode, fill_value, axes, per_plane
+    radius, window, mode, fill_value, axes, per_plane, min_fraction
         As in :func:`napari_ncc.ncc_confidence`, the same at every level.
+    mask : array_like or dask.array.Array of bool, optional
+        Of level 0's shape, True where the pixels are data (see
+        :func:`napari_ncc.ncc_confidence`). A coarse level uses :func:`mask_level`.
     registration : Registration, optional
         In level-0 pixels (from :func:`napari_ncc.register`); None compares the images as
         they are.
@@ -453,9 +458,35 @@ def ncc_levels(
             fill_value=fill_value,
             axes=axes,
             per_plane=per_plane,
+            mask=None if mask is None else mask_level(mask, ref.shape),
+            min_fraction=min_fraction,
         )
         levels.append(ncc)
     return levels
+
+
+def mask_level(mask, shape: Sequence[int]):
+    """A level-0 `mask` on the grid of a coarser level of `shape`, lazily.
+
+    Each coarse pixel takes the value of the level-0 pixel nearest its centre (of two
+    equally near, the later one): a sample,
+    not an average, so the level stays boolean and a thin excluded line may disappear at
+    coarse levels (which only serve the overview).
+
+    Examples
+    --------
+    >>> mask = np.array([[True, True, False, False]] * 2)
+    >>> mask_level(mask, (1, 2)).compute()
+    array([[ True, False]])
+    """
+    if tuple(mask.shape) == tuple(shape):
+        return mask
+    level = da.asarray(mask)
+    for ax, (n0, n) in enumerate(zip(mask.shape, shape, strict=True)):
+        if n0 != n:
+            centres = np.minimum(((np.arange(n) + 0.5) * (n0 / n)).astype(np.int64), n0 - 1)
+            level = da.take(level, centres, axis=ax)
+    return level
 
 
 def registered_levels(moving_levels: Sequence[da.Array], registration) -> list[da.Array]:

@@ -567,7 +567,6 @@ def local_ncc(
 
     Pixels that are not data, here a band of garbage, are left out with a mask:
 
-    >>> from napari_ncc._ncc import local_ncc  # the in-memory map (mask= is core-only so far)
     >>> b[:, :20] = 1e4
     >>> m = local_ncc(a, b, radius=3, mask=b < 1e4, fill_value=np.nan)
     >>> bool(np.allclose(m[:, 23:], 1.0, atol=1e-5)), bool(np.isnan(m[:, :19]).all())

@@ -19,6 +19,9 @@ The layer
   A diverging map keeps the sign visible: contrast inversion is information too.
 - The reference layer's scale and translate; ``metadata["napari_ncc"]`` records the
   parameters, the shift and the registration quality.
+- An optional mask layer (a Labels layer, label > 0 being data, or a boolean Image) limits
+  every window to those pixels (see :func:`napari_ncc.ncc_confidence`); coarse levels sample
+  it (:func:`~napari_ncc._multiscale.mask_level`).
 - Running again updates that layer in place (unless "new layer" is ticked). The pyramids
   built and the registration found are reused while the two layers and their data are the
   same, and the map is lazy: a new radius or window costs only the chunks on screen.
@@ -41,12 +44,13 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 from magicgui.widgets import FunctionGui, Label
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 
 from . import _multiscale
 from ._activity import Activity, Cancelled
+from ._ncc import check_mask
 from ._pyramid_cache import cached_pyramid
 from ._read import ATTRS_KEY
 from ._validation import WINDOWS
@@ -95,6 +99,23 @@ def _source_path(layer: Image) -> str | None:
     """
     path = getattr(layer.source, "path", None)
     return None if layer.multiscale or layer.rgb or not path else str(path)
+
+
+def _is_mask_layer(layer) -> bool:
+    if isinstance(layer, Labels):
+        return True
+    return isinstance(layer, Image) and not layer.rgb and np.dtype(layer.dtype) == np.bool_
+
+
+def _mask_data(layer) -> np.ndarray | da.Array:
+    """A mask layer's level 0 as a boolean mask (in memory, a copy: painting later changes
+    nothing; other data, such as a zarr array, lazily)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    if not isinstance(data, np.ndarray | da.Array):
+        data = da.asarray(data)
+    if isinstance(layer, Labels):
+        return data > 0
+    return data if isinstance(data, da.Array) else np.array(data, dtype=bool)
 
 
 def _image_shape(layer: Image) -> tuple[int, ...]:
@@ -177,7 +198,9 @@ class _Job:
         activity,
         registration=None,
         sources=(None, None),
+        mask=None,
     ):
+        self.mask = mask
         self.reference = reference
         self.moving = moving
         self.params = params
@@ -201,6 +224,8 @@ class _Job:
             registration=registration,
             window=p["window"],
             per_plane=p["per_plane"],
+            mask=self.mask,
+            min_fraction=p["min_fraction"],
         )
         registered = None
         if p["show_registered"]:
@@ -323,6 +348,22 @@ class NCCConfidenceWidget(FunctionGui):
                     "tooltip": "For stacks: register and correlate each plane along an axis on "
                     "its own (windows over the other axes), instead of one nD window.",
                 },
+                "mask": {
+                    "widget_type": "ComboBox",
+                    "nullable": False,
+                    "choices": self._mask_choices,
+                    "tooltip": "Optional: a Labels layer (label > 0 is data) or a boolean "
+                    "image of the reference's shape. Windows then count only those pixels "
+                    "(and only those the registered moving image covers).",
+                },
+                "min_fraction": {
+                    "label": "min fraction",
+                    "min": 0.01,
+                    "max": 1.0,
+                    "step": 0.05,
+                    "tooltip": "With a mask: the fraction of a window's pixels that must be "
+                    "data; other windows get the fill value 0.",
+                },
                 "show_registered": {
                     "label": "add registered moving",
                     "tooltip": "Also add the registered moving image as a (lazy) layer.",
@@ -355,6 +396,10 @@ class NCCConfidenceWidget(FunctionGui):
         # reference picked); the reference widget does not exist yet on the first call.
         reference = self.get_widget("reference") if self._initialized else None
         return _plane_choices(None if reference is None else reference.value)
+
+    def _mask_choices(self, _widget=None) -> list[tuple[str, object]]:
+        masks = [layer for layer in self._viewer.layers if _is_mask_layer(layer)]
+        return [("none", None)] + [(layer.name, layer) for layer in masks]
 
     # --- layer choices -----------------------------------------------------------------
     def reset_choices(self, *args) -> None:
@@ -462,6 +507,8 @@ class NCCConfidenceWidget(FunctionGui):
         per_plane=None,  # (label, value) choices, None: one window over all axes
         show_registered: bool = False,
         new_layer: bool = False,
+        mask=None,  # a Labels or boolean Image layer, None: every pixel is data
+        min_fraction: float = 0.5,
     ):
         if reference is None or moving is None:
             show_error("NCC confidence: choose a reference and a moving image layer")
@@ -487,11 +534,20 @@ class NCCConfidenceWidget(FunctionGui):
             ref_levels, mov_levels = ref_levels[:1], mov_levels[:1]
         if per_plane is not None and per_plane >= ref_levels[0].ndim - 1:
             per_plane = None
+        mask_data = None if mask is None else _mask_data(mask)
+        if mask_data is not None:
+            try:
+                check_mask(mask_data, ref_levels[0].shape)
+            except (TypeError, ValueError) as exc:
+                show_error(f"NCC confidence: mask layer {mask.name!r}: {exc}")
+                return None
         params = {
             "radius": int(radius),
             "window": window,
             "register": bool(register),
             "per_plane": per_plane,
+            "mask": None if mask is None else mask.name,
+            "min_fraction": float(min_fraction),
             "show_registered": bool(show_registered),
         }
         # Same layers, same data: reuse the pyramids built and the registration found by
@@ -511,7 +567,9 @@ class NCCConfidenceWidget(FunctionGui):
             self._activity.cancel()
         activity = Activity("NCC confidence")
         sources = (_source_path(reference), _source_path(moving))
-        job = _Job(ref_levels, mov_levels, params, build, activity, registration, sources)
+        job = _Job(
+            ref_levels, mov_levels, params, build, activity, registration, sources, mask_data
+        )
         self._cache_key = (key, (_weak(reference), _weak(moving)))
         names = (reference.name, moving.name)
         display = {
