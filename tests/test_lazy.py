@@ -226,6 +226,15 @@ def test_find_source(tmp_path, pair):
     np.testing.assert_array_equal(sliced[(slice(1, 5),)], a[3:7, 3])
 
 
+#: Under Dask's array query planning (the second run of ``make test``) graphs are not
+#: recognised, computed ones included: every map takes ``dask.array.overlap`` there.
+computed_reads = pytest.mark.xfail(
+    getattr(da, "array_expr_enabled", lambda: False)(),
+    reason="graphs under Dask's array query planning are not read as sources",
+    strict=True,
+)
+
+
 def _generated(size: int, chunk: int, seed: int, calls: list) -> da.Array:
     """A `size` x `size` image made chunk by chunk by a generator (as a reader gives it),
     recording in `calls` the seed and chunk index of every call."""
@@ -250,6 +259,7 @@ def _generated(size: int, chunk: int, seed: int, calls: list) -> da.Array:
     )
 
 
+@computed_reads
 @pytest.mark.parametrize("shift", [None, (2.5, -1.25)])
 def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
     # What napari does at 1:1: slice a small view of the map and compute it. Only the
@@ -302,6 +312,7 @@ def test_plain_slicing_of_a_source_is_read_from_the_source(rng, index):
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
 
+@computed_reads
 def test_strided_slicing_is_read_through_the_graph(rng):
     a = rng.random((40, 50))
     z = zarr.create_array(
