@@ -249,13 +249,22 @@ def test_find_source(tmp_path, pair):
     np.testing.assert_array_equal(sliced[(slice(1, 5),)], a[3:7, 3])
 
 
+#: Under Dask's array query planning (the second run of ``make test``) graphs are not
+#: recognised, computed ones included: every map takes ``dask.array.overlap`` there.
+computed_reads = pytest.mark.xfail(
+    getattr(da, "array_expr_enabled", lambda: False)(),
+    reason="graphs under Dask's array query planning are not read as sources",
+    strict=True,
+)
+
+
 def _generated(size: int, chunk: int, seed: int, calls: list) -> da.Array:
     """A `size` x `size` image made chunk by chunk by a generator (as a reader gives it),
-    recording in `calls` the chunk index of every call."""
+    recording in `calls` the seed and chunk index of every call."""
 
     def generate(block_info=None):
         info = block_info[None]
-        calls.append(tuple(info["chunk-location"]))
+        calls.append((seed, *info["chunk-location"]))
         (y0, y1), (x0, x1) = info["array-location"]
         y, x = np.mgrid[y0:y1, x0:x1]
         return (np.sin(0.3 * y + seed) * np.cos(0.17 * x) + 0.01 * ((y * 7 + x * 3) % 5)).astype(
@@ -273,6 +282,7 @@ def _generated(size: int, chunk: int, seed: int, calls: list) -> da.Array:
     )
 
 
+@computed_reads
 @pytest.mark.parametrize("shift", [None, (2.5, -1.25)])
 def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
     # What napari does at 1:1: slice a small view of the map and compute it. Only the
@@ -287,9 +297,9 @@ def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
         own = set(ncc.dask.layers) - set(ref.dask.layers) - set(mov.dask.layers)
         assert not any(ncc.dask.layers[name].is_materialized() for name in own)
         view = np.s_[1000:1300, 2000:2400]
-        out = ncc[view].compute()
+        out = ncc[view].compute(scheduler="sync")  # (threads may compute a chunk twice)
         # (blocks of about 1024 x 1024 pixels: the view's two, their halos, their strips)
-        assert set(calls) <= {(i, j) for i in range(10) for j in range(3, 13)}
+        assert {c[1:] for c in calls} <= {(i, j) for i in range(10) for j in range(3, 13)}
         assert len(calls) == len(set(calls))  # each chunk computed once, then kept
         counts.append(len(calls))
         window = np.s_[1000 - 7 : 1300 + 7, 2000 - 7 : 2400 + 7]
@@ -326,14 +336,15 @@ def test_plain_slicing_of_a_source_is_read_from_the_source(rng, index):
     np.testing.assert_allclose(out.compute(), expected, atol=1e-5, rtol=0)
 
 
-def test_strided_slicing_falls_back(rng):
+@computed_reads
+def test_strided_slicing_is_read_through_the_graph(rng):
     a = rng.random((40, 50))
     z = zarr.create_array(
         store=zarr.storage.MemoryStore(), shape=a.shape, chunks=(8, 8), dtype="f8"
     )
     z[:] = a
     x = from_zarr(z)[::2, 3:]
-    assert find_source(x) is None
+    assert isinstance(find_source(x)[1], _sources.DaskSource)
     out = local_ncc(x, x**2, radius=2)
     np.testing.assert_allclose(out.compute(), core_ncc(a[::2, 3:], a[::2, 3:] ** 2, 2), atol=1e-5)
 
@@ -421,10 +432,12 @@ def test_region_reads_only_the_input_chunks_its_windows_touch(rng):
         return block
 
     x0 = da.from_array(a, chunks=16).map_blocks(record, dtype=a.dtype, meta=np.empty((0, 0)))
-    out = local_ncc(x0, da.from_array(a, chunks=16) ** 2, radius=3)
+    # (blocks of one input chunk: by default they would merge to one block of this image)
+    out = local_ncc(x0, da.from_array(a, chunks=16) ** 2, radius=3, chunks=16)
     out[32:48, 48:64].compute()
     assert produced == {(i, j) for i in (1, 2, 3) for j in (2, 3, 4)}
     produced.clear()
+    _sources.COMPUTED_CHUNKS.clear()  # (else the chunks read just now are not computed again)
     out[0:16, 80:96].compute()  # a corner: reflect reads nothing beyond the image
     assert produced == {(i, j) for i in (0, 1) for j in (4, 5)}
 

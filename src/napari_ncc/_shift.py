@@ -5,7 +5,8 @@ point. The registration applies its shifts with :func:`shift_lazy` directly, and
 NCC (:mod:`napari_ncc._lazy`) shifts each block of the moving image as it reads it, with
 the same read boxes (:func:`shift_read_box`) and the same arithmetic (:func:`shift_region`).
 A shifted block reads only its own box moved by the shift, from the image's source when
-there is one (:mod:`napari_ncc._sources`), else through ``dask.array.overlap``.
+there is one (:mod:`napari_ncc._sources`: a file, an array, or a computed Dask array whose
+chunks each need a few others), else through ``dask.array.overlap``.
 """
 
 from __future__ import annotations
@@ -228,8 +229,10 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
     :func:`napari_ncc._sources.find_source`), each output chunk reads from the source only
     its own box moved by the shift,
     ``[start - ceil(shift) - 1, stop - floor(shift) + 1)`` per axis (reaching the image
-    edge where the shifted positions fold back across it); computed arrays go through
-    ``dask.array.overlap`` with a margin of ``ceil(|shift|) + 1`` pixels. Orders above 1
+    edge where the shifted positions fold back across it); so does a computed array whose
+    chunks each need only a few others, computing just the chunks under that box. Others
+    (a reduction over the image) go through ``dask.array.overlap`` with a margin of
+    ``ceil(|shift|) + 1`` pixels. Orders above 1
     prefilter with a margin of 32 more pixels, which differs from the whole-image
     prefilter by less than about 1e-10 relative.
 
