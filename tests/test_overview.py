@@ -65,7 +65,7 @@ def test_an_unfinished_overview_shows_the_preview_and_resumes(rng, monkeypatch):
         # All of level 1 is the preview until its blocks below are cached.
         np.testing.assert_array_equal(np.asarray(overview.level(1)), 7.0)
         with contextlib.closing(overview.iter_fill(batch=4)) as steps:
-            for done, total in steps:
+            for done, _total in steps:
                 if 0 < done:
                     break  # stopped after the first batch
         assert 0 < overview.done < overview.total and not overview.complete
@@ -256,8 +256,10 @@ def test_cancel_and_closing_stop_the_overview(
     widget.cancel()
     assert widget.overview_worker is None
     qtbot.waitUntil(
-        lambda: (worker is None or not worker.is_running)
-        and layer.metadata["napari_ncc"]["overview"]["state"] != "preview",
+        lambda: (
+            (worker is None or not worker.is_running)
+            and layer.metadata["napari_ncc"]["overview"]["state"] != "preview"
+        ),
         timeout=60_000,
     )
     state = layer.metadata["napari_ncc"]["overview"]
