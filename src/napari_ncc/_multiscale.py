@@ -8,7 +8,8 @@ divided by the level's downsampling factor. It costs only the pixels on screen, 
 appears at once, but it is not the map the user asked for: coarsening changes what the
 windows see (fine texture averaged away, each window spanning ``2**k`` times more of the
 image), so its values drift from the full-resolution ones (on a textured 20000² pair, a mean
-of 0.98 at level 3 and 0.65 at level 5 where the full-resolution map's is 0.997). What a zoomed-out view must show is a summary of the full-resolution map:
+of 0.98 at level 3 and 0.65 at level 5 where the full-resolution map's is 0.997).
+What a zoomed-out view must show is a summary of the full-resolution map:
 :class:`napari_ncc._overview.Overview` computes that map block by block in the background,
 caches it and its pyramid on disk (level ``k``: the mean, or the minimum, of ``2 x 2``
 pixels of level ``k - 1``) and replaces the preview with it as it fills in.
