@@ -446,7 +446,7 @@ def _print_overview(size: int) -> None:
         ov["run_to_overview_final"],
         f"({ov['overview_blocks']} blocks)  target < 180 s",
     )
-    _line("longest main-thread block meanwhile", ov["longest_main_thread_block"])
+    _line("longest main-thread block (redraws incl.)", ov["longest_main_thread_block"])
     background = ov["run_to_overview_final"] - ov["run_to_registered"]
     _line(
         "baseline: the same map, plain Dask to zarr",

@@ -141,13 +141,16 @@ def _run(qtbot, widget, **values):
     worker = widget()
     assert worker is not None
     qtbot.waitUntil(lambda: widget.worker is None and not worker.is_running, timeout=120_000)
-    return widget.ncc_layer
+    # The overview starts from the event loop once the run is over.
+    layer = widget.ncc_layer
+    qtbot.waitUntil(lambda: "overview" in layer.metadata["napari_ncc"], timeout=60_000)
+    return layer
 
 
 def _wait_final(qtbot, widget, layer):
     qtbot.waitUntil(
         lambda: (
-            layer.metadata["napari_ncc"]["overview"]["state"] == "final"
+            layer.metadata["napari_ncc"].get("overview", {}).get("state") == "final"
             and widget.overview_worker is None
         ),
         timeout=180_000,

@@ -52,7 +52,7 @@ import numpy as np
 from magicgui.widgets import FunctionGui, Label
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 
 from . import _multiscale, _overview
 from ._activity import Activity, Cancelled
@@ -285,6 +285,7 @@ class NCCConfidenceWidget(FunctionGui):
         self._overview_inputs = None
         self._overview_activity: Activity | None = None
         self._showing = weakref.WeakKeyDictionary()  # layer -> the overview it shows
+        self._pending_overview = None  # (layer, result, params) of a run finishing
         self._result_text = ""
         self._auto_names: dict[int, str] = {}
         super().__init__(
@@ -566,6 +567,20 @@ class NCCConfidenceWidget(FunctionGui):
         self._activity = self._previewed = None
         self.call_button.text = RUN
         self.call_button.enabled = True
+        pending = self._pending_overview
+        if pending is not None and not activity.cancelled:
+            # From the event loop, after the run's progress bar has closed: napari's
+            # activity panel crashed when a new bar was made while the old one went.
+            QTimer.singleShot(0, lambda: self._start_pending(pending))
+
+    def _start_pending(self, pending) -> None:
+        if pending is not self._pending_overview:  # cancelled, or a new run meanwhile
+            return
+        self._pending_overview = None
+        layer_ref, result, params = pending
+        layer = layer_ref()
+        if self._activity is None and layer is not None and layer is self.ncc_layer:
+            self._start_overview(layer, result, params)
 
     def _take_back(self) -> None:
         """Undo what the preview of an unfinished run added or changed."""
@@ -655,7 +670,8 @@ class NCCConfidenceWidget(FunctionGui):
         self._result_text = text if result.final else "preview (coarse level):\n" + text
         self.result.value = self._result_text
         if multiscale and result.final:
-            self._start_overview(layer, result, params)
+            # Started once this run's worker and progress bar are gone (see _finished).
+            self._pending_overview = (_weak(layer), result, params)
         # The NCC layer goes on top, selected.
         self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
         self._viewer.layers.selection.active = layer
@@ -703,6 +719,21 @@ class NCCConfidenceWidget(FunctionGui):
         self._showing[layer] = overview
         self._set_overview_state(layer, overview, "final" if overview.complete else "preview")
 
+        shown = {"done": None, "busy": False}
+
+        def show(layer):
+            if shown["busy"] or shown["done"] == overview.done:
+                return  # (re-entered from Qt events processed while napari redraws)
+            shown["busy"] = True
+            try:
+                shown["done"] = overview.done
+                state = "final" if overview.complete else "preview"
+                self._set_overview_state(layer, overview, state)
+                # New Dask names where blocks were filled in: napari redraws from them.
+                layer.data = overview.levels()
+            finally:
+                shown["busy"] = False
+
         def step(_progress):
             layer = layer_ref()
             if activity is not self._overview_activity or layer is None:
@@ -710,9 +741,7 @@ class NCCConfidenceWidget(FunctionGui):
             if layer not in self._viewer.layers:
                 activity.cancel()
                 return
-            self._set_overview_state(layer, overview, "final" if overview.complete else "preview")
-            # New Dask names where blocks were filled in: napari redraws from them.
-            layer.data = overview.levels()
+            show(layer)
 
         def finished():
             with contextlib.suppress(RuntimeError, TypeError):  # (widget already deleted)
@@ -721,6 +750,8 @@ class NCCConfidenceWidget(FunctionGui):
                 self._overview_activity = None
             layer = layer_ref()
             if layer is not None and self._showing.get(layer) is overview:
+                if overview.complete and layer in self._viewer.layers:
+                    show(layer)  # (in case the last step came while a redraw was going)
                 self._set_overview_state(
                     layer, overview, "final" if overview.complete else "stopped"
                 )
@@ -768,6 +799,7 @@ class NCCConfidenceWidget(FunctionGui):
 
     def _stop_overview(self) -> None:
         """Stop the overview job, if one is running (its cache is kept)."""
+        self._pending_overview = None
         if self._overview_activity is not None:
             self._overview_activity.cancel()
             self._overview_activity = None
