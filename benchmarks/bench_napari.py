@@ -1,6 +1,6 @@
 """How quickly the NCC layer appears in napari on gigapixel images (a real viewer, under Xvfb).
 
-Two cases, timed with a real napari viewer and ``viewer.screenshot`` (which forces a
+Three cases, timed with a real napari viewer and ``viewer.screenshot`` (which forces a
 render, so napari has computed every chunk on screen when it returns):
 
 1. **Multiscale inputs**: a virtual pair (``--size``, 40000 x 40000 for the figures of issue
@@ -22,9 +22,15 @@ render, so napari has computed every chunk on screen when it returns):
    progress bar); timed: Run -> first frame, split into pyramid / registration / render,
    and the pyramid cost per gigapixel.
 
+3. **The overview** (:func:`bench_overview`): on a single-scale 16384 x 16384 uint16 zarr
+   pair, Run -> the overview final (the full-resolution map computed in the background and
+   its summary pyramid replacing the preview), the longest the main thread was busy
+   meanwhile, and as the baseline the same map stored by plain Dask. **Target: < 180 s.**
+
 Run: ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_napari.py``
 (``--size`` (default 16384: a few minutes on a loaded machine), ``--kinds``,
-``--single-size``, ``--skip-single``, ``--repeat``).
+``--single-size``, ``--skip-single``, ``--repeat``, ``--overview-size``,
+``--skip-overview``, ``--only-overview``).
 """
 
 from __future__ import annotations
@@ -319,6 +325,88 @@ def bench_single_scale(size: int) -> dict:
     return out
 
 
+def _hidden_pair_in_napari(reference, moving):
+    """A viewer with the widget docked and the pair as hidden layers (napari would load a
+    visible single-scale image whole): the viewer, the app, the widget, the two layers."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-ncc", "NCC confidence")
+    layers = tuple(
+        viewer.add_image(image, name=name, visible=False)
+        for image, name in ((reference, "reference"), (moving, "moving"))
+    )
+    return viewer, QApplication.instance(), widget, layers
+
+
+def bench_overview(size: int) -> dict:
+    """Time until the overview is final: Run on a single-scale `size`² zarr pair, then the
+    background job that computes the full-resolution map and its summary pyramid.
+
+    Also: the longest the main thread was busy in one go meanwhile (the viewer's
+    responsiveness), and, as the baseline, the same full-resolution map computed and stored
+    with plain Dask (``da.to_zarr``) with nothing else going on.
+    """
+    import zarr
+
+    from napari_ncc import Registration, ncc_confidence
+    from napari_ncc import _overview as overview_module
+
+    tmp = tempfile.mkdtemp(prefix="bench-overview-")
+    out = {"gigapixels": size * size / 1e9}
+    try:
+        displacement = (5.25, -3.5)
+        reference = _zarr_texture(os.path.join(tmp, "ref.zarr"), size, 5, (0.0, 0.0))
+        moving = _zarr_texture(os.path.join(tmp, "mov.zarr"), size, 5, displacement)
+        viewer, app, widget, pair = _hidden_pair_in_napari(reference, moving)
+        t0 = time.perf_counter()
+        out["run_to_first_frame"], layer = _run_widget(app, widget, *pair, wait_final=True)
+        _timed_screenshot(viewer)
+        out["run_to_registered"] = time.perf_counter() - t0
+        longest = 0.0
+        frames = 0
+        while layer.metadata["napari_ncc"].get("overview", {}).get("state") != "final":
+            t1 = time.perf_counter()
+            app.processEvents()
+            longest = max(longest, time.perf_counter() - t1)
+            if frames % 50 == 0:  # draw now and then, as a user looking at it would
+                longest = max(longest, _timed_screenshot(viewer))
+            frames += 1
+            time.sleep(0.01)
+        out["run_to_overview_final"] = time.perf_counter() - t0
+        out["longest_main_thread_block"] = longest
+        info = layer.metadata["napari_ncc"]
+        out["overview_blocks"] = info["overview"]["total"]
+        viewer.close()
+
+        # Baseline: the same map, computed and stored by plain Dask.
+        registration = Registration.from_dict(info["registration"])
+        chunk = overview_module.OVERVIEW_CHUNK
+        ncc, _ = ncc_confidence(
+            reference,
+            moving,
+            radius=info["radius"],
+            register=False,
+            registration=registration,
+            chunks=chunk,
+        )
+        store = zarr.open_array(
+            os.path.join(tmp, "map.zarr"),
+            mode="w",
+            shape=ncc.shape,
+            chunks=(chunk, chunk),
+            dtype=np.float32,
+        )
+        t0 = time.perf_counter()
+        da.store(ncc, store, lock=False)
+        out["baseline_map_to_zarr"] = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _line(label: str, value: float, note: str = "") -> None:
     print(f"   {label:<46}: {value:6.2f} s  {note}")
 
@@ -384,12 +472,18 @@ def main() -> None:
     )
     parser.add_argument("--single-size", type=int, default=16384)
     parser.add_argument("--skip-single", action="store_true")
+    parser.add_argument("--overview-size", type=int, default=16384)
+    parser.add_argument("--skip-overview", action="store_true")
+    parser.add_argument("--only-overview", action="store_true")
     parser.add_argument(
         "--repeat", type=int, default=1, help="multiscale runs (fresh data each); median shown"
     )
     args = parser.parse_args()
 
     print(f"napari-ncc napari benchmark ({os.cpu_count()} cores)")
+    if args.only_overview:
+        _print_overview(args.overview_size)
+        return
     for kind in args.kinds.split(","):
         runs = [
             bench_multiscale(args.size, seed, computed=kind == "computed")
@@ -417,6 +511,28 @@ def main() -> None:
             ss["run_to_final"],
             f"(shift error {ss['shift_error']:.4f} px)",
         )
+    if not args.skip_overview:
+        _print_overview(args.overview_size)
+
+
+def _print_overview(size: int) -> None:
+    ov = bench_overview(size)
+    print(f"\n3. overview of a single-scale {size} x {size} uint16 zarr pair")
+    _line("Run -> first frame (preview)", ov["run_to_first_frame"])
+    _line("Run -> full registration shown", ov["run_to_registered"])
+    _line(
+        "Run -> overview final",
+        ov["run_to_overview_final"],
+        f"({ov['overview_blocks']} blocks)  target < 180 s",
+    )
+    _line("longest main-thread block (redraws incl.)", ov["longest_main_thread_block"])
+    background = ov["run_to_overview_final"] - ov["run_to_registered"]
+    _line(
+        "baseline: the same map, plain Dask to zarr",
+        ov["baseline_map_to_zarr"],
+        f"ratio (overview final - registered) / baseline: "
+        f"{background / ov['baseline_map_to_zarr']:.2f}",
+    )
 
 
 if __name__ == "__main__":

@@ -96,7 +96,23 @@ def _run(qtbot, widget, **values):
     assert worker is not None
     # (not waitSignal(worker.finished): a quick run may finish before it connects)
     qtbot.waitUntil(lambda: widget.worker is None and not worker.is_running, timeout=60_000)
-    return widget.ncc_layer
+    # Multiscale maps: also until the overview of the full-resolution map is final.
+    layer = widget.ncc_layer
+    if layer is not None and layer.multiscale and not widget.result.value == "cancelled":
+        qtbot.waitUntil(
+            lambda: (
+                layer.metadata["napari_ncc"].get("overview", {}).get("state") == "final"
+                and widget.overview_worker is None
+            ),
+            timeout=60_000,
+        )
+    return layer
+
+
+def _block_mean(image, factor):
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = np.asarray(image, dtype=np.float64)[: h * factor, : w * factor]
+    return blocks.reshape(h, factor, w, factor).mean(axis=(1, 3))
 
 
 def _click(qtbot, widget):
@@ -320,11 +336,15 @@ def test_multiscale_inputs_give_a_multiscale_ncc_layer(make_napari_viewer, qtbot
     assert not meta["preview"] and "preview" not in meta["registration"]["method"]
     shift = np.asarray(meta["registration"]["shift"])
     np.testing.assert_allclose(shift, (-4.0, 6.0), atol=0.25)
-    # Level k: the NCC of level k of the inputs at the same radius, the shift scaled down.
-    for k in (0, 2):
-        ref_k = np.asarray(ref_pyramid[k])
-        mov_k = np.asarray(mov_pyramid[k])
-        _assert_registered_ncc(layer.data[k], ref_k, mov_k, shift / 2**k, 2)
+    # Level 0: the NCC of the registered pair; level k, once the overview is final: the
+    # mean of its 2^k x 2^k blocks.
+    _assert_registered_ncc(
+        layer.data[0], np.asarray(ref_pyramid[0]), np.asarray(mov_pyramid[0]), shift, 2
+    )
+    assert layer.metadata["napari_ncc"]["overview"]["state"] == "final"
+    level0 = np.asarray(layer.data[0])
+    for k in (1, 2):
+        np.testing.assert_allclose(layer.data[k], _block_mean(level0, 2**k), atol=1e-5)
 
 
 def test_large_single_scale_input_gets_a_cached_pyramid(make_napari_viewer, qtbot, monkeypatch):
@@ -346,17 +366,20 @@ def test_large_single_scale_input_gets_a_cached_pyramid(make_napari_viewer, qtbo
     np.testing.assert_allclose(
         np.asarray(layer.data[0]), brute_force_ncc(reference, moving, 3), atol=1e-4
     )
-    coarse_ref = reference.reshape(150, 2, 130, 2).mean(axis=(1, 3))
-    coarse_mov = moving.reshape(150, 2, 130, 2).mean(axis=(1, 3))
+    # Once the overview is final, level 1 is the block mean of the full-resolution map.
     np.testing.assert_allclose(
-        np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 3), atol=1e-4
+        np.asarray(layer.data[1]), _block_mean(brute_force_ncc(reference, moving, 3), 2), atol=1e-4
     )
+
     # A new radius reuses the cached pyramids (no new cache directory) and updates in place.
-    n_caches = len(_multiscale._CACHE_DIRS)
+    def pyramids():
+        return [path for path in _multiscale._CACHE_DIRS if "pyramid" in path]
+
+    n_caches = len(pyramids())
     again = _run(qtbot, widget, radius=5)
-    assert again is layer and len(_multiscale._CACHE_DIRS) == n_caches
+    assert again is layer and len(pyramids()) == n_caches
     np.testing.assert_allclose(
-        np.asarray(layer.data[1]), brute_force_ncc(coarse_ref, coarse_mov, 5), atol=1e-4
+        np.asarray(layer.data[1]), _block_mean(brute_force_ncc(reference, moving, 5), 2), atol=1e-4
     )
 
 

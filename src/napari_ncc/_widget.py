@@ -34,8 +34,17 @@ Pyramids (multiscale layers, or the pyramid cached for a single-scale input larg
 appears within a second or two and is right for the overview, where a screen pixel spans
 many image pixels. The full registration (refined on full-resolution tiles) then replaces
 it in place; ``metadata["napari_ncc"]["preview"]`` says which one is shown.
+
+The coarse levels first shown are a preview (the NCC of the coarsened inputs). Once the
+final registration is shown, a second job ("NCC overview" in the activity panel) computes
+the full-resolution map block by block into an on-disk cache
+(:class:`~napari_ncc._overview.Overview`) and the layer's levels turn, block by block, into
+the summary ("overview summary": mean or min) of the full-resolution map;
+``metadata["napari_ncc"]["overview"]`` and the result area say how far it got. A new run
+stops it (a cache for the same inputs and parameters is kept and continued later).
 """
 
+import contextlib
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -46,9 +55,9 @@ import numpy as np
 from magicgui.widgets import FunctionGui, Label
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 
-from . import _multiscale
+from . import _multiscale, _overview
 from ._activity import Activity, Cancelled
 from ._ncc import check_mask
 from ._pyramid_cache import cached_pyramid
@@ -66,6 +75,11 @@ RADIUS_TOOLTIP = (
 RUN, CANCEL, CANCELLING = "Run", "Cancel", "Cancelling..."
 
 RESULT_HINT = "not run yet"
+
+PREVIEW_LEVELS = "preview: NCC of the coarsened inputs at the same radius"
+
+#: Overview caches kept per pair of inputs (each one the size of the map, on disk).
+KEPT_OVERVIEWS = 4
 
 
 def _radius_label(radius: int) -> str:
@@ -312,6 +326,14 @@ class NCCConfidenceWidget(FunctionGui):
         self._cache_key = None
         self._previewed = None
         self._undo: list = []  # how to take back what a run's preview changed
+        # Overview caches of the current inputs, by parameters (oldest first), and the
+        # background job filling one in.
+        self._overviews: dict = {}
+        self._overview_inputs = None
+        self._overview_activity: Activity | None = None
+        self._showing = weakref.WeakKeyDictionary()  # layer -> the overview it shows
+        self._pending_overview = None  # (layer, result, params) of a run finishing
+        self._result_text = ""
         self._auto_names: dict[int, str] = {}
         super().__init__(
             self._run,
@@ -371,6 +393,13 @@ class NCCConfidenceWidget(FunctionGui):
                 "new_layer": {
                     "label": "new layer",
                     "tooltip": "Add a new NCC layer instead of updating the last one in place.",
+                },
+                "summary": {
+                    "label": "overview summary",
+                    "choices": _overview.SUMMARIES,
+                    "tooltip": "Multiscale maps: what a zoomed-out pixel shows of the "
+                    "full-resolution map it covers, once computed: its mean, or its minimum "
+                    "(the worst score: a small disagreeing spot stays visible).",
                 },
             },
         )
@@ -490,7 +519,9 @@ class NCCConfidenceWidget(FunctionGui):
 
     def cancel(self) -> None:
         """Cancel the run in progress: the worker stops at its next progress step, and
-        whatever its preview added or changed is taken back."""
+        whatever its preview added or changed is taken back. Also stops the overview being
+        computed (the layer keeps what it has)."""
+        self._stop_overview()
         if self._activity is None:
             return
         self._activity.cancel()
@@ -509,6 +540,7 @@ class NCCConfidenceWidget(FunctionGui):
         new_layer: bool = False,
         mask=None,  # a Labels or boolean Image layer, None: every pixel is data
         min_fraction: float = 0.5,
+        summary: str = "mean",
     ):
         if reference is None or moving is None:
             show_error("NCC confidence: choose a reference and a moving image layer")
@@ -549,6 +581,7 @@ class NCCConfidenceWidget(FunctionGui):
             "mask": None if mask is None else mask.name,
             "min_fraction": float(min_fraction),
             "show_registered": bool(show_registered),
+            "summary": summary,
         }
         # Same layers, same data: reuse the pyramids built and the registration found by
         # the last run, so that a new radius or window costs only the chunks on screen.
@@ -565,6 +598,7 @@ class NCCConfidenceWidget(FunctionGui):
         registration = cached.get("registrations", {}).get(per_plane) if register else None
         if self._activity is not None:  # a call from code while a run is going
             self._activity.cancel()
+        self._stop_overview()
         activity = Activity("NCC confidence")
         sources = (_source_path(reference), _source_path(moving))
         job = _Job(
@@ -614,6 +648,20 @@ class NCCConfidenceWidget(FunctionGui):
         self._activity = self._previewed = None
         self.call_button.text = RUN
         self.call_button.enabled = True
+        pending = self._pending_overview
+        if pending is not None and not activity.cancelled:
+            # From the event loop, after the run's progress bar has closed: napari's
+            # activity panel crashed when a new bar was made while the old one went.
+            QTimer.singleShot(0, lambda: self._start_pending(pending))
+
+    def _start_pending(self, pending) -> None:
+        if pending is not self._pending_overview:  # cancelled, or a new run meanwhile
+            return
+        self._pending_overview = None
+        layer_ref, result, params = pending
+        layer = layer_ref()
+        if self._activity is None and layer is not None and layer is self.ncc_layer:
+            self._start_overview(layer, result, params)
 
     def _take_back(self) -> None:
         """Undo what the preview of an unfinished run added or changed."""
@@ -650,7 +698,7 @@ class NCCConfidenceWidget(FunctionGui):
                 "reference": names[0],
                 "moving": names[1],
                 "levels": len(ncc),
-                "coarse_levels": "NCC of the coarsened inputs at the same radius",
+                "coarse_levels": PREVIEW_LEVELS,
                 "registration": None if registration is None else registration.to_dict(),
                 "preview": not result.final,
             }
@@ -674,6 +722,7 @@ class NCCConfidenceWidget(FunctionGui):
             metadata=metadata,
         )
         undos = [undo]
+        self._showing.pop(layer, None)  # (until its own overview starts)
         # A legend on the canvas: what -1, 0 and +1 look like.
         layer.colorbar.visible = True
         previous_ref, self._ncc_ref = self._ncc_ref, _weak(layer)
@@ -699,7 +748,146 @@ class NCCConfidenceWidget(FunctionGui):
         if result.final:
             self._undo = []
         text = _describe(registration, same_layer)
-        self.result.value = text if result.final else "preview (coarse level):\n" + text
+        self._result_text = text if result.final else "preview (coarse level):\n" + text
+        self.result.value = self._result_text
+        if multiscale and result.final:
+            # Started once this run's worker and progress bar are gone (see _finished).
+            self._pending_overview = (_weak(layer), result, params)
         # The NCC layer goes on top, selected.
         self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
         self._viewer.layers.selection.active = layer
+
+    # --- overview ------------------------------------------------------------------------
+    def _overview_for(self, result: _Result, params) -> _overview.Overview:
+        """The overview cache of these inputs and parameters: the one kept, or a new one."""
+        inputs = self._cache_key
+        if self._overview_inputs is None or self._overview_inputs[0] != inputs[0]:
+            for old in self._overviews.values():
+                old.remove()
+            self._overviews = {}
+        self._overview_inputs = inputs
+        registration = result.registration
+        key = (
+            params["radius"],
+            params["window"],
+            params["per_plane"],
+            params["summary"],
+            None if registration is None else repr(registration.to_dict()),
+        )
+        overview = self._overviews.pop(key, None)
+        if overview is None:
+            overview = _overview.overview_of(
+                result.reference[0],
+                result.moving[0],
+                result.ncc,
+                radius=params["radius"],
+                registration=registration,
+                window=params["window"],
+                per_plane=params["per_plane"],
+                summary=params["summary"],
+            )
+        self._overviews[key] = overview  # (now the newest)
+        while len(self._overviews) > KEPT_OVERVIEWS:
+            self._overviews.pop(next(iter(self._overviews))).remove()
+        return overview
+
+    def _start_overview(self, layer: Image, result: _Result, params) -> None:
+        """Fill in the full-resolution map's summary under the preview, in the background."""
+        overview = self._overview_for(result, params)
+        activity = Activity("NCC overview")
+        self._overview_activity = activity
+        layer_ref = _weak(layer)
+        self._showing[layer] = overview
+        self._set_overview_state(layer, overview, "final" if overview.complete else "preview")
+
+        shown = {"done": None, "busy": False}
+
+        def show(layer):
+            if shown["busy"] or shown["done"] == overview.done:
+                return  # (re-entered from Qt events processed while napari redraws)
+            shown["busy"] = True
+            try:
+                shown["done"] = overview.done
+                state = "final" if overview.complete else "preview"
+                self._set_overview_state(layer, overview, state)
+                # New Dask names where blocks were filled in: napari redraws from them.
+                layer.data = overview.levels()
+            finally:
+                shown["busy"] = False
+
+        def step(_progress):
+            layer = layer_ref()
+            if activity is not self._overview_activity or layer is None:
+                return
+            if layer not in self._viewer.layers:
+                activity.cancel()
+                return
+            show(layer)
+
+        def finished():
+            with contextlib.suppress(RuntimeError, TypeError):  # (widget already deleted)
+                self.native.destroyed.disconnect(activity.cancel)
+            if activity is self._overview_activity:
+                self._overview_activity = None
+            layer = layer_ref()
+            if layer is not None and self._showing.get(layer) is overview:
+                if overview.complete and layer in self._viewer.layers:
+                    show(layer)  # (in case the last step came while a redraw was going)
+                self._set_overview_state(
+                    layer, overview, "final" if overview.complete else "stopped"
+                )
+
+        # Closing the viewer (or the widget) stops it too.
+        self.native.destroyed.connect(activity.cancel)
+        activity.start(
+            _fill_overview,
+            overview,
+            activity.callback("full-resolution map (blocks)"),
+            connect={"yielded": step, "finished": finished},
+        )
+
+    def _set_overview_state(self, layer: Image, overview, state: str) -> None:
+        """Say in the layer's metadata and the result area what the coarse levels show."""
+        info = layer.metadata.get(ATTRS_KEY)
+        if info is None:
+            return
+        summary = overview.summary
+        info["overview"] = {
+            "state": state,
+            "summary": summary,
+            "done": overview.done,
+            "total": overview.total,
+        }
+        if state == "final":
+            info["coarse_levels"] = (
+                f"final: {summary} of 2x2 pixels of the level below (level k: the {summary} "
+                "of 2^k x 2^k pixels of the full-resolution map)"
+            )
+        percent = 100 * overview.done // max(overview.total, 1)
+        line = {
+            "final": f"overview: final ({summary} of the full-resolution map)",
+            "preview": f"overview: preview, full-resolution map {percent}% done",
+            "stopped": f"overview: preview (stopped at {percent}%)",
+        }[state]
+        if layer is self.ncc_layer:
+            self.result.value = f"{self._result_text}\n{line}".strip()
+
+    @property
+    def overview_worker(self):
+        """The worker computing the overview in the background, or None."""
+        activity = self._overview_activity
+        return None if activity is None else activity.worker
+
+    def _stop_overview(self) -> None:
+        """Stop the overview job, if one is running (its cache is kept)."""
+        self._pending_overview = None
+        if self._overview_activity is not None:
+            self._overview_activity.cancel()
+            self._overview_activity = None
+
+
+def _fill_overview(overview, progress):
+    """The overview job (worker thread): fill the cache, yielding after each batch."""
+    for done, total in overview.iter_fill():
+        progress(done, total)  # raises Cancelled once cancelled
+        yield done, total
