@@ -118,3 +118,29 @@ def test_rigid_confidence_on_a_rotated_picture_matches_a_noise_only_pair(rng):
     )
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(lazy.compute(), ncc, atol=1e-4)
+
+
+def test_cli_compare_with_model_rigid_on_real_files(rng, tmp_path):
+    import tifffile
+
+    from test_cli import run
+
+    reference, moving, matrix = _pair(rng, angle=5.0)
+    tifffile.imwrite(tmp_path / "ref.tif", reference.astype(np.float32))
+    tifffile.imwrite(tmp_path / "mov.tif", moving.astype(np.float32))
+    out = tmp_path / "ncc.zarr"
+    args = ("compare", tmp_path / "ref.tif", tmp_path / "mov.tif", "-o", out, "--radius", "4")
+    result = run(*args, "--model", "rigid", "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    back = Registration.from_dict(printed["registration"])
+    assert back.model == "rigid"
+    points = interior_points(N)
+    error = np.abs(back.moving_coordinates(points) - _truth(matrix, points)).max()
+    assert error < 0.25
+    assert printed["summary"]["mean"] > 0.5
+    text = run(*args, "--model", "rigid", "--overwrite")
+    assert text.returncode == 0, text.stderr
+    assert "transform: rigid, angle" in text.stdout
+    bad = run(*args, "--model", "projective", "--overwrite")
+    assert bad.returncode == 2 and "--model" in bad.stderr

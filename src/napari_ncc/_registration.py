@@ -83,7 +83,8 @@ class Registration:
     transform : AffineTransform or DeformableTransform or None
         The non-translation transform (None for a translation). Not per plane.
     tiles : TileReport or None
-        The local shifts the transform was fitted to (not saved by :meth:`to_dict`).
+        The local shifts the transform was fitted to (:meth:`to_dict` saves only their
+        count and how many were rejected).
     """
 
     shift: tuple[float, ...]
@@ -418,6 +419,9 @@ class Registration:
             "notes": list(self.notes),
             "model": self.model,
             "transform": None if self.transform is None else self.transform.to_dict(),
+            "tiles": None
+            if self.tiles is None
+            else {"count": len(self.tiles.centers), "rejected": int(self.tiles.rejected.sum())},
             "convention": "scipy.ndimage.shift(moving, shift) ~ reference",
         }
 
