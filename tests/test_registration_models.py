@@ -144,3 +144,22 @@ def test_cli_compare_with_model_rigid_on_real_files(rng, tmp_path):
     assert "transform: rigid, angle" in text.stdout
     bad = run(*args, "--model", "projective", "--overwrite")
     assert bad.returncode == 2 and "--model" in bad.stderr
+
+
+def test_pyramid_levels_rescale_the_transform(rng):
+    from skimage.transform import downscale_local_mean
+
+    from napari_ncc._multiscale import ncc_levels
+
+    reference, moving, matrix = _pair(rng, angle=5.0)
+    reg = Registration(shift=(0.0, 0.0), transform=AffineTransform(matrix, "rigid"))
+    pyramids = [
+        [da.from_array(x), da.from_array(downscale_local_mean(x, (2, 2)))]
+        for x in (reference, moving)
+    ]
+    levels = ncc_levels(*pyramids, radius=3, registration=reg)
+    unregistered = ncc_levels(*pyramids, radius=3)
+    inner = (slice(20, -20),) * 2
+    level1 = np.asarray(levels[1])[inner]
+    assert np.median(level1) > 0.9
+    assert np.median(level1) > np.median(np.asarray(unregistered[1])[inner]) + 0.2
