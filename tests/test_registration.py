@@ -429,7 +429,9 @@ def test_per_plane_moving_coordinates_use_each_plane_shift():
         reg.moving_coordinates([[0.5, 1, 1]])
     with pytest.raises(ValueError, match=r"points must have shape \(\.\.\., 3\)"):
         reg.moving_coordinates([[1, 1]])
-    with pytest.raises(ValueError, match="unknown model 'affine'"):
+    with pytest.raises(ValueError, match="unknown model 'projective'"):
+        Registration(shift=(0, 0), model="projective")
+    with pytest.raises(ValueError, match="model 'affine' needs a transform"):
         Registration(shift=(0, 0), model="affine")
 
 

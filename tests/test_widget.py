@@ -155,12 +155,13 @@ def test_widget_registers_then_adds_a_lazy_ncc_layer(make_napari_viewer, qtbot):
     mov_layer = viewer.add_image(moving, name="moving")
     before = (reference.copy(), moving.copy())
     widget = _open(viewer)
-    assert [w.name for w in widget][:8] == [
+    assert [w.name for w in widget][:9] == [
         "reference",
         "moving",
         "radius",
         "window",
         "register",
+        "model",
         "per_plane",
         "show_registered",
         "new_layer",
@@ -643,3 +644,22 @@ def test_layers_from_files_share_the_pyramids_cached_for_their_files(
     ]
     np.testing.assert_allclose(np.asarray(again.data[1]), coarse_ref, atol=1e-5)
     assert _cached_files(pyramid_cache) == cached
+
+
+def test_widget_registers_a_rotated_pair_with_the_rigid_model(make_napari_viewer, qtbot):
+    from transform_pairs import linear_matrix, linear_pair, picture
+
+    viewer = make_napari_viewer()
+    matrix = linear_matrix(5.0, translation=(2.0, -1.0), n=256)
+    reference, moving = linear_pair(
+        picture("astronaut"), matrix, 256, 0.03, np.random.default_rng(0)
+    )
+    ref_layer = viewer.add_image(reference, name="reference")
+    mov_layer = viewer.add_image(moving, name="moving")
+    widget = _open(viewer)
+    layer = _run(qtbot, widget, reference=ref_layer, moving=mov_layer, model="rigid")
+    registration = layer.metadata["napari_ncc"]["registration"]
+    assert registration["model"] == "rigid"
+    assert "transform: rigid, angle" in widget.result.value
+    ncc = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    assert np.median(ncc[40:-40, 40:-40]) > 0.8

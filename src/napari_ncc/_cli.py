@@ -40,6 +40,7 @@ from ._summary import (
     to_json,
     window_spans_stack,
 )
+from ._transform import MODELS
 from ._validation import WINDOWS, check_per_plane, check_same_shape, json_float
 
 log = logging.getLogger("napari_ncc.cli")
@@ -304,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         "instead (drift correction: pass the same stack twice) and compare with that plane",
     )
     group.add_argument(
+        "--model",
+        choices=MODELS,
+        default="translation",
+        help="transform registered (default translation); the others for single 2D "
+        "images that fit in memory",
+    )
+    group.add_argument(
         "--upsample-factor",
         type=_positive_int,
         default=20,
@@ -534,6 +542,7 @@ def _confidence_map(ref_levels: list, mov_levels: list, args, mask=None):
         per_plane=per_plane,
         reference_plane=args.reference_plane,
         upsample_factor=args.upsample_factor,
+        model=getattr(args, "model", "translation"),
         chunks=getattr(args, "chunks", None) or None,
         mask=mask,
         min_fraction=args.min_fraction,

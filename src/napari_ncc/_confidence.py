@@ -13,6 +13,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ._lazy import local_ncc
 from ._ncc import check_mask, plan_ncc
@@ -41,6 +42,7 @@ def ncc_confidence(
     mask=None,
     min_fraction: float = 0.5,
     chunks=None,
+    model: str = "translation",
 ):
     """Register `moving` onto `reference`, then map their local NCC.
 
@@ -82,6 +84,9 @@ def ncc_confidence(
         With a mask: the fraction of a window's pixels that must be data, in (0, 1].
     chunks : int, tuple or str, optional
         Blocks of the lazy map (Dask input only), as in :func:`napari_ncc.local_ncc`.
+    model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
+        The transform registered (see :func:`napari_ncc.register` for the images each
+        model supports).
 
     Returns
     -------
@@ -97,7 +102,10 @@ def ncc_confidence(
     inside its bounds (:meth:`Registration.valid_region`). Along every windowed axis on
     which the shift cuts the valid region, it is shrunk by the radius, so a window that
     touches invalid pixels gets `fill_value`. Along a side the shift does not cut, the
-    image border is handled by `mode` as in :func:`napari_ncc.local_ncc`.
+    image border is handled by `mode` as in :func:`napari_ncc.local_ncc`. For the other
+    models the valid pixels are :meth:`Registration.valid_mask` (not a box): a pixel gets
+    `fill_value` when its window holds any pixel outside it (the mask eroded by the
+    window).
 
     With a `mask`, the valid region is instead combined with it (``mask &
     registration.valid_mask(shape)``, per plane for a per-plane registration; built block
@@ -172,6 +180,7 @@ def ncc_confidence(
             per_plane=per_plane,
             reference_plane=reference_plane,
             upsample_factor=upsample_factor,
+            model=model,
         )
 
     options = dict(radius=radius, window=window, mode=mode, fill_value=fill_value, axes=axes)
@@ -181,6 +190,10 @@ def ncc_confidence(
     if mask is not None:
         # The covered region is part of the mask: no band to fill afterwards.
         options["mask"] = _and_covered(mask, registration, plan.shape)
+
+    if registration.transform is not None:
+        ncc = local_ncc(reference, registration.apply(moving), chunks=chunks, **options)
+        return _fill_uncovered(ncc, registration, plan, fill_value), registration
 
     compared = reference
     if registration.reference_plane is not None:
@@ -335,3 +348,26 @@ def _fill_invalid(ncc, registration: Registration, plan, fill_value):
         return _fill_block(block, lo, hi, per_plane, fill_value, location)
 
     return ncc.map_blocks(fill, dtype=ncc.dtype, meta=np.empty((0,) * ncc.ndim, ncc.dtype))
+
+
+def _fill_uncovered(ncc, registration: Registration, plan, fill_value):
+    """`ncc` with `fill_value` where the window holds a pixel outside ``valid_mask``."""
+    shape = tuple(ncc.shape)
+    radius = dict(zip(plan.axes, plan.radius, strict=True))
+    size = tuple(2 * radius.get(ax, 0) + 1 for ax in range(len(shape)))
+
+    def erode(mask):
+        # "nearest": an image border stays a border (handled by the NCC's mode).
+        return ndi.minimum_filter(mask, size=size, mode="nearest")
+
+    if not is_dask(ncc):
+        valid = erode(registration.valid_mask(shape))
+        return np.where(valid, ncc, np.asarray(fill_value, dtype=ncc.dtype))
+    import dask.array as da
+
+    from ._warp import covered
+
+    mask = covered(registration.transform, shape, chunks=ncc.chunks)
+    depth = {ax: radius.get(ax, 0) for ax in range(len(shape))}
+    valid = mask.map_overlap(erode, depth=depth, boundary="nearest", dtype=bool)
+    return da.where(valid, ncc, np.asarray(fill_value, dtype=ncc.dtype))

@@ -363,6 +363,38 @@ def rescaled(registration, factors):
         registration,
         shift=tuple(np.asarray(registration.shift) / factors),
         shifts=None if registration.shifts is None else registration.shifts / factors,
+        transform=_rescaled_transform(registration.transform, factors),
+    )
+
+
+def _rescaled_transform(transform, factors):
+    """`transform` (level-0 pixels) on a level downsampled by `factors` (block means).
+
+    Level-``k`` pixel ``p`` is the mean of level-0 pixels around ``factors * p + c``, with
+    ``c = (factors - 1) / 2``, in both images; so ``M_k = T^-1 M_0 T`` with ``T`` that map.
+    """
+    if transform is None:
+        return None
+    from ._transform import AffineTransform, DeformableTransform
+
+    ndim = len(factors)
+    centre = (factors - 1) / 2
+    to_level0 = np.eye(ndim + 1)
+    to_level0[:ndim, :ndim] = np.diag(factors)
+    to_level0[:ndim, ndim] = centre
+    matrix = np.linalg.inv(to_level0) @ transform.affine.matrix @ to_level0
+    try:
+        affine = AffineTransform(matrix, transform.affine.model)
+    except ValueError:  # anisotropic factors: no longer rigid or similar
+        affine = AffineTransform(matrix, "affine")
+    if not isinstance(transform, DeformableTransform):
+        return affine
+    shape = (ndim,) + (1,) * (np.ndim(transform.displacement) - 1)
+    return DeformableTransform(
+        affine,
+        np.asarray(transform.displacement) / factors.reshape(shape),
+        tuple((np.asarray(transform.origin) - centre) / factors),
+        tuple(np.asarray(transform.spacing) / factors),
     )
 
 

@@ -17,8 +17,11 @@ from numbers import Integral
 
 import numpy as np
 
+from ._estimate_transform import estimate_transform
 from ._large_image import N_TILES, estimate_large, is_large, large_image_steps, read_regions
+from ._local_shifts import pearson
 from ._phase_correlation import (
+    RELIABLE_QUALITY,
     Estimate,
     PhaseCorrelation,
     check_finite,
@@ -26,6 +29,7 @@ from ._phase_correlation import (
     estimate_translation,
 )
 from ._registration import Registration, RegistrationWarning, plane_index
+from ._transform import MODELS
 from ._validation import (
     check_image,
     check_per_plane,
@@ -33,6 +37,7 @@ from ._validation import (
     is_dask,
     normalize_axes,
 )
+from ._warp import covered, warp
 
 __all__ = ["RegistrationPlan", "is_pyramid", "plan_registration", "register"]
 
@@ -157,8 +162,9 @@ def register(
     max_size: int = 2048,
     n_tiles: int = N_TILES,
     progress: Callable[[int, int], object] | None = None,
+    model: str = "translation",
 ) -> Registration:
-    """Subpixel translation that registers `moving` onto `reference`.
+    """Subpixel transform (by default a translation) that registers `moving` onto `reference`.
 
     Parameters
     ----------
@@ -205,6 +211,12 @@ def register(
         call; steps that turn out unnecessary are skipped at once (`done` jumps). Its
         return value is ignored; an exception it raises stops the registration (a way to
         cancel it). Called in the thread that runs :func:`register`.
+    model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
+        The transform estimated. Other models than "translation" are estimated for 2D
+        images of at most ``max_size**2`` pixels (Dask input is computed), whole (no
+        `axes`, `per_plane` or pyramid levels beyond the first), by
+        :func:`napari_ncc._estimate_transform.estimate_transform`; the result's
+        ``transform`` maps reference to moving pixel coordinates, (row, col) order.
 
     Returns
     -------
@@ -217,7 +229,8 @@ def register(
     ValueError, TypeError
         Shapes or dimensions that differ, NaN or infinite values, bad `axes`,
         `per_plane`, `reference_plane`, `upsample_factor`, `normalization`, `max_size`,
-        `n_tiles` or `progress`.
+        `n_tiles`, `progress` or `model` (also: a model other than "translation" for
+        input it does not support yet).
 
     Warns
     -----
@@ -278,7 +291,11 @@ def register(
         raise TypeError(
             f"progress must be a callable progress(done, total) or None, got {progress!r}"
         )
-    if plan.per_plane is None:
+    model = _check_model(model)
+    if model != "translation":
+        _check_model_support(model, plan)
+        reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
+    elif plan.per_plane is None:
         reg = _register_whole(ref_levels, mov_levels, plan, progress)
     else:
         reg = _register_planes(ref_levels, mov_levels, plan, progress)
@@ -289,6 +306,61 @@ def register(
             stacklevel=2,
         )
     return reg
+
+
+def _check_model(model) -> str:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {model!r}")
+    return model
+
+
+def _check_model_support(model: str, plan: RegistrationPlan) -> None:
+    """Raise unless the images are ones a non-translation `model` is estimated on now."""
+    supported = (
+        f"model={model!r} is supported for single 2D images of at most max_size**2 = "
+        f"{plan.max_size**2} pixels (sides <= {plan.max_size}); use model='translation'"
+    )
+    if plan.per_plane is not None or plan.axes != tuple(range(len(plan.shape))):
+        raise ValueError(f"{supported}, registered whole (no per_plane, all axes)")
+    if len(plan.shape) != 2:
+        raise ValueError(f"{supported}, got {len(plan.shape)}D images of shape {plan.shape}")
+    if is_large(plan.shape, plan.axes, plan.max_size):
+        raise ValueError(f"{supported}, got images of shape {plan.shape}")
+
+
+def _register_model(reference, moving, model: str, progress) -> Registration:
+    """A rigid, similarity, affine or deformable transform for a whole 2D image."""
+    tracker = _Progress(progress, 1)
+    reference = np.asarray(reference, dtype=np.float64)
+    moving = np.asarray(moving, dtype=np.float64)
+    check_finite(reference, "reference")
+    check_finite(moving, "moving")
+    with warnings.catch_warnings(record=True) as caught:
+        # Its warnings become the result's notes: register warns once, below.
+        warnings.simplefilter("always", RegistrationWarning)
+        est = estimate_transform(reference, moving, model)
+    notes = [str(w.message) for w in caught if issubclass(w.category, RegistrationWarning)]
+    for w in caught:
+        if not issubclass(w.category, RegistrationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    transform = est.transform
+    warped = warp(moving, transform, order=3)
+    mask = covered(transform, reference.shape)
+    quality = pearson(reference[mask], warped[mask]) if mask.sum() > 1 else 0.0
+    if abs(quality) < RELIABLE_QUALITY:
+        notes.append(f"low correlation after alignment ({quality:.3f})")
+    centre = (np.array(reference.shape, dtype=np.float64) - 1) / 2
+    tracker.reach(1)
+    return Registration(
+        # The displacement at the image centre, in the convention of a translation.
+        shift=tuple(centre - transform.moving_coordinates(centre[None])[0]),
+        quality=quality,
+        reliable=not notes,
+        method=f"fourier-mellin + {len(est.tiles.centers)} tiles x {est.rounds} rounds",
+        notes=tuple(notes),
+        transform=transform,
+        tiles=est.tiles,
+    )
 
 
 def is_pyramid(image) -> bool:

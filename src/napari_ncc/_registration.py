@@ -1,12 +1,14 @@
 """The result of a registration: :class:`Registration`.
 
 A :class:`Registration` holds the transform that brings a moving image onto a reference
-(a translation, one for the image or one per plane of a stack), applies it (NumPy in,
+(a translation, one for the image or one per plane of a stack; or a rigid, similarity,
+affine or deformable :mod:`~napari_ncc._transform` for a 2D image), applies it (NumPy in,
 NumPy out; Dask in, lazy Dask out), maps points from the reference grid into the moving
 image, says which pixels of the registered image are real data, and round-trips through
 JSON. :func:`napari_ncc.register` (module ``_register``) estimates it.
 
-This module imports Dask only inside the method that shifts Dask input.
+This module imports Dask only inside the method that shifts Dask input (the other models
+warp through :mod:`napari_ncc._warp`, lazily for Dask input).
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from numbers import Integral
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._transform import MODELS, AffineTransform, DeformableTransform, transform_from_dict
 from ._validation import check_image, check_order, interpolated_dtype, is_dask, snap_shift
 
 __all__ = ["MODELS", "Registration", "RegistrationWarning", "plane_index"]
-
-#: Transform models a :class:`Registration` can hold.
-MODELS = ("translation",)
 
 
 class RegistrationWarning(UserWarning):
@@ -32,7 +32,12 @@ class RegistrationWarning(UserWarning):
 
 @dataclass(eq=False)
 class Registration:
-    """A translation that registers a moving image onto a reference.
+    """A transform that registers a moving image onto a reference.
+
+    A translation is held by `shift` (or `shifts`, per plane) alone; any other model by
+    `transform` (reference pixel coordinates -> moving pixel coordinates, (row, col)
+    order), with `shift` then the displacement at the image centre (a summary). Every
+    method answers whatever the model, so callers need not branch on it.
 
     Same convention as ``skimage.registration.phase_cross_correlation``:
     ``scipy.ndimage.shift(moving, reg.shift)`` is (approximately) the reference.
@@ -72,9 +77,14 @@ class Registration:
         Anything worth knowing about the estimate (why it is unreliable, tile spread).
     qualities : ndarray or None
         Per-plane registration: the quality of each plane.
-    model : {"translation"}
-        The transform model (see :data:`MODELS`); :attr:`matrix` and
-        :meth:`moving_coordinates` answer for any model.
+    model : {"translation", "rigid", "similarity", "affine", "deformable"}
+        The transform model (see :data:`MODELS`): ``transform.model``, or "translation"
+        without a `transform`.
+    transform : AffineTransform or DeformableTransform or None
+        The non-translation transform (None for a translation). Not per plane.
+    tiles : TileReport or None
+        The local shifts the transform was fitted to (:meth:`to_dict` saves only their
+        count and how many were rejected).
     """
 
     shift: tuple[float, ...]
@@ -89,6 +99,8 @@ class Registration:
     notes: tuple[str, ...] = ()
     qualities: np.ndarray | None = field(default=None, repr=False)
     model: str = "translation"
+    transform: AffineTransform | DeformableTransform | None = None
+    tiles: object = field(default=None, repr=False)
 
     def __post_init__(self):
         # Snapped, so that a shift that is an integer up to rounding (-6e-18 for a plane
@@ -107,6 +119,24 @@ class Registration:
         if self.qualities is not None:
             self.qualities = np.asarray(self.qualities, dtype=np.float64)
         self.notes = tuple(self.notes)
+        if self.transform is not None:
+            if not isinstance(self.transform, (AffineTransform, DeformableTransform)):
+                raise TypeError(
+                    "transform must be an AffineTransform or DeformableTransform, "
+                    f"got {type(self.transform).__name__}"
+                )
+            if self.transform.model == "translation":
+                raise ValueError("a translation is given by shift, not by transform")
+            if self.transform.ndim != len(self.shift):
+                raise ValueError(
+                    f"transform has {self.transform.ndim} dimensions, shift has {len(self.shift)}"
+                )
+            if self.shifts is not None:
+                raise ValueError("a per-plane registration holds translations only")
+            self.model = self.transform.model
+        elif self.model != "translation":
+            if self.model in MODELS:
+                raise ValueError(f"model {self.model!r} needs a transform")
         if self.model not in MODELS:
             raise ValueError(
                 f"unknown model {self.model!r}; expected one of {', '.join(map(repr, MODELS))}"
@@ -134,6 +164,9 @@ class Registration:
                [ 0. ,  1. ,  0.5],
                [ 0. ,  0. ,  1. ]])
         """
+        if self.transform is not None:
+            # Deformable: its affine part (the field comes on top).
+            return np.array(self.transform.matrix)
         shifts = np.array([self.shift]) if self.shifts is None else self.shifts
         matrices = np.tile(np.eye(self.ndim + 1), (len(shifts), 1, 1))
         matrices[:, : self.ndim, self.ndim] = -shifts
@@ -156,7 +189,7 @@ class Registration:
         -------
         ndarray of float64, same shape
             Coordinates in the moving image (``points - shift``; per plane, each point's
-            plane's shift).
+            plane's shift; other models: ``transform.moving_coordinates(points)``).
 
         Examples
         --------
@@ -171,6 +204,8 @@ class Registration:
                 f"points must have shape (..., {self.ndim}) (one coordinate per axis), "
                 f"got shape {points.shape}"
             )
+        if self.transform is not None:
+            return self.transform.moving_coordinates(points)
         if self.shifts is None:
             return points - np.asarray(self.shift)
         planes = points[..., self.per_plane]
@@ -203,7 +238,11 @@ class Registration:
         return shape
 
     def apply(self, image, *, order: int = 1, mode: str = "nearest"):
-        """The moving image shifted onto the reference grid.
+        """The moving image resampled onto the reference grid.
+
+        A translation shifts it (``scipy.ndimage.shift``); other models warp it
+        (:func:`napari_ncc._warp.warp`: output pixel ``p`` is the moving image at
+        ``moving_coordinates(p)``).
 
         Parameters
         ----------
@@ -214,7 +253,7 @@ class Registration:
             Spline interpolation order (0-5), as in ``scipy.ndimage.shift``.
         mode : str, optional
             How values beyond the moving image are filled, as in ``scipy.ndimage.shift``.
-            Those pixels are outside :meth:`valid_region`.
+            Those pixels are outside :meth:`valid_mask`.
 
         Returns
         -------
@@ -231,6 +270,12 @@ class Registration:
         array([0., 0., 4., 8.])
         """
         order = check_order(order)
+        if self.transform is not None:
+            from ._warp import warp
+
+            check_image(image, "image")
+            self.check_shape(image.shape)
+            return warp(image, self.transform, order=order, mode=mode)
         if is_dask(image):
             return self._apply_dask(image, order=order, mode=mode)
         image = np.asarray(image)
@@ -285,6 +330,12 @@ class Registration:
         region : tuple of slice
             One slice per axis; empty slices when nothing overlaps.
 
+        Raises
+        ------
+        ValueError
+            For a model other than translation: its valid pixels are not a box (a rotated
+            rectangle, ...); use :meth:`valid_mask`.
+
         Examples
         --------
         >>> from napari_ncc import Registration
@@ -292,6 +343,11 @@ class Registration:
         (slice(3, 10, None), slice(0, 7, None))
         """
         shape = self.check_shape(shape, "shape")
+        if self.transform is not None:
+            raise ValueError(
+                f"valid_region is a box of a translation; the valid pixels of a "
+                f"{self.model!r} registration are given by valid_mask(shape)"
+            )
         if self.shifts is None:
             if plane is not None:
                 raise ValueError("plane is only meaningful for a per-plane registration")
@@ -310,8 +366,17 @@ class Registration:
         return tuple(slice(a, max(a, b)) for a, b in zip(lo, hi, strict=True))
 
     def valid_mask(self, shape) -> np.ndarray:
-        """Boolean mask of :meth:`valid_region` (per plane for a per-plane registration)."""
+        """Which pixels of the registered image come from inside the moving image.
+
+        Translation: :meth:`valid_region` as a mask (per plane for a per-plane
+        registration). Other models: the pixels whose :meth:`moving_coordinates` lie
+        inside the moving image (:func:`napari_ncc._warp.covered`).
+        """
         shape = self.check_shape(shape, "shape")
+        if self.transform is not None:
+            from ._warp import covered
+
+            return covered(self.transform, shape)
         mask = np.zeros(shape, dtype=bool)
         if self.shifts is None:
             mask[self.valid_region(shape)] = True
@@ -353,6 +418,10 @@ class Registration:
             "method": self.method,
             "notes": list(self.notes),
             "model": self.model,
+            "transform": None if self.transform is None else self.transform.to_dict(),
+            "tiles": None
+            if self.tiles is None
+            else {"count": len(self.tiles.centers), "rejected": int(self.tiles.rejected.sum())},
             "convention": "scipy.ndimage.shift(moving, shift) ~ reference",
         }
 
@@ -378,6 +447,7 @@ class Registration:
             method=d.get("method", "given"),
             notes=tuple(d.get("notes", ())),
             model=d.get("model", "translation"),
+            transform=None if d.get("transform") is None else transform_from_dict(d["transform"]),
         )
 
 

@@ -202,7 +202,11 @@ def describe(result: dict) -> list[str]:
     else:
         quality = reg.get("quality")
         quality = "" if quality is None else f"  (registration quality {format_number(quality)})"
-        lines.append(f"shift: {format_shift(reg['shift'], names)}{quality}")
+        if reg.get("transform") is None:
+            lines.append(f"shift: {format_shift(reg['shift'], names)}{quality}")
+        else:
+            lines.extend(describe_transform(reg))
+            lines[-1] += quality
     if reg is not None and not reg.get("reliable", True):
         notes = "; ".join(reg.get("notes") or []) or "check that the images overlap"
         lines.append(f"  the registration is UNRELIABLE: {notes}")
@@ -215,6 +219,48 @@ def describe(result: dict) -> list[str]:
     )
     for name, path in result.get("written", {}).items():
         lines.append(f"{name}: {path}")
+    return lines
+
+
+def describe_transform(registration: dict) -> list[str]:
+    """Lines describing a non-translation registration (:meth:`Registration.to_dict`).
+
+    The model, rotation angle, scale and shift at the image centre; for a deformable
+    transform also its field's largest and median node displacement; and the tiles the
+    fit rejected, when known.
+
+    Examples
+    --------
+    >>> from napari_ncc._transform import AffineTransform
+    >>> t = AffineTransform.from_rotation(5.0, scale=1.02, center=(64, 64))
+    >>> reg = {"shift": [0.0, 0.0], "transform": t.to_dict(),
+    ...        "tiles": {"count": 16, "rejected": 1}}
+    >>> for line in describe_transform(reg):
+    ...     print(line)
+    transform: similarity, angle +5.00 deg, scale 1.0200, shift at the centre y +0.00, x +0.00 px
+      tiles: 16, 1 rejected as outliers
+    """
+    from ._transform import transform_from_dict
+
+    transform = transform_from_dict(registration["transform"])
+    affine = transform.affine
+    parts = [f"transform: {transform.model}"]
+    if affine.ndim == 2:
+        parts.append(f"angle {affine.angle:+.2f} deg")
+    parts.append(f"scale {affine.scale:.4f}")
+    parts.append(f"shift at the centre {format_shift(registration['shift'])}")
+    lines = [", ".join(parts)]
+    if transform.model == "deformable":
+        lengths = np.linalg.norm(
+            np.asarray(transform.displacement).reshape(affine.ndim, -1), axis=0
+        )
+        lines.append(
+            f"  field: largest displacement {lengths.max():.2f} px, median "
+            f"{np.median(lengths):.2f} px ({lengths.size} nodes)"
+        )
+    tiles = registration.get("tiles")
+    if tiles:
+        lines.append(f"  tiles: {tiles['count']}, {tiles['rejected']} rejected as outliers")
     return lines
 
 

@@ -62,6 +62,7 @@ from ._activity import Activity, Cancelled
 from ._ncc import check_mask
 from ._pyramid_cache import cached_pyramid
 from ._read import ATTRS_KEY
+from ._transform import MODELS
 from ._validation import WINDOWS
 
 if TYPE_CHECKING:
@@ -165,7 +166,12 @@ def _describe(registration, same_layer: bool) -> str:
     names = _axis_names(len(registration.shift))
     axes = [ax for ax in range(len(names)) if ax != registration.per_plane]
     shift = ", ".join(f"{names[ax]} {_number(registration.shift[ax])}" for ax in axes)
-    if registration.shifts is None:
+    if registration.transform is not None:
+        from ._summary import describe_transform
+
+        lines.extend(describe_transform(registration.to_dict()))
+        lines.append(f"registration quality: {registration.quality:.2f}")
+    elif registration.shifts is None:
         lines.append(f"shift: {shift} px")
         lines.append(f"registration quality: {registration.quality:.2f}")
     else:
@@ -284,6 +290,7 @@ class _Job:
                     reference,
                     moving,
                     per_plane=p["per_plane"],
+                    model=p["model"],
                     progress=activity.callback(stage),
                 )
         activity.check()
@@ -361,6 +368,13 @@ class NCCConfidenceWidget(FunctionGui):
                     "label": "register first",
                     "tooltip": "Estimate the subpixel translation that aligns moving onto "
                     "reference, and correlate the registered moving image (recommended).",
+                },
+                "model": {
+                    "label": "transform",
+                    "choices": MODELS,
+                    "tooltip": "What the registration corrects: translation; rigid (+ rotation);"
+                    " similarity (+ scale); affine (+ shear); deformable (+ a smooth field). "
+                    "The others than translation: single 2D images that fit in memory.",
                 },
                 "per_plane": {
                     "label": "per plane",
@@ -535,6 +549,7 @@ class NCCConfidenceWidget(FunctionGui):
         radius: int = 3,
         window: str = "box",
         register: bool = True,
+        model: str = "translation",
         per_plane=None,  # (label, value) choices, None: one window over all axes
         show_registered: bool = False,
         new_layer: bool = False,
@@ -577,6 +592,7 @@ class NCCConfidenceWidget(FunctionGui):
             "radius": int(radius),
             "window": window,
             "register": bool(register),
+            "model": model,
             "per_plane": per_plane,
             "mask": None if mask is None else mask.name,
             "min_fraction": float(min_fraction),
@@ -595,7 +611,9 @@ class NCCConfidenceWidget(FunctionGui):
         if cached:
             ref_levels, mov_levels = cached["reference"], cached["moving"]
         build = len(ref_levels) == 1 and _multiscale.needs_pyramid(ref_levels[0].shape)
-        registration = cached.get("registrations", {}).get(per_plane) if register else None
+        registration = (
+            cached.get("registrations", {}).get((per_plane, model)) if register else None
+        )
         if self._activity is not None:  # a call from code while a run is going
             self._activity.cancel()
         self._stop_overview()
@@ -680,7 +698,7 @@ class NCCConfidenceWidget(FunctionGui):
             if self._cache.get("key") != key:
                 registrations = {}
             if result.registration is not None:
-                registrations[params["per_plane"]] = result.registration
+                registrations[params["per_plane"], params["model"]] = result.registration
             self._cache = {
                 "key": key,
                 "layers": layers,
