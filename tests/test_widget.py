@@ -30,7 +30,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_ncc import _multiscale  # noqa: E402
 from napari_ncc._register import register  # noqa: E402
-from napari_ncc._widget import _Job  # noqa: E402
+from napari_ncc._run_job import Job as _Job  # noqa: E402
 
 WIDGET = ("napari-ncc", "NCC confidence")
 

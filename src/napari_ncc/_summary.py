@@ -264,6 +264,43 @@ def describe_transform(registration: dict) -> list[str]:
     return lines
 
 
+def _axis_names(ndim: int) -> list[str]:
+    return list("zyx"[-ndim:]) if ndim <= 3 else [f"axis {i}" for i in range(ndim)]
+
+
+def describe_registration(registration, same_layer: bool = False) -> str:
+    """What napari's result area says about a registration (plain text, a few lines).
+
+    `same_layer`: the reference and moving images were one layer (the map is 1).
+    """
+    lines = []
+    if same_layer:
+        lines.append("reference and moving are the same layer: the map is 1 everywhere")
+    if registration is None:
+        lines.append("not registered: the images are compared as they are")
+        return "\n".join(lines)
+    names = _axis_names(len(registration.shift))
+    axes = [ax for ax in range(len(names)) if ax != registration.per_plane]
+    shift = ", ".join(
+        f"{names[ax]} {format_number(registration.shift[ax], 2, signed=True)}" for ax in axes
+    )
+    if registration.transform is not None:
+        lines.extend(describe_transform(registration.to_dict()))
+        lines.append(f"registration quality: {registration.quality:.2f}")
+    elif registration.shifts is None:
+        lines.append(f"shift: {shift} px")
+        lines.append(f"registration quality: {registration.quality:.2f}")
+    else:
+        n = len(registration.shifts)
+        lines.append(f"shift (median of {n} planes along axis {registration.per_plane}):")
+        lines.append(f"  {shift} px")
+        lines.append(f"registration quality: {registration.quality:.2f} (lowest plane)")
+    if not registration.reliable:
+        notes = "; ".join(registration.notes) or "no clear match between the images"
+        lines.append(f"WARNING: the registration is unreliable ({notes})")
+    return "\n".join(lines)
+
+
 def window_spans_stack(
     shape: Sequence[int], radius: int | Sequence[int], per_plane: int | None = None
 ) -> tuple[int, int] | None:

@@ -45,23 +45,28 @@ stops it (a cache for the same inputs and parameters is kept and continued later
 """
 
 import contextlib
-import warnings
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import dask.array as da
-import numpy as np
 from magicgui.widgets import FunctionGui, Label
-from napari.layers import Image, Labels
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt, QTimer
 
 from . import _multiscale, _overview
 from ._activity import Activity, Cancelled
+from ._layers import (
+    display_limits,
+    image_shape,
+    is_mask_layer,
+    layer_levels,
+    layer_mask,
+    source_path,
+)
 from ._ncc import check_mask
-from ._pyramid_cache import cached_pyramid
 from ._read import ATTRS_KEY
+from ._run_job import Job, Result
+from ._summary import describe_registration
 from ._transform import MODELS
 from ._validation import WINDOWS
 
@@ -93,208 +98,6 @@ def _plane_choices(layer: Image | None) -> list[tuple[str, int | None]]:
     choices: list[tuple[str, int | None]] = [("no: one window over all axes", None)]
     choices += [(f"yes: each plane along axis {ax}", ax) for ax in range(max(ndim - 2, 0))]
     return choices
-
-
-def _levels(layer: Image) -> list[da.Array]:
-    """The layer's data as lazy levels (level 0 first), RGB reduced to luminance."""
-    data = list(layer.data) if layer.multiscale else [layer.data]
-    levels = []
-    for level in data:
-        level = level if isinstance(level, da.Array) else da.asarray(level)
-        levels.append(_multiscale.as_luminance(level) if layer.rgb else level)
-    return levels
-
-
-def _source_path(layer: Image) -> str | None:
-    """The file a single-scale grey layer was read from, or None.
-
-    The pyramid of such a layer is cached on disk by file (the one the reader built when
-    it opened the file, or one built here and reused next time); an RGB layer is compared
-    by its luminance, which is not the file's image.
-    """
-    path = getattr(layer.source, "path", None)
-    return None if layer.multiscale or layer.rgb or not path else str(path)
-
-
-def _is_mask_layer(layer) -> bool:
-    if isinstance(layer, Labels):
-        return True
-    return isinstance(layer, Image) and not layer.rgb and np.dtype(layer.dtype) == np.bool_
-
-
-def _mask_data(layer) -> np.ndarray | da.Array:
-    """A mask layer's level 0 as a boolean mask (in memory, a copy: painting later changes
-    nothing; other data, such as a zarr array, lazily)."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    if not isinstance(data, np.ndarray | da.Array):
-        data = da.asarray(data)
-    if isinstance(layer, Labels):
-        return data > 0
-    return data if isinstance(data, da.Array) else np.array(data, dtype=bool)
-
-
-def _image_shape(layer: Image) -> tuple[int, ...]:
-    """Shape of what the widget compares: level 0, without the colour axis of RGB."""
-    shape = tuple((layer.data[0] if layer.multiscale else layer.data).shape)
-    return shape[:-1] if layer.rgb else shape
-
-
-def _display_limits(layer: Image) -> tuple[float, float]:
-    if not layer.rgb:
-        return tuple(layer.contrast_limits)
-    dtype = np.dtype(layer.dtype)
-    return (0.0, float(np.iinfo(dtype).max)) if dtype.kind in "iu" else (0.0, 1.0)
-
-
-def _number(value: float) -> str:
-    # Rounded first, so a value that rounds to zero prints "+0.00", never "-0.00".
-    return f"{round(float(value), 2) + 0.0:+.2f}"
-
-
-def _axis_names(ndim: int) -> list[str]:
-    return list("zyx"[-ndim:]) if ndim <= 3 else [f"axis {i}" for i in range(ndim)]
-
-
-def _describe(registration, same_layer: bool) -> str:
-    """What the widget's result area says about a run (plain text, a few lines)."""
-    lines = []
-    if same_layer:
-        lines.append("reference and moving are the same layer: the map is 1 everywhere")
-    if registration is None:
-        lines.append("not registered: the images are compared as they are")
-        return "\n".join(lines)
-    names = _axis_names(len(registration.shift))
-    axes = [ax for ax in range(len(names)) if ax != registration.per_plane]
-    shift = ", ".join(f"{names[ax]} {_number(registration.shift[ax])}" for ax in axes)
-    if registration.transform is not None:
-        from ._summary import describe_transform
-
-        lines.extend(describe_transform(registration.to_dict()))
-        lines.append(f"registration quality: {registration.quality:.2f}")
-    elif registration.shifts is None:
-        lines.append(f"shift: {shift} px")
-        lines.append(f"registration quality: {registration.quality:.2f}")
-    else:
-        n = len(registration.shifts)
-        lines.append(f"shift (median of {n} planes along axis {registration.per_plane}):")
-        lines.append(f"  {shift} px")
-        lines.append(f"registration quality: {registration.quality:.2f} (lowest plane)")
-    if not registration.reliable:
-        notes = "; ".join(registration.notes) or "no clear match between the images"
-        lines.append(f"WARNING: the registration is unreliable ({notes})")
-    return "\n".join(lines)
-
-
-@dataclass
-class _Result:
-    """What a run hands back to the main thread (a preview first, for pyramids)."""
-
-    ncc: list
-    registered: list | None
-    registration: object
-    reference: list
-    moving: list
-    final: bool = True
-
-
-class _Job:
-    """What one run computes, in the worker thread (no Qt, no napari objects touched).
-
-    Progress goes through `activity` (one stage at a time: pyramid blocks, registered
-    planes or tiles); a cancelled run stops at its next progress report, raising
-    :class:`~napari_ncc._activity.Cancelled`.
-
-    With pyramids, a quick registration on a coarse level (:func:`_multiscale.register_level`)
-    is shown first, then replaced in place by the full registration (coarse estimate
-    refined on full-resolution tiles), which takes longer on gigapixel images.
-    """
-
-    def __init__(
-        self,
-        reference,
-        moving,
-        params,
-        build_pyramids: bool,
-        activity,
-        registration=None,
-        sources=(None, None),
-        mask=None,
-    ):
-        self.mask = mask
-        self.reference = reference
-        self.moving = moving
-        self.params = params
-        self.build_pyramids = build_pyramids
-        self.activity = activity
-        self.registration = registration
-        self.sources = sources  # the files of the inputs, when known: cached pyramids
-
-    def _pyramid(self, image, path: str | None, name: str) -> list:
-        progress = self.activity.callback(f"{name} pyramid (blocks)")
-        if path is None:
-            return _multiscale.build_pyramid(image, progress=progress)
-        return cached_pyramid(path, image, progress=progress)
-
-    def _result(self, reference, moving, registration, final: bool) -> _Result:
-        p = self.params
-        ncc = _multiscale.ncc_levels(
-            reference,
-            moving,
-            radius=p["radius"],
-            registration=registration,
-            window=p["window"],
-            per_plane=p["per_plane"],
-            mask=self.mask,
-            min_fraction=p["min_fraction"],
-        )
-        registered = None
-        if p["show_registered"]:
-            registered = (
-                moving
-                if registration is None
-                else _multiscale.registered_levels(moving, registration)
-            )
-        return _Result(ncc, registered, registration, reference, moving, final)
-
-    def run(self):
-        """Generator for the worker: yields the preview (if any), returns the result."""
-        reference, moving, p = self.reference, self.moving, self.params
-        activity = self.activity
-        if self.build_pyramids:
-            reference = self._pyramid(reference[0], self.sources[0], "reference")
-            moving = self._pyramid(moving[0], self.sources[1], "moving")
-        registration = self.registration
-        if p["register"] and registration is None:
-            with warnings.catch_warnings():
-                # Reported as a napari notification once the layer is shown.
-                from ._register import register
-                from ._registration import RegistrationWarning
-
-                warnings.simplefilter("ignore", RegistrationWarning)
-                level = _multiscale.coarse_level(
-                    [r.shape for r in reference], plane_axis=p["per_plane"]
-                )
-                if level > 0:
-                    activity.check()
-                    preview = _multiscale.register_level(
-                        reference,
-                        moving,
-                        level,
-                        per_plane=p["per_plane"],
-                        progress=activity.callback("preview registration"),
-                    )
-                    yield self._result(reference, moving, preview, final=False)
-                activity.check()
-                stage = "registration" + (" (planes)" if p["per_plane"] is not None else "")
-                registration = register(
-                    reference,
-                    moving,
-                    per_plane=p["per_plane"],
-                    model=p["model"],
-                    progress=activity.callback(stage),
-                )
-        activity.check()
-        return self._result(reference, moving, registration, final=True)
 
 
 def _unwrap(layer: Image) -> Image:
@@ -441,7 +244,7 @@ class NCCConfidenceWidget(FunctionGui):
         return _plane_choices(None if reference is None else reference.value)
 
     def _mask_choices(self, _widget=None) -> list[tuple[str, object]]:
-        masks = [layer for layer in self._viewer.layers if _is_mask_layer(layer)]
+        masks = [layer for layer in self._viewer.layers if is_mask_layer(layer)]
         return [("none", None)] + [(layer.name, layer) for layer in masks]
 
     # --- layer choices -----------------------------------------------------------------
@@ -457,13 +260,13 @@ class NCCConfidenceWidget(FunctionGui):
         reference, moving = self.reference.value, self.moving.value
         if reference is None or (moving is not None and _unwrap(moving) is not _unwrap(reference)):
             return
-        shape = _image_shape(reference)
+        shape = image_shape(reference)
         for candidate in self.moving.choices:
             if (
                 candidate is not None
                 and _unwrap(candidate) is not _unwrap(reference)
                 and ATTRS_KEY not in candidate.metadata
-                and _image_shape(candidate) == shape
+                and image_shape(candidate) == shape
             ):
                 self.moving.value = candidate
                 return
@@ -560,7 +363,7 @@ class NCCConfidenceWidget(FunctionGui):
         if reference is None or moving is None:
             show_error("NCC confidence: choose a reference and a moving image layer")
             return None
-        ref_levels, mov_levels = _levels(reference), _levels(moving)
+        ref_levels, mov_levels = layer_levels(reference), layer_levels(moving)
         if ref_levels[0].shape != mov_levels[0].shape:
             show_error(
                 "NCC confidence: reference and moving must have the same shape, got "
@@ -581,7 +384,7 @@ class NCCConfidenceWidget(FunctionGui):
             ref_levels, mov_levels = ref_levels[:1], mov_levels[:1]
         if per_plane is not None and per_plane >= ref_levels[0].ndim - 1:
             per_plane = None
-        mask_data = None if mask is None else _mask_data(mask)
+        mask_data = None if mask is None else layer_mask(mask)
         if mask_data is not None:
             try:
                 check_mask(mask_data, ref_levels[0].shape)
@@ -618,8 +421,8 @@ class NCCConfidenceWidget(FunctionGui):
             self._activity.cancel()
         self._stop_overview()
         activity = Activity("NCC confidence")
-        sources = (_source_path(reference), _source_path(moving))
-        job = _Job(
+        sources = (source_path(reference), source_path(moving))
+        job = Job(
             ref_levels, mov_levels, params, build, activity, registration, sources, mask_data
         )
         self._cache_key = (key, (_weak(reference), _weak(moving)))
@@ -628,11 +431,11 @@ class NCCConfidenceWidget(FunctionGui):
             "scale": tuple(reference.scale),
             "translate": tuple(reference.translate),
             "moving_colormap": "gray" if moving.rgb else moving.colormap,
-            "moving_limits": _display_limits(moving),
+            "moving_limits": display_limits(moving),
         }
 
         def show(result):
-            if isinstance(result, _Result):
+            if isinstance(result, Result):
                 self._show(activity, result, params, names, display, new_layer, same_layer)
 
         self._activity = activity
@@ -688,7 +491,7 @@ class NCCConfidenceWidget(FunctionGui):
         self._undo = []
 
     def _show(
-        self, activity, result: _Result, params, names, display, new_layer, same_layer
+        self, activity, result: Result, params, names, display, new_layer, same_layer
     ) -> None:
         if activity is not self._activity or activity.cancelled:
             return  # superseded by a later run, or cancelled
@@ -765,7 +568,7 @@ class NCCConfidenceWidget(FunctionGui):
             self._undo = undos  # the state before the run, if it is cancelled
         if result.final:
             self._undo = []
-        text = _describe(registration, same_layer)
+        text = describe_registration(registration, same_layer)
         self._result_text = text if result.final else "preview (coarse level):\n" + text
         self.result.value = self._result_text
         if multiscale and result.final:
@@ -776,7 +579,7 @@ class NCCConfidenceWidget(FunctionGui):
         self._viewer.layers.selection.active = layer
 
     # --- overview ------------------------------------------------------------------------
-    def _overview_for(self, result: _Result, params) -> _overview.Overview:
+    def _overview_for(self, result: Result, params) -> _overview.Overview:
         """The overview cache of these inputs and parameters: the one kept, or a new one."""
         inputs = self._cache_key
         if self._overview_inputs is None or self._overview_inputs[0] != inputs[0]:
@@ -809,7 +612,7 @@ class NCCConfidenceWidget(FunctionGui):
             self._overviews.pop(next(iter(self._overviews))).remove()
         return overview
 
-    def _start_overview(self, layer: Image, result: _Result, params) -> None:
+    def _start_overview(self, layer: Image, result: Result, params) -> None:
         """Fill in the full-resolution map's summary under the preview, in the background."""
         overview = self._overview_for(result, params)
         activity = Activity("NCC overview")
