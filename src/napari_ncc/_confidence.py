@@ -192,7 +192,9 @@ def ncc_confidence(
         options["mask"] = _and_covered(mask, registration, plan.shape)
 
     if registration.transform is not None:
-        ncc = local_ncc(reference, registration.apply(moving), chunks=chunks, **options)
+        ncc = local_ncc(reference, registration.apply(moving), **options)
+        if mask is not None:  # the covered region is already part of the mask
+            return ncc, registration
         return _fill_uncovered(ncc, registration, plan, fill_value), registration
 
     compared = reference
