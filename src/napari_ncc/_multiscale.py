@@ -255,7 +255,9 @@ def _write_levels(image: da.Array, directory) -> Generator[tuple[int, int], None
         indices = list(np.ndindex(*coarse.numblocks))
         for start in range(0, len(indices), batch):
             group = indices[start : start + batch]
-            values = dask.compute(*(coarse.blocks[idx] for idx in group))
+            # Explicit (no) callbacks: this often runs in a worker thread, and with None Dask
+            # swaps its process-wide callbacks, racing napari's cache in the main thread.
+            values = dask.compute(*(coarse.blocks[idx] for idx in group), callbacks=())
             for idx, value in zip(group, values, strict=True):
                 region = tuple(
                     slice(i * c, i * c + n)

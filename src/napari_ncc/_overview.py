@@ -215,8 +215,12 @@ class Overview:
             values = np.asarray(self._stores[k][region])
             if self._done[k][blocks].all():  # (not removed meanwhile)
                 return values
-        # A task computing another graph: the synchronous scheduler keeps it in this thread.
-        return np.asarray(self._preview[k][region].compute(scheduler="synchronous"), np.float32)
+        # A task computing another graph: the synchronous scheduler keeps it in this thread,
+        # and explicit (no) callbacks leave Dask's global callbacks alone (with None, Dask
+        # swaps its process-wide set in and out, which races napari's cache callback
+        # running in the main thread).
+        preview = self._preview[k][region].compute(scheduler="synchronous", callbacks=())
+        return np.asarray(preview, np.float32)
 
     def level(self, k: int) -> da.Array:
         """Level `k` as it stands: cached blocks where computed, the preview elsewhere.
@@ -295,7 +299,8 @@ class Overview:
         yield self.done, self.total
         for start in range(0, len(todo), batch):
             group = todo[start : start + batch]
-            values = dask.compute(*(self._full.blocks[index] for index in group))
+            # (callbacks=(): this runs in a worker thread; see _read)
+            values = dask.compute(*(self._full.blocks[index] for index in group), callbacks=())
             for index, value in zip(group, values, strict=True):
                 self._stores[0][self._region(0, index)] = value
                 self._done[0][index] = True
