@@ -592,7 +592,13 @@ def test_moving_shift_of_uint16_is_not_rounded(rng):
 @pytest.mark.parametrize("mode", ["nearest", "constant", "grid-constant", "reflect", "mirror"])
 @pytest.mark.parametrize("order", [0, 1, 3])
 @pytest.mark.parametrize("path", ["source", "computed", "overlap"])
-def test_shift_lazy_matches_scipy(rng, mode, order, path):
+def test_shift_lazy_matches_scipy(rng, mode, order, path, request):
+    if QUERY_PLANNING and path == "overlap":
+        # Known: under Dask's array query planning the overlap path reports float64 for
+        # float32 blocks (the values are right). Fails loudly here once that is fixed.
+        request.applymarker(
+            pytest.mark.xfail(reason="query planning: dtype of the overlap path", strict=True)
+        )
     x = rng.random((25, 34)).astype(np.float32)
     shift = (2.3, -4.6)
     make = MAKERS[path]

@@ -279,7 +279,7 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
     chunks = tuple(chunks)
     image = image.rechunk(chunks)
     extended = da.overlap.overlap(image, depth=depth, boundary="none")
-    return da.map_blocks(
+    shifted = da.map_blocks(
         partial(
             shift_overlap_block,
             shape=image.shape,
@@ -294,3 +294,6 @@ def shift_lazy(image, shift: Sequence[float], *, order: int = 1, mode: str = "ne
         meta=np.empty((0,) * image.ndim, dtype=out_dtype),
         name=name,
     )
+    # Dask's array query planning may not take the dtype given above: say it again (the
+    # blocks already have it, so this costs nothing).
+    return shifted if shifted.dtype == out_dtype else shifted.astype(out_dtype)
