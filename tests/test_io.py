@@ -19,10 +19,11 @@ from scipy import ndimage
 
 from napari_ncc import Registration, ncc_confidence
 from napari_ncc._atomic import remove_stale_temporaries, temporary_path
-from napari_ncc._io import write_ncc, write_tiff, write_zarr
+from napari_ncc._io import write_ncc, write_zarr
 from napari_ncc._ncc import local_ncc as core_ncc
 from napari_ncc._read import TiffLevel, read_image
 from napari_ncc._sources import find_source
+from napari_ncc._tiff import write_tiff
 from reference import brute_force_ncc
 
 

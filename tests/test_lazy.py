@@ -748,6 +748,9 @@ def test_read_buffers_kept_between_computations_are_bounded(rng, monkeypatch):
     out = local_ncc(da.from_array(a, chunks=256), da.from_array(b, chunks=256), radius=3)
     assert out.npartitions == 16
     out.compute(scheduler="sync")  # first-use caches (of Dask, of the kernels) filled here
+    # Empty the pool, so that what it holds after the threaded compute was allocated while
+    # traced, whichever blocks happened to reuse which buffer (thread timing decides that).
+    _blocks.BUFFERS.clear()
     with ThreadPoolExecutor(8) as pool:  # its threads outlive the compute, like Dask's
         tracemalloc.start()
         try:
@@ -756,10 +759,12 @@ def test_read_buffers_kept_between_computations_are_bounded(rng, monkeypatch):
             np.testing.assert_allclose(result[::97, ::89], core_ncc(a, b, 3)[::97, ::89])
             del result
             kept = tracemalloc.get_traced_memory()[0] - before
-            assert 0 < _blocks.BUFFERS.held_bytes() <= 2 * block_bytes
+            held = _blocks.BUFFERS.held_bytes()
+            assert 0 < held <= 2 * block_bytes
             assert kept <= 2 * block_bytes + 2**20  # + 1 MiB for Dask's own bookkeeping
             _blocks.BUFFERS.clear()
             assert _blocks.BUFFERS.held_bytes() == 0
-            assert tracemalloc.get_traced_memory()[0] - before < kept - block_bytes
+            # Clearing gives the held buffers back (up to a little bookkeeping).
+            assert tracemalloc.get_traced_memory()[0] - before <= kept - held + 2**16
         finally:
             tracemalloc.stop()

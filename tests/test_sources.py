@@ -188,3 +188,36 @@ def test_huge_storage_chunks_are_not_chunks(rng):
     assert storage_chunks(Chunked(a, (16, 16)), 2) == (16, 16)
     assert storage_chunks(Chunked(a, (2**14, 2**13)), 2) is None
     assert storage_chunks(a, 2) is None
+
+
+@pytest.mark.parametrize("scheduler", [None, "threads", "synchronous"])
+def test_compute_isolated_leaves_the_global_callbacks_alone(scheduler):
+    # While a worker thread computes, the process-wide callbacks (napari's cache is one)
+    # stay active for the main thread; plain dask.compute swaps them out meanwhile.
+    import threading
+
+    from dask.callbacks import Callback
+
+    from napari_ncc._sources import compute_isolated
+
+    started, release = threading.Event(), threading.Event()
+
+    def block(x):
+        if x.size:  # (not the 0-d meta call)
+            started.set()
+            assert release.wait(60)
+        return x + 1
+
+    lazy = da.from_array(np.arange(6.0), chunks=3).map_blocks(block, dtype=float, meta=np.ones(0))
+    results = []
+    with Callback():
+        worker = threading.Thread(
+            target=lambda: results.append(compute_isolated(lazy, scheduler=scheduler))
+        )
+        worker.start()
+        assert started.wait(60)
+        active_meanwhile = len(Callback.active) == 1  # (ours, as its hook tuple)
+        release.set()
+        worker.join(60)
+    assert active_meanwhile
+    np.testing.assert_array_equal(results[0][0], np.arange(6.0) + 1)

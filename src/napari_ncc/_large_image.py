@@ -92,6 +92,8 @@ def _block_mean(image, factors, on_slab=None) -> np.ndarray:
         if is_dask(image):
             import dask.array as da
 
+            from ._sources import compute_isolated
+
             coarse = da.coarsen(
                 np.mean,
                 image[a:b].astype(np.float32),
@@ -99,7 +101,8 @@ def _block_mean(image, factors, on_slab=None) -> np.ndarray:
                 trim_excess=True,
                 dtype=np.float32,
             )
-            out[rows] = np.asarray(coarse.compute())
+            (rows_value,) = compute_isolated(coarse)
+            out[rows] = np.asarray(rows_value)
         else:
             slab = np.asarray(image[a:b], dtype=np.float64)
             trim = tuple(slice(0, n * f) for n, f in zip(out_shape[1:], factors[1:], strict=True))
@@ -118,9 +121,9 @@ def read_regions(regions):
     lazy = [i for i, (x, _) in enumerate(regions) if is_dask(x)]
     out = [None] * len(regions)
     if lazy:
-        import dask
+        from ._sources import compute_isolated
 
-        values = dask.compute(*[regions[i][0][regions[i][1]] for i in lazy])
+        values = compute_isolated(*[regions[i][0][regions[i][1]] for i in lazy])
         for i, v in zip(lazy, values, strict=True):
             out[i] = np.asarray(v)
     for i, (x, sl) in enumerate(regions):

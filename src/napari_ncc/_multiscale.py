@@ -36,11 +36,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Generator, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 
 from ._samples import LUMINANCE_WEIGHTS
+from ._sources import compute_isolated
 
 #: A single-scale input whose largest plane side exceeds this gets a multiscale NCC map.
 MULTISCALE_MIN_SIDE = 4096
@@ -255,9 +255,8 @@ def _write_levels(image: da.Array, directory) -> Generator[tuple[int, int], None
         indices = list(np.ndindex(*coarse.numblocks))
         for start in range(0, len(indices), batch):
             group = indices[start : start + batch]
-            # Explicit (no) callbacks: this often runs in a worker thread, and with None Dask
-            # swaps its process-wide callbacks, racing napari's cache in the main thread.
-            values = dask.compute(*(coarse.blocks[idx] for idx in group), callbacks=())
+            # (often a worker thread: compute_isolated leaves Dask's global callbacks alone)
+            values = compute_isolated(*(coarse.blocks[idx] for idx in group))
             for idx, value in zip(group, values, strict=True):
                 region = tuple(
                     slice(i * c, i * c + n)

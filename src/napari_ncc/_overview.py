@@ -19,12 +19,12 @@ import shutil
 import tempfile
 from collections.abc import Generator, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _multiscale
+from ._sources import compute_isolated
 
 __all__ = ["OVERVIEW_CHUNK", "SUMMARIES", "Overview", "overview_of"]
 
@@ -215,11 +215,9 @@ class Overview:
             values = np.asarray(self._stores[k][region])
             if self._done[k][blocks].all():  # (not removed meanwhile)
                 return values
-        # A task computing another graph: the synchronous scheduler keeps it in this thread,
-        # and explicit (no) callbacks leave Dask's global callbacks alone (with None, Dask
-        # swaps its process-wide set in and out, which races napari's cache callback
-        # running in the main thread).
-        preview = self._preview[k][region].compute(scheduler="synchronous", callbacks=())
+        # A task computing another graph: the synchronous scheduler keeps it in this thread
+        # (and compute_isolated leaves Dask's process-wide callbacks alone).
+        (preview,) = compute_isolated(self._preview[k][region], scheduler="synchronous")
         return np.asarray(preview, np.float32)
 
     def level(self, k: int) -> da.Array:
@@ -299,8 +297,8 @@ class Overview:
         yield self.done, self.total
         for start in range(0, len(todo), batch):
             group = todo[start : start + batch]
-            # (callbacks=(): this runs in a worker thread; see _read)
-            values = dask.compute(*(self._full.blocks[index] for index in group), callbacks=())
+            # (a worker thread: compute_isolated leaves Dask's global callbacks alone)
+            values = compute_isolated(*(self._full.blocks[index] for index in group))
             for index, value in zip(group, values, strict=True):
                 self._stores[0][self._region(0, index)] = value
                 self._done[0][index] = True

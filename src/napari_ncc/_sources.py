@@ -48,11 +48,34 @@ __all__ = [
     "SlicedSource",
     "as_dask_array",
     "as_source",
+    "compute_isolated",
     "find_source",
     "storage_chunks",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def compute_isolated(*collections, **kwargs):
+    """``dask.compute``, safe in any thread and inside a running task.
+
+    With ``callbacks=None`` Dask's local schedulers *swap* the process-wide set of active
+    callbacks (``dask.callbacks.Callback.active``) out and back in (``local_callbacks``), so
+    that only the outermost scheduler runs them. From a worker thread that swap races the
+    main thread's computations: napari's opportunistic cache, a global callback, then runs
+    in two computations at once or is lost (seen as a ``KeyError`` in ``dask.cache``). An
+    explicit empty set leaves the global one alone. Other schedulers (a ``distributed``
+    client) do not swap and get the call unchanged.
+    """
+    import dask
+    from dask.base import get_scheduler
+
+    scheduler = get_scheduler(scheduler=kwargs.get("scheduler"), collections=collections)
+    local = ("dask.local", "dask.threaded", "dask.multiprocessing")
+    if getattr(scheduler, "__module__", "").startswith(local):
+        kwargs.setdefault("callbacks", ())
+    return dask.compute(*collections, **kwargs)
+
 
 #: Bytes of computed chunks that :class:`DaskSource` keeps for the next reads (all sources
 #: of the process together, least recently used dropped first): a chunk read by a block

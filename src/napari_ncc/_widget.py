@@ -1,47 +1,12 @@
-"""The "NCC confidence" widget: pick two image layers, get a lazy confidence layer.
+"""The "NCC confidence" dock widget: pick two image layers, get a lazy confidence layer.
 
-A thin front end. Registration (:func:`napari_ncc.register`) runs in a napari
-worker thread with a progress bar, so the viewer never freezes; the NCC layer it then adds
-is lazy (:func:`napari_ncc._multiscale.ncc_levels`): napari computes only the chunks on
-screen, at the zoom level in use.
-
-The layer
----------
-- Data: the local NCC of the reference and the *registered* moving image, as a Dask array,
-  or a list of them (a multiscale layer) when the inputs are multiscale or larger than
-  :data:`~napari_ncc._multiscale.MULTISCALE_MIN_SIDE` pixels a side (see
-  :mod:`napari_ncc._multiscale` for what a coarse level is).
-- ``contrast_limits=(-1, 1)``, set explicitly so napari never scans the data, and a
-  diverging colormap (:data:`~napari_ncc._multiscale.NCC_COLORMAP`, ColorBrewer's
-  colour-blind-safe PiYG):
-  green where the images agree (NCC -> 1), white where the NCC is ~0 (no correlation, and
-  flat windows, which get the fill value 0), magenta where they are anti-correlated.
-  A diverging map keeps the sign visible: contrast inversion is information too.
-- The reference layer's scale and translate; ``metadata["napari_ncc"]`` records the
-  parameters, the shift and the registration quality.
-- An optional mask layer (a Labels layer, label > 0 being data, or a boolean Image) limits
-  every window to those pixels (see :func:`napari_ncc.ncc_confidence`); coarse levels sample
-  it (:func:`~napari_ncc._multiscale.mask_level`).
-- Running again updates that layer in place (unless "new layer" is ticked). The pyramids
-  built and the registration found are reused while the two layers and their data are the
-  same, and the map is lazy: a new radius or window costs only the chunks on screen.
-
-Gigapixel images
-----------------
-Pyramids (multiscale layers, or the pyramid cached for a single-scale input larger than
-:data:`~napari_ncc._multiscale.MULTISCALE_MIN_SIDE`) are first registered on a coarse level
-(:data:`~napari_ncc._multiscale.PREVIEW_MAX_SIDE` pixels a side at most): that preview map
-appears within a second or two and is right for the overview, where a screen pixel spans
-many image pixels. The full registration (refined on full-resolution tiles) then replaces
-it in place; ``metadata["napari_ncc"]["preview"]`` says which one is shown.
-
-The coarse levels first shown are a preview (the NCC of the coarsened inputs). Once the
-final registration is shown, a second job ("NCC overview" in the activity panel) computes
-the full-resolution map block by block into an on-disk cache
-(:class:`~napari_ncc._overview.Overview`) and the layer's levels turn, block by block, into
-the summary ("overview summary": mean or min) of the full-resolution map;
-``metadata["napari_ncc"]["overview"]`` and the result area say how far it got. A new run
-stops it (a cache for the same inputs and parameters is kept and continued later).
+A thin front end: the run (pyramids, registration, lazy levels) happens in a napari worker
+(:mod:`napari_ncc._run_job`, with progress and Cancel through :mod:`napari_ncc._activity`),
+and for multiscale maps the full-resolution overview is filled in the background
+(:mod:`napari_ncc._overview`). The NCC layer uses the diverging
+:data:`~napari_ncc._multiscale.NCC_COLORMAP` over (-1, 1) with a colour bar; its
+``metadata["napari_ncc"]`` records the parameters, the registration, the preview or
+overview state. What the user sees and why is in docs/tutorial.md and docs/huge-images.md.
 """
 
 import contextlib
