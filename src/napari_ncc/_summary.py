@@ -31,6 +31,7 @@ __all__ = [
     "preview_image",
     "summarize",
     "to_json",
+    "transform_summary",
     "window_spans_stack",
 ]
 
@@ -208,8 +209,7 @@ def describe(result: dict) -> list[str]:
         if reg.get("transform") is None:
             lines.append(f"shift: {format_shift(reg['shift'], names)}{quality}")
         else:
-            lines.extend(describe_transform(reg))
-            lines[-1] += quality
+            lines.extend(describe_transform(reg, quality))
     if reg is not None and not reg.get("reliable", True):
         notes = "; ".join(reg.get("notes") or []) or "check that the images overlap"
         lines.append(f"  the registration is UNRELIABLE: {notes}")
@@ -225,12 +225,59 @@ def describe(result: dict) -> list[str]:
     return lines
 
 
-def describe_transform(registration: dict) -> list[str]:
+def transform_summary(registration: dict) -> dict | None:
+    """The figures people read about a transform, from :meth:`Registration.to_dict`.
+
+    Returns
+    -------
+    dict or None
+        None for a translation. Otherwise ``model``; ``angle`` (degrees, 2D only, else
+        None), ``scale`` (mean isotropic scale) and ``shift`` (at the image centre, px);
+        for a deformable transform ``field`` with the ``largest`` and ``median`` length of
+        its node displacements beyond the linear part (px) and ``nodes``; ``tiles`` with
+        their ``count`` and how many were ``rejected`` as outliers (None when unknown).
+
+    Examples
+    --------
+    >>> from napari_ncc._transform import AffineTransform
+    >>> t = AffineTransform.from_rotation(5.0, scale=1.02, center=(64, 64))
+    >>> s = transform_summary({"shift": [0.0, 1.5], "transform": t.to_dict(), "tiles": None})
+    >>> s["model"], round(s["angle"], 6), round(s["scale"], 6), s["shift"], s["field"]
+    ('similarity', 5.0, 1.02, [0.0, 1.5], None)
+    """
+    from ._transform import transform_from_dict
+
+    if registration.get("transform") is None:
+        return None
+    transform = transform_from_dict(registration["transform"])
+    affine = transform.affine
+    field = None
+    if transform.model == "deformable":
+        lengths = np.linalg.norm(
+            np.asarray(transform.displacement).reshape(affine.ndim, -1), axis=0
+        )
+        field = {
+            "largest": float(lengths.max()),
+            "median": float(np.median(lengths)),
+            "nodes": int(lengths.size),
+        }
+    return {
+        "model": transform.model,
+        "angle": affine.angle if affine.ndim == 2 else None,
+        "scale": affine.scale,
+        "shift": [float(s) for s in registration["shift"]],
+        "field": field,
+        "tiles": registration.get("tiles"),
+    }
+
+
+def describe_transform(registration: dict, quality: str = "") -> list[str]:
     """Lines describing a non-translation registration (:meth:`Registration.to_dict`).
 
-    The model, rotation angle, scale and shift at the image centre; for a deformable
-    transform also its field's largest and median node displacement; and the tiles the
-    fit rejected, when known.
+    The figures of :func:`transform_summary`: the model, rotation angle, scale and shift
+    at the image centre (then `quality`, a note); for a deformable transform also its
+    field's largest and median node displacement; and the tiles the fit rejected, when
+    known.
 
     Examples
     --------
@@ -243,25 +290,20 @@ def describe_transform(registration: dict) -> list[str]:
     transform: similarity, angle +5.00 deg, scale 1.0200, shift at the centre y +0.00, x +0.00 px
       tiles: 16, 1 rejected as outliers
     """
-    from ._transform import transform_from_dict
-
-    transform = transform_from_dict(registration["transform"])
-    affine = transform.affine
-    parts = [f"transform: {transform.model}"]
-    if affine.ndim == 2:
-        parts.append(f"angle {affine.angle:+.2f} deg")
-    parts.append(f"scale {affine.scale:.4f}")
-    parts.append(f"shift at the centre {format_shift(registration['shift'])}")
-    lines = [", ".join(parts)]
-    if transform.model == "deformable":
-        lengths = np.linalg.norm(
-            np.asarray(transform.displacement).reshape(affine.ndim, -1), axis=0
-        )
+    summary = transform_summary(registration)
+    parts = [f"transform: {summary['model']}"]
+    if summary["angle"] is not None:
+        parts.append(f"angle {format_number(summary['angle'], 2, signed=True)} deg")
+    parts.append(f"scale {format_number(summary['scale'], 4)}")
+    parts.append(f"shift at the centre {format_shift(summary['shift'])}")
+    lines = [", ".join(parts) + quality]
+    field = summary["field"]
+    if field is not None:
         lines.append(
-            f"  field: largest displacement {lengths.max():.2f} px, median "
-            f"{np.median(lengths):.2f} px ({lengths.size} nodes)"
+            f"  field: largest displacement {field['largest']:.2f} px, median "
+            f"{field['median']:.2f} px ({field['nodes']} nodes)"
         )
-    tiles = registration.get("tiles")
+    tiles = summary["tiles"]
     if tiles:
         lines.append(f"  tiles: {tiles['count']}, {tiles['rejected']} rejected as outliers")
     return lines

@@ -32,7 +32,7 @@ from ._ncc import check_mask
 from ._read import ATTRS_KEY
 from ._run_job import Job, Result
 from ._shift_layers import replace_shift_layers
-from ._summary import describe_registration
+from ._summary import describe_registration, transform_summary
 from ._transform import MODELS
 from ._validation import WINDOWS
 
@@ -488,6 +488,7 @@ class NCCConfidenceWidget(FunctionGui):
         new_layer = new_layer and self._previewed is not activity
         self._previewed = None if result.final else activity
         ncc, registered, registration = result.ncc, result.registered, result.registration
+        saved = None if registration is None else registration.to_dict()
         metadata = {
             ATTRS_KEY: {
                 **params,
@@ -495,7 +496,8 @@ class NCCConfidenceWidget(FunctionGui):
                 "moving": names[1],
                 "levels": len(ncc),
                 "coarse_levels": PREVIEW_LEVELS,
-                "registration": None if registration is None else registration.to_dict(),
+                "registration": saved,
+                "transform": None if saved is None else transform_summary(saved),
                 "preview": not result.final,
             }
         }
