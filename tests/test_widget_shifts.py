@@ -75,10 +75,14 @@ def test_deformable_run_adds_local_shift_arrows_over_the_reference(
     # ... and the warp is a few pixels (the field's amplitude is 3 px).
     assert 1.0 < np.abs(kept.data[:, 1]).max() < 8.0
 
+    # The arrows are drawn: the canvas changes where they are when they are hidden.
     viewer.reset_view()
-    picture_path = tmp_path / "shifts.png"
-    viewer.screenshot(str(picture_path), canvas_only=True)
-    assert picture_path.stat().st_size > 0
+    shown = viewer.screenshot(str(tmp_path / "shifts.png"), canvas_only=True, flash=False)
+    for arrows_layer in arrows:
+        arrows_layer.visible = False
+    hidden = viewer.screenshot(canvas_only=True, flash=False)
+    changed = np.any(shown[..., :3] != hidden[..., :3], axis=-1)
+    assert changed.mean() > 0.002
 
     # A translation run replaces them by none.
     _run(qtbot, widget, model="translation")
