@@ -27,6 +27,7 @@ import numpy as np
 from ._estimate_volume import (
     VOLUME_GRID_SPACING,
     VOLUME_MIN_TILES,
+    VOLUME_ROUNDS,
     VOLUME_TILE_SIZE,
     coarse_translation,
 )
@@ -133,7 +134,7 @@ def estimate_transform(
     ----------
     reference, moving : ndarray
         2D images or 3D volumes (any real dtype). A 2D moving image may be rotated by any
-        angle, scaled by 0.5-2 and shifted; a volume may be rotated by up to about 5°
+        angle, scaled by 0.5-2 and shifted; a volume may be rotated by up to about 10°
         about any axis (:data:`~napari_ncc._estimate_volume.MAX_ANGLE`), scaled by a few
         percent and shifted by any amount.
     model : str, optional
@@ -141,7 +142,7 @@ def estimate_transform(
     tile_size : int, optional
         Side of the refinement tiles (pixels; default 64, 32 for volumes).
     rounds : int, optional
-        Tile rounds (default 3, 5 for "deformable"); stops early once converged.
+        Tile rounds (default 3, 5 for a 2D "deformable"); stops early once converged.
     grid_spacing : float, optional
         "deformable": distance between the field's nodes (default 32, 16 for volumes).
 
@@ -179,9 +180,9 @@ def estimate_transform(
             f"estimate_transform works on 2D images or 3D volumes of the same dimensions, "
             f"got shapes {reference.shape} and {moving.shape}"
         )
-    if rounds is None:
-        rounds = ROUNDS.get(model, DEFAULT_ROUNDS)
     volume = reference.ndim == 3
+    if rounds is None:
+        rounds = VOLUME_ROUNDS if volume else ROUNDS.get(model, DEFAULT_ROUNDS)
     if tile_size is None:
         tile_size = VOLUME_TILE_SIZE if volume else TILE_SIZE
     if grid_spacing is None:

@@ -225,9 +225,9 @@ def describe(result: dict) -> list[str]:
 def describe_transform(registration: dict) -> list[str]:
     """Lines describing a non-translation registration (:meth:`Registration.to_dict`).
 
-    The model, rotation angle, scale and shift at the image centre; for a deformable
-    transform also its field's largest and median node displacement; and the tiles the
-    fit rejected, when known.
+    The model, rotation angle (3D: about an axis), scale and shift at the image centre;
+    for a deformable transform also its field's largest and median node displacement;
+    and the tiles the fit rejected, when known.
 
     Examples
     --------
@@ -247,6 +247,9 @@ def describe_transform(registration: dict) -> list[str]:
     parts = [f"transform: {transform.model}"]
     if affine.ndim == 2:
         parts.append(f"angle {affine.angle:+.2f} deg")
+    elif affine.ndim == 3:
+        axis = ", ".join(f"{v:+.2f}" for v in affine.rotation_axis)
+        parts.append(f"angle {affine.angle:.2f} deg about (z, y, x) ({axis})")
     parts.append(f"scale {affine.scale:.4f}")
     parts.append(f"shift at the centre {format_shift(registration['shift'])}")
     lines = [", ".join(parts)]
