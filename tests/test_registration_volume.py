@@ -1,9 +1,8 @@
 """register with rigid, affine and deformable models on 3D volumes (plane, row, column).
 
-Against KNOWN transforms: the volumes are a smooth random texture (Gaussian-filtered noise)
-and the moving volume is made from it with ``scipy.ndimage.affine_transform`` (or
-``map_coordinates`` through a known field), independently of napari_ncc's warp; the true
-coordinates come from the formulas here.
+Against KNOWN transforms (tests/volume_pairs.py: a smooth random texture, the moving volume
+made with scipy.ndimage, independently of napari_ncc's warp; the true coordinates from
+formulas).
 """
 
 from __future__ import annotations
@@ -13,118 +12,47 @@ import json
 import dask.array as da
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 from napari_ncc import Registration, RegistrationWarning, register
 from napari_ncc._summary import describe_transform
 from napari_ncc._transform import AffineTransform, DeformableTransform
+from volume_pairs import (
+    SmoothWarp3D,
+    about_centre,
+    affine_pair,
+    interior_points,
+    noisy,
+    rotation,
+    truth,
+    warped_pair,
+)
 
 N = 64
-#: The volumes are cut from a texture this much larger on every side, so that the moving
-#: volume holds real content to its faces.
-PAD = 20
-SHIFT = np.array([12.3, -20.7, 7.2])
-
-
-def _rotation(axis, degrees) -> np.ndarray:
-    """Rodrigues: the rotation by `degrees` about `axis` (right-hand rule, index order)."""
-    a = np.asarray(axis, dtype=np.float64)
-    a = a / np.linalg.norm(a)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    t = np.radians(degrees)
-    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
-
-
-def _texture(rng, n=N) -> np.ndarray:
-    texture = ndi.gaussian_filter(rng.standard_normal((n + 2 * PAD,) * 3), 2.0)
-    return texture / texture.std()
-
-
-def _noisy(volume, rng, noise=0.02):
-    return volume + noise * rng.standard_normal(volume.shape)
-
-
-def _affine_pair(rng, linear, shift=SHIFT):
-    """(reference, moving, matrix): ``moving(q) = reference(matrix^-1 q)``, where `matrix`
-    (reference -> moving, homogeneous) applies `linear` about the centre, then `shift`."""
-    texture = _texture(rng)
-    centre = np.full(3, (N - 1) / 2)
-    offset = centre - linear @ centre + shift
-    inverse = np.linalg.inv(linear)
-    moving = ndi.affine_transform(
-        texture, inverse, PAD - inverse @ offset, output_shape=(N,) * 3, order=3, mode="reflect"
-    )
-    reference = texture[PAD:-PAD, PAD:-PAD, PAD:-PAD]
-    matrix = np.eye(4)
-    matrix[:3, :3], matrix[:3, 3] = linear, offset
-    return _noisy(reference, rng), _noisy(moving, rng), matrix
-
-
-def _interior_points(lo=0.15, count=7) -> np.ndarray:
-    g = np.linspace(lo * (N - 1), (1 - lo) * (N - 1), count)
-    return np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-
-
-def _truth(matrix, points):
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
-
-
-class _SmoothWarp3D:
-    """A rotation plus a smooth field, defined moving -> reference:
-    ``G(q) = matrix^-1 q + field(q)``, the field a sum of plane waves of `amplitude`;
-    the true reference -> moving map is ``G^-1`` (Newton iterations)."""
-
-    def __init__(self, matrix, amplitude, wavelength, rng):
-        self.matrix = matrix
-        self.inverse = np.linalg.inv(matrix)
-        self.amplitude, self.k = amplitude, 2 * np.pi / wavelength
-        directions = rng.normal(size=(3, 3))
-        self.directions = directions / np.linalg.norm(directions, axis=1)[:, None]
-        self.phases = rng.uniform(0, 2 * np.pi, 3)
-
-    def field(self, q):
-        return self.amplitude * np.sin(self.k * q @ self.directions.T + self.phases)
-
-    def to_reference(self, q):
-        return q @ self.inverse[:3, :3].T + self.inverse[:3, 3] + self.field(q)
-
-    def moving_coordinates(self, p):
-        q = _truth(self.matrix, p)
-        for _ in range(100):
-            q = q - (self.to_reference(q) - p) @ self.matrix[:3, :3].T
-        assert np.abs(self.to_reference(q) - p).max() < 1e-9
-        return q
+SHIFT = (12.3, -20.7, 7.2)
 
 
 @pytest.fixture(scope="module")
 def deformed():
     """(reference, moving, truth, registration) of a deformed pair, registered once."""
     rng = np.random.default_rng(2)
-    linear = _rotation([1.0, 1.0, 1.0], 2.0)
-    centre = np.full(3, (N - 1) / 2)
-    matrix = np.eye(4)
-    matrix[:3, :3], matrix[:3, 3] = linear, centre - linear @ centre + [5.3, -8.1, 3.7]
-    truth = _SmoothWarp3D(matrix, 2.0, 128.0, rng)
-    texture = _texture(rng)
-    q = np.indices((N,) * 3, dtype=np.float64).reshape(3, -1).T
-    coordinates = (truth.to_reference(q) + PAD).T
-    moving = ndi.map_coordinates(texture, coordinates, order=3, mode="reflect").reshape((N,) * 3)
-    reference = texture[PAD:-PAD, PAD:-PAD, PAD:-PAD]
-    reference, moving = _noisy(reference, rng), _noisy(moving, rng)
-    return reference, moving, truth, register(reference, moving, model="deformable")
+    matrix = about_centre(rotation([1.0, 1.0, 1.0], 2.0), (5.3, -8.1, 3.7), N)
+    warp = SmoothWarp3D(matrix, 2.0, 128.0, rng)
+    reference, moving = warped_pair(rng, warp, N)
+    return reference, moving, warp, register(reference, moving, model="deformable")
 
 
 def test_affine_volume_maps_points_to_the_truth_and_covers_the_right_voxels(rng):
     # 3 degrees about an oblique axis, mild anisotropic scale and shear, tens of voxels.
-    linear = _rotation([1.0, 2.0, 2.0], 3.0) @ [[1.02, 0.01, 0], [0, 0.99, 0.015], [0.01, 0, 1.01]]
-    reference, moving, matrix = _affine_pair(rng, linear)
+    linear = rotation([1.0, 2.0, 2.0], 3.0) @ [[1.02, 0.01, 0], [0, 0.99, 0.015], [0.01, 0, 1.01]]
+    matrix = about_centre(linear, SHIFT, N)
+    reference, moving = affine_pair(rng, matrix, N)
     reg = register(reference, moving, model="affine")
     assert reg.model == "affine" and reg.reliable
-    points = _interior_points()
-    assert np.abs(reg.moving_coordinates(points) - _truth(matrix, points)).max() <= 0.25
+    points = interior_points(N)
+    assert np.abs(reg.moving_coordinates(points) - truth(matrix, points)).max() <= 0.25
     # Covered iff the true moving coordinates are inside the volume (away from its faces).
     grid = np.indices((N,) * 3, dtype=np.float64).reshape(3, -1).T
-    q = _truth(matrix, grid)
+    q = truth(matrix, grid)
     inside = np.all((q >= 0.3) & (q <= N - 1.3), axis=1).reshape((N,) * 3)
     outside = np.any((q < -0.3) | (q > N - 1 + 0.3), axis=1).reshape((N,) * 3)
     mask = reg.valid_mask((N,) * 3)
@@ -133,11 +61,12 @@ def test_affine_volume_maps_points_to_the_truth_and_covers_the_right_voxels(rng)
 
 @pytest.mark.parametrize(("axis", "angle"), [((0.3, -1.0, 0.6), -4.0), ((1.0, 0.0, 0.0), 5.0)])
 def test_rigid_volume_recovers_the_rotation_and_its_axis(rng, axis, angle):
-    reference, moving, matrix = _affine_pair(rng, _rotation(axis, angle))
+    matrix = about_centre(rotation(axis, angle), SHIFT, N)
+    reference, moving = affine_pair(rng, matrix, N)
     reg = register(reference, moving, model="rigid")
     assert reg.model == "rigid" and reg.reliable
-    points = _interior_points()
-    assert np.abs(reg.moving_coordinates(points) - _truth(matrix, points)).max() <= 0.25
+    points = interior_points(N)
+    assert np.abs(reg.moving_coordinates(points) - truth(matrix, points)).max() <= 0.25
     # A negative angle is the positive angle about the opposite axis.
     expected_axis = np.sign(angle) * np.asarray(axis) / np.linalg.norm(axis)
     assert reg.transform.angle == pytest.approx(abs(angle), abs=0.05)
@@ -147,19 +76,16 @@ def test_rigid_volume_recovers_the_rotation_and_its_axis(rng, axis, angle):
 
 
 def test_deformable_volume_follows_a_smooth_field(deformed):
-    _, _, truth, reg = deformed
+    _, _, warp, reg = deformed
     assert reg.model == "deformable" and reg.reliable
     # Within the reach of the tiles (the field is extrapolated linearly beyond them).
-    points = _interior_points(lo=0.2, count=9)
-    error = np.linalg.norm(
-        reg.moving_coordinates(points) - truth.moving_coordinates(points), axis=1
-    )
+    points = interior_points(N, margin=0.2, count=9)
+    expected = warp.moving_coordinates(points)
+    error = np.linalg.norm(reg.moving_coordinates(points) - expected, axis=1)
     assert np.sqrt(np.mean(error**2)) <= 0.3
     assert np.percentile(error, 95) <= 0.6
     # The field is needed: the affine part alone is off by more than a voxel somewhere.
-    affine_error = reg.transform.affine.moving_coordinates(points) - truth.moving_coordinates(
-        points
-    )
+    affine_error = reg.transform.affine.moving_coordinates(points) - expected
     assert np.abs(affine_error).max() > 1.0
 
 
@@ -176,7 +102,7 @@ def test_to_dict_round_trips_a_volume_registration(deformed):
     back = Registration.from_dict(json.loads(json.dumps(reg.to_dict())))
     assert back.model == "deformable" and back.transform.ndim == 3
     assert back.transform.displacement.shape[0] == 3
-    points = _interior_points()
+    points = interior_points(N)
     np.testing.assert_allclose(
         back.moving_coordinates(points), reg.moving_coordinates(points), atol=1e-9
     )
@@ -184,8 +110,8 @@ def test_to_dict_round_trips_a_volume_registration(deformed):
 
 
 def test_a_volume_without_texture_warns_instead_of_returning_noise(rng):
-    reference = _noisy(np.ones((N,) * 3), rng, noise=0.01)
-    moving = _noisy(np.ones((N,) * 3), rng, noise=0.01)
+    reference = noisy(np.ones((N,) * 3), rng, noise=0.01)
+    moving = noisy(np.ones((N,) * 3), rng, noise=0.01)
     with pytest.warns(RegistrationWarning, match="textured tiles match .* the volumes"):
         reg = register(reference, moving, model="affine")
     assert not reg.reliable
@@ -194,18 +120,18 @@ def test_a_volume_without_texture_warns_instead_of_returning_noise(rng):
 
 def test_rotation_summary_of_a_3d_transform():
     matrix = np.eye(4)
-    matrix[:3, :3] = 1.03 * _rotation([0.0, 0.0, 2.0], 7.0)
+    matrix[:3, :3] = 1.03 * rotation([0.0, 0.0, 2.0], 7.0)
     t = AffineTransform(matrix, "similarity")
     assert t.angle == pytest.approx(7.0)
     np.testing.assert_allclose(t.rotation_axis, [0.0, 0.0, 1.0], atol=1e-12)
     assert t.scale == pytest.approx(1.03)
     # About the plane axis, the rotation of every plane is the 2D angle.
-    matrix[:3, :3] = _rotation([1.0, 0.0, 0.0], -7.0)
+    matrix[:3, :3] = rotation([1.0, 0.0, 0.0], -7.0)
     plane = AffineTransform(matrix[1:, 1:])
     assert plane.angle == pytest.approx(-7.0)
     assert AffineTransform(np.eye(4)).angle == 0.0
     np.testing.assert_allclose(AffineTransform(np.eye(4)).rotation_axis, 0.0)
-    matrix[:3, :3] = _rotation([0.0, 1.0, 1.0], 180.0)
+    matrix[:3, :3] = rotation([0.0, 1.0, 1.0], 180.0)
     half_turn = AffineTransform(matrix, "rigid")
     assert half_turn.angle == pytest.approx(180.0)
     axis = half_turn.rotation_axis
