@@ -28,8 +28,8 @@ from ._estimate_volume import (
     VOLUME_GRID_SPACING,
     VOLUME_MIN_TILES,
     VOLUME_ROUNDS,
-    VOLUME_TILE_SIZE,
     coarse_translation,
+    volume_tile_size,
 )
 from ._local_shifts import (
     MIN_TILES,
@@ -140,7 +140,8 @@ def estimate_transform(
     model : str, optional
         "translation", "rigid", "similarity", "affine" or "deformable".
     tile_size : int, optional
-        Side of the refinement tiles (pixels; default 64, 32 for volumes).
+        Side of the refinement tiles (pixels; default 64, for volumes 24 or less for
+        small ones: :func:`~napari_ncc._estimate_volume.volume_tile_size`).
     rounds : int, optional
         Tile rounds (default 3, 5 for a 2D "deformable"); stops early once converged.
     grid_spacing : float, optional
@@ -184,7 +185,7 @@ def estimate_transform(
     if rounds is None:
         rounds = VOLUME_ROUNDS if volume else ROUNDS.get(model, DEFAULT_ROUNDS)
     if tile_size is None:
-        tile_size = VOLUME_TILE_SIZE if volume else TILE_SIZE
+        tile_size = volume_tile_size(reference.shape) if volume else TILE_SIZE
     if grid_spacing is None:
         grid_spacing = VOLUME_GRID_SPACING if volume else 32.0
     min_tiles = (VOLUME_MIN_TILES if volume else MIN_TILES)[model]

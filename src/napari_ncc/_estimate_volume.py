@@ -29,11 +29,14 @@ __all__ = [
     "VOLUME_ROUNDS",
     "VOLUME_TILE_SIZE",
     "coarse_translation",
+    "volume_tile_size",
 ]
 
 #: Side of the refinement tiles of a volume (voxels): 24**3 voxels hold as many as a 118**2
-#: tile, and a 64-voxel volume shifted by 20 still holds a few dozen of them.
+#: tile, and a 64-voxel volume shifted by 20 still holds a few dozen of them. Smaller
+#: volumes get smaller tiles, down to MIN_VOLUME_TILE_SIZE (see volume_tile_size).
 VOLUME_TILE_SIZE = 24
+MIN_VOLUME_TILE_SIZE = 16
 
 #: Textured tiles needed per model in 3D (about two per parameter: 6 for rigid, 7 for
 #: similarity, 12 for affine; the field needs a grid of them).
@@ -53,6 +56,20 @@ COARSE_VOLUME_SIZE = 48
 #: Rotations (degrees, about any axis) that are found on 64-96 voxel volumes (measured up
 #: to 12; at 20 some axes fail).
 MAX_ANGLE = 10.0
+
+
+def volume_tile_size(shape) -> int:
+    """The default tile side for a volume of this shape: :data:`VOLUME_TILE_SIZE`, or less
+    for small volumes, so that three overlapping tiles (half a tile apart, 4 voxels from
+    the faces) fit along the shortest axis.
+
+    Examples
+    --------
+    >>> volume_tile_size((64, 96, 96)), volume_tile_size((48, 64, 64))
+    (24, 20)
+    """
+    fitting = (min(shape) - 8) // 2
+    return int(min(VOLUME_TILE_SIZE, max(MIN_VOLUME_TILE_SIZE, fitting)))
 
 
 def coarse_translation(reference: np.ndarray, moving: np.ndarray) -> CoarseEstimate:
