@@ -109,13 +109,14 @@ def test_to_dict_round_trips_a_volume_registration(deformed):
     np.testing.assert_allclose(back.apply(moving), reg.apply(moving), atol=1e-6)
 
 
-def test_a_volume_without_texture_warns_instead_of_returning_noise(rng):
+@pytest.mark.parametrize("model", ["affine", "deformable"])
+def test_a_volume_without_texture_warns_instead_of_returning_noise(rng, model):
     reference = noisy(np.ones((N,) * 3), rng, noise=0.01)
     moving = noisy(np.ones((N,) * 3), rng, noise=0.01)
     with pytest.warns(RegistrationWarning, match="textured tiles match .* the volumes"):
-        reg = register(reference, moving, model="affine")
+        reg = register(reference, moving, model=model)
     assert not reg.reliable
-    assert reg.transform.ndim == 3
+    assert reg.model == model and reg.transform.ndim == 3
 
 
 def test_rotation_summary_of_a_3d_transform():
