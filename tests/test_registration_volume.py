@@ -12,10 +12,12 @@ import json
 import dask.array as da
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_ncc import Registration, RegistrationWarning, register
 from napari_ncc._summary import describe_transform
 from napari_ncc._transform import AffineTransform, DeformableTransform
+from napari_ncc._warp import warp
 from volume_pairs import (
     SmoothWarp3D,
     about_centre,
@@ -147,3 +149,41 @@ def test_rotation_summary_of_a_3d_transform():
     lines = describe_transform({"shift": [0.0] * 3, "transform": field.to_dict()})
     assert "angle 180.00 deg about (z, y, x)" in lines[0]
     assert lines[1].startswith("  field: largest displacement 1.50 px")
+
+
+class _CountingVolume:
+    """A sliceable source that records the boxes read from it."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads = []
+
+    def __getitem__(self, index):
+        self.reads.append(tuple((s.start, s.stop) for s in index))
+        return self.data[index]
+
+
+def test_a_warped_volume_block_equals_brute_force_and_reads_only_nearby_chunks(rng):
+    data = rng.random((96, 96, 96))
+    rigid = AffineTransform(about_centre(rotation([1.0, -1.0, 2.0], 3.0), (4.0, -3.0, 2.0), 96))
+    # A smooth field of 2 voxels amplitude on nodes 24 voxels apart.
+    nodes = np.indices((5, 5, 5)) * 24.0
+    phases = rng.uniform(0, 2 * np.pi, size=3)
+    field = np.stack([2 * np.sin(nodes.sum(axis=0) / (40 + 5 * d) + phases[d]) for d in range(3)])
+    transform = DeformableTransform(rigid, field, (0,) * 3, (24,) * 3)
+    source = _CountingVolume(data)
+    lazy = warp(da.from_array(source, chunks=16, asarray=False), transform, order=1)
+    source.reads.clear()
+    box = (slice(48, 64), slice(32, 48), slice(64, 80))
+    block = lazy[box].compute()
+    # Brute force: the pointwise transform, then map_coordinates on the whole volume.
+    grid = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij"), -1)
+    q = transform.moving_coordinates(grid.reshape(-1, 3))
+    expected = ndi.map_coordinates(data, q.T, order=1, mode="nearest").reshape(block.shape)
+    np.testing.assert_allclose(block, expected, atol=1e-9)
+    np.testing.assert_allclose(warp(data, transform, order=1)[box], expected, atol=1e-9)
+    lower, upper = q.min(axis=0), q.max(axis=0)
+    assert source.reads
+    for read in source.reads:
+        for (a, b), lo, hi in zip(read, lower, upper, strict=True):
+            assert lo - 32 < a and b < hi + 32, (read, lower, upper)  # nearby chunks only
