@@ -231,8 +231,9 @@ def transform_summary(registration: dict) -> dict | None:
     Returns
     -------
     dict or None
-        None for a translation. Otherwise ``model``; ``angle`` (degrees, 2D only, else
-        None), ``scale`` (mean isotropic scale) and ``shift`` (at the image centre, px);
+        None for a translation. Otherwise ``model``; ``angle`` (degrees, 2D and 3D,
+        else None) and ``rotation_axis`` (3D: the (z, y, x) unit vector the angle turns
+        about, else None), ``scale`` (mean isotropic scale) and ``shift`` (at the image centre, px);
         for a deformable transform ``field`` with the ``largest`` and ``median`` length of
         its node displacements beyond the linear part (px) and ``nodes``; ``tiles`` with
         their ``count`` and how many were ``rejected`` as outliers (None when unknown).
@@ -263,7 +264,10 @@ def transform_summary(registration: dict) -> dict | None:
         }
     return {
         "model": transform.model,
-        "angle": affine.angle if affine.ndim == 2 else None,
+        "angle": affine.angle if affine.ndim in (2, 3) else None,
+        "rotation_axis": (
+            [float(v) for v in affine.rotation_axis] if affine.ndim == 3 else None
+        ),
         "scale": affine.scale,
         "shift": [float(s) for s in registration["shift"]],
         "field": field,
@@ -274,10 +278,10 @@ def transform_summary(registration: dict) -> dict | None:
 def describe_transform(registration: dict, quality: str = "") -> list[str]:
     """Lines describing a non-translation registration (:meth:`Registration.to_dict`).
 
-    The figures of :func:`transform_summary`: the model, rotation angle, scale and shift
-    at the image centre (then `quality`, a note); for a deformable transform also its
-    field's largest and median node displacement; and the tiles the fit rejected, when
-    known.
+    The figures of :func:`transform_summary`: the model, rotation angle (3D: about an
+    axis), scale and shift at the image centre (then `quality`, a note); for a deformable
+    transform also its field's largest and median node displacement; and the tiles the fit
+    rejected, when known.
 
     Examples
     --------
@@ -293,7 +297,11 @@ def describe_transform(registration: dict, quality: str = "") -> list[str]:
     summary = transform_summary(registration)
     parts = [f"transform: {summary['model']}"]
     if summary["angle"] is not None:
-        parts.append(f"angle {format_number(summary['angle'], 2, signed=True)} deg")
+        angle = f"angle {format_number(summary['angle'], 2, signed=True)} deg"
+        if summary["rotation_axis"] is not None:
+            axis = ", ".join(format_number(v, 2, signed=True) for v in summary["rotation_axis"])
+            angle = f"angle {format_number(summary['angle'], 2)} deg about (z, y, x) ({axis})"
+        parts.append(angle)
     parts.append(f"scale {format_number(summary['scale'], 4)}")
     parts.append(f"shift at the centre {format_shift(summary['shift'])}")
     lines = [", ".join(parts) + quality]
