@@ -233,10 +233,11 @@ def transform_summary(registration: dict) -> dict | None:
     dict or None
         None for a translation. Otherwise ``model``; ``angle`` (degrees, 2D and 3D,
         else None) and ``rotation_axis`` (3D: the (z, y, x) unit vector the angle turns
-        about, else None), ``scale`` (mean isotropic scale) and ``shift`` (at the image centre, px);
-        for a deformable transform ``field`` with the ``largest`` and ``median`` length of
-        its node displacements beyond the linear part (px) and ``nodes``; ``tiles`` with
-        their ``count`` and how many were ``rejected`` as outliers (None when unknown).
+        about, else None), ``scale`` (mean isotropic scale) and ``shift`` (at the image
+        centre, px); for a deformable transform ``field`` with the ``largest`` and
+        ``median`` length of its node displacements beyond the linear part (px) and
+        ``nodes``; ``tiles`` with their ``count`` and how many were ``rejected`` as
+        outliers (None when unknown).
 
     Examples
     --------
@@ -265,9 +266,7 @@ def transform_summary(registration: dict) -> dict | None:
     return {
         "model": transform.model,
         "angle": affine.angle if affine.ndim in (2, 3) else None,
-        "rotation_axis": (
-            [float(v) for v in affine.rotation_axis] if affine.ndim == 3 else None
-        ),
+        "rotation_axis": ([float(v) for v in affine.rotation_axis] if affine.ndim == 3 else None),
         "scale": affine.scale,
         "shift": [float(s) for s in registration["shift"]],
         "field": field,
