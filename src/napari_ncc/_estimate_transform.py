@@ -40,12 +40,17 @@ MAX_MEDIAN_RESIDUAL = 0.5
 #: ... or when more than this fraction of the tiles is rejected.
 MAX_REJECTED_FRACTION = 0.5
 
-#: Rounds of tile measurement and fit (deformable: more, the field converges slower).
-ROUNDS = {"deformable": 5}
+#: Rounds of tile measurement and fit.
+ROUNDS = {"deformable": 3}
 DEFAULT_ROUNDS = 3
 
 #: Images with fewer whole tiles than this get overlapping tiles for every model.
 SPARSE_TILES = 25
+
+#: "deformable": rounds after the first measure tiles of half the side (not below this),
+#: coarse to fine: four times as many, more local measurements sample the field where the
+#: large tiles' texture centroids leave gaps (flat regions), and follow its curvature.
+MIN_FINE_TILE = 16
 
 #: Stop early when a round moves the transform by less than this at the tiles (pixels).
 CONVERGED = 0.005
@@ -127,7 +132,7 @@ def estimate_transform(
     tile_size : int, optional
         Side of the refinement tiles (pixels).
     rounds : int, optional
-        Tile rounds (default 3, 5 for "deformable"); stops early once converged.
+        Tile rounds (default 3); stops early once converged.
     grid_spacing : float, optional
         "deformable": distance between the field's nodes.
 
@@ -176,12 +181,15 @@ def estimate_transform(
         # Linear models need few tiles, unless the image is small; the field needs them
         # dense (overlapping).
         few = np.prod([n // tile_size for n in reference.shape]) < SPARSE_TILES
-        spacing = tile_size // 2 if model == "deformable" or few else tile_size
+        size = tile_size
+        if model == "deformable" and done > 1:
+            size = max(tile_size // 2, min(tile_size, MIN_FINE_TILE))
+        spacing = size // 2 if model == "deformable" or few else size
         tiles = measure_tiles(
             reference,
             moving,
             transform,
-            tile_size=tile_size,
+            tile_size=size,
             spacing=spacing,
             search=done == 1,
             local=model == "deformable",
