@@ -256,7 +256,8 @@ def _measure_batch(reference, moving, transform, starts, tile_size, options):
     jacobian = np.zeros((m, ndim, ndim))
     point = np.zeros((m, ndim))
     frozen_field = None
-    affine = transform.affine if isinstance(transform, DeformableTransform) else transform
+    deformable = isinstance(transform, DeformableTransform)
+    affine = transform.affine if deformable else transform
 
     def moving_tiles(index):
         """The moving tiles `index`, which of their inner pixels are real data (inside the
@@ -269,7 +270,7 @@ def _measure_batch(reference, moving, transform, starts, tile_size, options):
         q = _tile_coordinates(affine.linear, affine.offset, *per_tile)
         if frozen_field is not None:
             q += frozen_field[index]
-        elif affine is not transform:
+        elif deformable:
             p = _tile_coordinates(np.eye(ndim), np.zeros(ndim), *per_tile)
             q += transform.field(p.reshape(-1, ndim)).reshape(q.shape)
         inside = np.all((q >= 0) & (q <= moving_shape - 1), axis=2).reshape(-1, *shape)
@@ -281,13 +282,16 @@ def _measure_batch(reference, moving, transform, starts, tile_size, options):
         tiles = _sample_tiles(moving, coordinates, order, prefiltered)
         return tiles, inside, inside.mean(axis=1) >= MIN_INSIDE
 
+    if deformable and not search:
+        # The search's start is the first sample: one field evaluation serves both.
+        frozen_field = transform.field(grid.reshape(-1, ndim)).reshape(m, -1, ndim)
     tiles, inside, alive = moving_tiles(np.arange(m))
     if search:
         for i in np.flatnonzero(alive):
             first = tiles[i][inner[1:]]
             masked = np.where(inside[i].reshape(first.shape), first, first.mean())
             shift[i] = _integer_shift(reference_tiles[i][inner[1:]], masked)
-    if isinstance(transform, DeformableTransform):
+    if deformable and search:
         frozen_field = transform.field((grid - shift[:, None]).reshape(-1, ndim))
         frozen_field = frozen_field.reshape(m, -1, ndim)
     smooth_reference = ndi.gaussian_filter(reference_tiles, smoothing)
