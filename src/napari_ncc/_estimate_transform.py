@@ -7,7 +7,8 @@ full resolution through the current estimate (:func:`~napari_ncc._local_shifts.m
 and the model is fitted to them robustly (:func:`~napari_ncc._local_shifts.fit_linear`,
 :func:`~napari_ncc._local_shifts.fit_deformable`). Each round measures what the previous
 one left, so the residual shrinks geometrically (for the deformable field too, whose
-measurement a tile averages).
+measurement a tile averages). The deformable model goes coarse to fine: large tiles first
+(robust to the coarse estimate's error), then tiles of half the side, denser and more local.
 
 A :class:`~napari_ncc._registration.RegistrationWarning` says when the data do not support
 the model: too few textured tiles, or a fit whose residuals are large.

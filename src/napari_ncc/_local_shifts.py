@@ -6,7 +6,9 @@ every textured reference tile: an integer start by cross-correlation, then Lucas
 least squares (shift plus a gain and offset of the intensities, on lightly smoothed tiles)
 to a few hundredths of a pixel, with the standard error of each shift and the tile's
 correlation after alignment (its confidence). The result is where each tile centre lies in
-the moving image.
+the moving image. Tiles are measured in batches: each Lucas–Kanade iteration samples all
+the batch's moving tiles at once (one ``map_coordinates`` call on an in-memory image) and
+solves their normal equations together.
 
 :func:`fit_linear` fits a translation, rigid, similarity or affine transform to those
 correspondences by weighted least squares, rejecting outliers iteratively (a tile is
