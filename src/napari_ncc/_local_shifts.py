@@ -69,8 +69,9 @@ MIN_FIELD_REJECTION = 0.75
 _LK_ITERATIONS = 8
 _LK_TOLERANCE = 1e-3
 _MARGIN = 4
-#: Tiles measured together (bounds the memory of the batched least squares).
-_BATCH = 64
+#: Pixels of the tiles measured together (bounds the memory of the batched least squares:
+#: a few tens of MB, whatever the tile size and dimension).
+_BATCH_PIXELS = 2**19
 
 
 @dataclass
@@ -438,8 +439,9 @@ def measure_tiles(
     textured = [start for start, score in zip(starts, scores, strict=True) if score > threshold]
     options = (order, search, prefiltered, local)
     measured = [[], [], [], []]
-    for first in range(0, len(textured), _BATCH):
-        batch = textured[first : first + _BATCH]
+    batch_size = max(1, _BATCH_PIXELS // (tile_size + 2 * _MARGIN) ** reference.ndim)
+    for first in range(0, len(textured), batch_size):
+        batch = textured[first : first + batch_size]
         values = _measure_batch(reference, moving, transform, batch, tile_size, options)
         keep = np.isfinite(values[2]) & (values[3] >= MIN_CONFIDENCE)
         for out, value in zip(measured, values, strict=True):
