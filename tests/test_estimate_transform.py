@@ -73,6 +73,23 @@ def test_deformable_reaches_the_target_on_a_textured_picture(rng):
     assert len(estimate.tiles.centers) >= 30
 
 
+@pytest.mark.slow
+def test_deformable_spans_the_flat_regions_of_a_photograph(rng):
+    # camera: large flat regions (sky, coat) under a 4 px field of 150 px wavelength. Large
+    # tiles' texture centroids leave gaps there; the finer rounds fill them (before them:
+    # 0.72 px RMS, 1.7 px p95 on this pair; after: 0.31, 0.62).
+    n = 384
+    warp = SmoothWarp(linear_matrix(1.0, translation=(3.3, -2.1), n=n), 4.0, (150, 220), rng)
+    reference, moving = warped_pair(picture("camera"), warp, n, 0.03, rng)
+    estimate = estimate_transform(reference, moving, "deformable")
+    p = interior_points(n, margin=0.1, count=40)
+    error = np.linalg.norm(
+        estimate.transform.moving_coordinates(p) - warp.moving_coordinates(p), axis=1
+    )
+    assert np.sqrt(np.mean(error**2)) <= 0.4
+    assert np.percentile(error, 95) <= 0.8
+
+
 def test_a_linear_model_on_a_deformed_pair_warns(rng):
     n = 256
     warp = SmoothWarp(linear_matrix(0.5, n=n), 4.0, (150, 150), rng)

@@ -8,7 +8,8 @@ full resolution through the current estimate (:func:`~napari_ncc._local_shifts.m
 and the model is fitted to them robustly (:func:`~napari_ncc._local_shifts.fit_linear`,
 :func:`~napari_ncc._local_shifts.fit_deformable`). Each round measures what the previous
 one left, so the residual shrinks geometrically (for the deformable field too, whose
-measurement a tile averages).
+measurement a tile averages). The deformable model goes coarse to fine: large tiles first
+(robust to the coarse estimate's error), then tiles of half the side, denser and more local.
 
 A :class:`~napari_ncc._registration.RegistrationWarning` says when the data do not support
 the model: too few textured tiles, or a fit whose residuals are large.
@@ -51,12 +52,16 @@ MAX_MEDIAN_RESIDUAL = 0.5
 #: ... or when more than this fraction of the tiles is rejected.
 MAX_REJECTED_FRACTION = 0.5
 
-#: Rounds of tile measurement and fit (deformable: more, the field converges slower).
-ROUNDS = {"deformable": 5}
+#: Rounds of tile measurement and fit.
 DEFAULT_ROUNDS = 3
 
 #: Images with fewer whole tiles than this get overlapping tiles for every model.
 SPARSE_TILES = 25
+
+#: "deformable": rounds after the first measure tiles of half the side (not below this),
+#: coarse to fine: four times as many, more local measurements sample the field where the
+#: large tiles' texture centroids leave gaps (flat regions), and follow its curvature.
+MIN_FINE_TILE = 16
 
 #: Stop early when a round moves the transform by less than this at the tiles (pixels).
 CONVERGED = 0.005
@@ -143,7 +148,7 @@ def estimate_transform(
         Side of the refinement tiles (pixels; default 64, for volumes 24 or less for
         small ones: :func:`~napari_ncc._estimate_volume.volume_tile_size`).
     rounds : int, optional
-        Tile rounds (default 3, 5 for a 2D "deformable"); stops early once converged.
+        Tile rounds (default 3); stops early once converged.
     grid_spacing : float, optional
         "deformable": distance between the field's nodes (default 32, 16 for volumes).
 
@@ -183,7 +188,7 @@ def estimate_transform(
         )
     volume = reference.ndim == 3
     if rounds is None:
-        rounds = VOLUME_ROUNDS if volume else ROUNDS.get(model, DEFAULT_ROUNDS)
+        rounds = VOLUME_ROUNDS if volume else DEFAULT_ROUNDS
     if tile_size is None:
         tile_size = volume_tile_size(reference.shape) if volume else TILE_SIZE
     if grid_spacing is None:
@@ -198,12 +203,15 @@ def estimate_transform(
         # Linear models need few tiles, unless the image is small; the field needs them
         # dense (overlapping).
         few = np.prod([n // tile_size for n in reference.shape]) < SPARSE_TILES
-        spacing = tile_size // 2 if model == "deformable" or few else tile_size
+        size = tile_size
+        if model == "deformable" and done > 1:
+            size = max(tile_size // 2, min(tile_size, MIN_FINE_TILE))
+        spacing = size // 2 if model == "deformable" or few else size
         tiles = measure_tiles(
             reference,
             moving,
             transform,
-            tile_size=tile_size,
+            tile_size=size,
             spacing=spacing,
             search=done == 1,
             local=model == "deformable",

@@ -6,7 +6,9 @@ every textured reference tile: an integer start by cross-correlation, then Lucas
 least squares (shift plus a gain and offset of the intensities, on lightly smoothed tiles)
 to a few hundredths of a pixel, with the standard error of each shift and the tile's
 correlation after alignment (its confidence). The result is where each tile centre lies in
-the moving image.
+the moving image. Tiles are measured in batches: each Lucas–Kanade iteration samples all
+the batch's moving tiles at once (one ``map_coordinates`` call on an in-memory image) and
+solves their normal equations together.
 
 :func:`fit_linear` fits a translation, rigid, similarity or affine transform to those
 correspondences by weighted least squares, rejecting outliers iteratively (a tile is
@@ -18,6 +20,7 @@ onto the coarse grid of a :class:`~napari_ncc._transform.DeformableTransform`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -66,6 +69,9 @@ MIN_FIELD_REJECTION = 0.75
 _LK_ITERATIONS = 8
 _LK_TOLERANCE = 1e-3
 _MARGIN = 4
+#: Pixels of the tiles measured together (bounds the memory of the batched least squares:
+#: a few tens of MB, whatever the tile size and dimension).
+_BATCH_PIXELS = 2**19
 
 
 @dataclass
@@ -172,120 +178,208 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def _measure_tile(reference, moving, transform, start, tile_size, options):
-    """Where the tile's measurement point lies in the moving image: (point, position, sigma,
-    confidence), or None when the moving tile leaves the image."""
+def _sample_tiles(moving, coordinates: np.ndarray, order: int, prefiltered: bool) -> np.ndarray:
+    """The moving image at a stack of tiles' coordinates, shape (m, ndim, *tile_shape): one
+    ``map_coordinates`` call for an in-memory image (spline-filtered already, or order <= 1),
+    else tile by tile, reading only each tile's box."""
+    ndim = coordinates.shape[1]
+    if isinstance(moving, np.ndarray) and (prefiltered or order <= 1):
+        flat = np.moveaxis(coordinates, 1, 0).reshape(ndim, -1)
+        out = ndi.map_coordinates(moving, flat, order=order, mode="mirror", prefilter=False)
+        return out.reshape(coordinates.shape[:1] + coordinates.shape[2:])
+    options = {"order": order, "mode": "mirror", "prefiltered": prefiltered}
+    return np.stack([sample(moving, c, **options) for c in coordinates])
+
+
+def _inner_gradients(tiles: np.ndarray, inner: tuple) -> np.ndarray:
+    """Gradients of a stack of tiles (m, *tile_shape) along the tile axes, at the inner
+    pixels: shape (m, inner pixels, ndim)."""
+    axes = tuple(range(1, tiles.ndim))
+    gradients = np.gradient(tiles, axis=axes)
+    if len(axes) == 1:
+        gradients = [gradients]
+    return np.stack([g[inner].reshape(len(tiles), -1) for g in gradients], axis=2)
+
+
+def _solve(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Batched ``solve(normal[i], rhs[i])``; NaN rows where a system is singular."""
+    try:
+        return np.linalg.solve(normal, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        out = np.full(rhs.shape, np.nan)
+        for i, (a, b) in enumerate(zip(normal, rhs, strict=True)):
+            with contextlib.suppress(np.linalg.LinAlgError):
+                out[i] = np.linalg.solve(a, b)
+        return out
+
+
+def _tile_coordinates(linear, offset, offsets, origins, shift, jacobian, point) -> np.ndarray:
+    """``A(p - shift - jacobian (p - point))`` at the pixels ``p = origin + offset`` of each
+    tile, for the affine map ``A(x) = linear x + offset``: shape (tiles, pixels, ndim). One
+    affine map per tile, applied to the shared offsets axis by axis (a matmul of many short
+    rows is slow)."""
+    ndim = len(offset)
+    tile_linear = linear @ (np.eye(ndim) - jacobian)
+    correction = np.einsum("kij,kj->ki", jacobian, point - origins) - shift
+    tile_offset = offset + (origins + correction) @ linear.T
+    q = np.repeat(tile_offset[:, None, :], len(offsets), axis=1)
+    for j in range(ndim):
+        q += offsets[None, :, j, None] * tile_linear[:, None, :, j]
+    return q
+
+
+def _measure_batch(reference, moving, transform, starts, tile_size, options):
+    """Where each tile's measurement point lies in the moving image, for tiles at `starts`
+    measured together (the Lucas–Kanade normal equations of all tiles in batched NumPy):
+    arrays (point, position, sigma, confidence), sigma NaN for a tile whose moving tile
+    leaves the image or whose fit diverges."""
     order, search, prefiltered, local = options
     ndim = reference.ndim
-    outer = tuple(slice(s - _MARGIN, s + tile_size + _MARGIN) for s in start)
-    inner = (slice(_MARGIN, -_MARGIN),) * ndim
-    reference_tile = np.asarray(reference[outer], dtype=np.float64)
-    grid = np.indices(reference_tile.shape, dtype=np.float64).reshape(ndim, -1).T
-    grid += np.array([s.start for s in outer])
+    m = len(starts)
+    side = tile_size + 2 * _MARGIN
+    shape = (side,) * ndim
+    inner = (slice(None),) + (slice(_MARGIN, -_MARGIN),) * ndim
+    origins = np.asarray(starts, dtype=np.int64).reshape(m, ndim) - _MARGIN
+    pixels = np.indices(shape, dtype=np.float64).reshape(ndim, -1).T
+    grid = origins[:, None, :] + pixels
+    reference_tiles = np.stack(
+        [
+            np.asarray(reference[tuple(slice(o, o + side) for o in origin)], dtype=np.float64)
+            for origin in origins
+        ]
+    )
     moving_shape = np.asarray(moving.shape)
+    smoothing = (0.0,) + (SMOOTHING,) * ndim
+    erosion = ndi.generate_binary_structure(ndim, 1)[None]  # tile by tile
 
     # The moving tile is sampled at T(p - shift - jacobian (p - point)): a local affine
     # correction (used for local tiles only), so that a deformation varying across the tile
     # is measured at `point` without bias.
-    jacobian = np.zeros((ndim, ndim))
-    point = np.zeros(ndim)
+    shift = np.zeros((m, ndim))
+    jacobian = np.zeros((m, ndim, ndim))
+    point = np.zeros((m, ndim))
     frozen_field = None
+    deformable = isinstance(transform, DeformableTransform)
+    affine = transform.affine if deformable else transform
 
-    def moving_coordinates(points):
+    def moving_tiles(index):
+        """The moving tiles `index`, which of their inner pixels are real data (inside the
+        moving image, also after the smoothing: tiles at the border count with those only),
+        and whether enough are."""
         # A deformable transform's field is evaluated once per tile (at the search's start):
         # the tile's own small shifts change it by less than its gradient times the shift,
         # which the next round measures; the position returned uses the exact transform.
-        if frozen_field is None:
-            return transform.moving_coordinates(points)
-        return transform.affine.moving_coordinates(points) + frozen_field
-
-    def moving_tile(shift):
-        """The moving tile, and which of its inner pixels are real data (inside the moving
-        image, also after the smoothing): tiles at the border count with those only."""
-        q = moving_coordinates(grid - shift - (grid - point) @ jacobian.T)
-        inside = np.all((q >= 0) & (q <= moving_shape - 1), axis=1).reshape(reference_tile.shape)
+        per_tile = (pixels, origins[index], shift[index], jacobian[index], point[index])
+        q = _tile_coordinates(affine.linear, affine.offset, *per_tile)
+        if frozen_field is not None:
+            q += frozen_field[index]
+        elif deformable:
+            p = _tile_coordinates(np.eye(ndim), np.zeros(ndim), *per_tile)
+            q += transform.field(p.reshape(-1, ndim)).reshape(q.shape)
+        inside = np.all((q >= 0) & (q <= moving_shape - 1), axis=2).reshape(-1, *shape)
         if not inside.all():
-            inside = ndi.binary_erosion(inside, iterations=3, border_value=1)
-        inside = inside[inner].ravel()
-        if inside.mean() < MIN_INSIDE:
-            return None, inside
+            inside = ndi.binary_erosion(inside, erosion, iterations=3, border_value=1)
+        inside = inside[inner].reshape(len(index), -1)
         q = np.clip(q, 0, moving_shape - 1)  # outside pixels are masked: read nothing there
-        coordinates = q.T.reshape(ndim, *reference_tile.shape)
-        tile = sample(moving, coordinates, order=order, mode="mirror", prefiltered=prefiltered)
-        return tile, inside
+        coordinates = np.moveaxis(q, 2, 1).reshape(len(index), ndim, *shape)
+        tiles = _sample_tiles(moving, coordinates, order, prefiltered)
+        return tiles, inside, inside.mean(axis=1) >= MIN_INSIDE
 
-    shift = np.zeros(ndim)
-    first, inside = moving_tile(shift)
-    if first is None:
-        return None
+    if deformable and not search:
+        # The search's start is the first sample: one field evaluation serves both.
+        frozen_field = transform.field(grid.reshape(-1, ndim)).reshape(m, -1, ndim)
+    tiles, inside, alive = moving_tiles(np.arange(m))
     if search:
-        masked = np.where(inside.reshape(first[inner].shape), first[inner], first[inner].mean())
-        shift = _integer_shift(reference_tile[inner], masked)
-    if isinstance(transform, DeformableTransform):
-        axes = [np.arange(s.start, s.stop) - d for s, d in zip(outer, shift, strict=True)]
-        frozen_field = transform.field_on_grid(axes).reshape(ndim, -1).T
-    smooth_reference = ndi.gaussian_filter(reference_tile, SMOOTHING)
-    reference_gradient = [g[inner].ravel() for g in np.gradient(smooth_reference)]
-    target = smooth_reference[inner].ravel()
-    points = grid.reshape(*reference_tile.shape, ndim)[inner].reshape(-1, ndim)
+        for i in np.flatnonzero(alive):
+            first = tiles[i][inner[1:]]
+            masked = np.where(inside[i].reshape(first.shape), first, first.mean())
+            shift[i] = _integer_shift(reference_tiles[i][inner[1:]], masked)
+    if deformable and search:
+        frozen_field = transform.field((grid - shift[:, None]).reshape(-1, ndim))
+        frozen_field = frozen_field.reshape(m, -1, ndim)
+    smooth_reference = ndi.gaussian_filter(reference_tiles, smoothing)
+    reference_gradient = _inner_gradients(smooth_reference, inner)
+    target = smooth_reference[inner].reshape(m, -1)
+    points = grid.reshape(m, *shape, ndim)[inner].reshape(m, -1, ndim)
     if local:
         # A Gaussian window makes the tile local (a deformation is averaged over less).
         sigma_window = tile_size / LOCAL_WINDOW
-        offsets = points - points.mean(axis=0)
-        weights = np.exp(-0.5 * (offsets**2).sum(axis=1) / sigma_window**2)
+        offsets = points - points.mean(axis=1, keepdims=True)
+        base_weights = np.exp(-0.5 * (offsets**2).sum(axis=2) / sigma_window**2)
     else:
-        weights = np.ones(len(points))
+        base_weights = np.ones(points.shape[:2])
     # The shift measured is that of the textured parts: attribute it to their centroid
     # (weighted by gradient energy), not the tile's centre, so that a varying displacement
     # is sampled at the right place.
-    energy = weights * inside * sum(g * g for g in reference_gradient)
-    point = energy @ points / energy.sum()
-    relative = points - point
-    gain = 1.0
-    base_weights = weights
+    energy = base_weights * inside * (reference_gradient**2).sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = np.einsum("kp,kpi->ki", energy, points) / energy.sum(axis=1)[:, None]
+    relative = points - point[:, None]
+    gain = np.ones(m)
+    sigma = np.full(m, np.nan)
+    confidence = np.full(m, np.nan)
     # Without a search step, the first sample is the first iteration's.
-    tile = first if not np.any(shift) else None
-    for _ in range(_LK_ITERATIONS):
-        if tile is None:
-            tile, inside = moving_tile(shift)
-            if tile is None:
-                return None
-        weights = base_weights * inside
-        tile = ndi.gaussian_filter(tile, SMOOTHING)
-        observed = tile[inner].ravel()
+    stale = np.any(shift != 0, axis=1)
+    active = alive.copy()
+    for iteration in range(_LK_ITERATIONS):
+        resample = np.flatnonzero(active & stale)
+        if len(resample):
+            tiles[resample], inside[resample], enough = moving_tiles(resample)
+            active[resample[~enough]] = False
+        index = np.flatnonzero(active)
+        if not len(index):
+            break
+        weights = base_weights[index] * inside[index]
+        smooth = ndi.gaussian_filter(tiles[index], smoothing)
+        observed = smooth[inner].reshape(len(index), -1)
         # The tile at p - shift - delta is the tile at p - shift minus gradient . delta, and
         # should be gain * reference + offset: observed = gain * ref + offset + gradient . delta.
         # The gradient is the mean of both tiles' (ESM), which cancels the first-order bias.
-        tile_gradient = [g[inner].ravel() for g in np.gradient(tile)]
-        pairs = zip(reference_gradient, tile_gradient, strict=True)
-        gradient = [(gain * a + b) / 2 for a, b in pairs]
-        columns = [target, np.ones_like(target), *gradient]
+        gradient = (gain[index, None, None] * reference_gradient[index]) + _inner_gradients(
+            smooth, inner
+        )
+        gradient /= 2
+        columns = [target[index], np.ones_like(observed), *np.moveaxis(gradient, 2, 0)]
         if local:
-            columns += [g * x for g in gradient for x in relative.T]
-        design = np.column_stack(columns)
-        weighted = design * weights[:, None]
-        normal = weighted.T @ design
-        solution = np.linalg.solve(normal, weighted.T @ observed)
-        gain, delta = solution[0], solution[2 : 2 + ndim]
-        shift = shift + delta
+            rel = relative[index]
+            columns += [gradient[..., a] * rel[..., b] for a in range(ndim) for b in range(ndim)]
+        design = np.stack(columns, axis=2)
+        weighted = design * weights[..., None]
+        normal = np.matmul(weighted.transpose(0, 2, 1), design)
+        solution = _solve(normal, np.einsum("kpi,kp->ki", weighted, observed))
+        failed = ~np.isfinite(solution).all(axis=1)
+        gain[index] = solution[:, 0]
+        shift[index] += solution[:, 2 : 2 + ndim]
         if local:
-            jacobian = jacobian + solution[2 + ndim :].reshape(ndim, ndim)
-            if np.abs(jacobian).max() > 0.5:
-                return None
-        if np.abs(solution[2:]).max() < _LK_TOLERANCE:
-            break  # the last update is negligible: its tile and fit are the final ones
-        if np.abs(shift).max() > tile_size / 2:
-            return None
-        tile = None
-    residual = (observed - design @ solution) * inside
-    # Weighted least squares: cov = N^-1 (X' W^2 X) N^-1 * residual variance.
-    inverse = np.linalg.inv(normal)
-    meat = (design * weights[:, None] ** 2).T @ design
-    variance = (weights * residual * residual).sum() / max(weights.sum() - design.shape[1], 1)
-    covariance = (inverse @ meat @ inverse)[2 : 2 + ndim, 2 : 2 + ndim] * variance
-    sigma = math.sqrt(max(np.trace(covariance) / ndim, 0.0))
-    position = transform.moving_coordinates((point - shift)[None])[0]
-    return point, position, sigma, pearson(target[inside], observed[inside])
+            jacobian[index] += solution[:, 2 + ndim :].reshape(-1, ndim, ndim)
+            failed |= np.abs(jacobian[index]).reshape(len(index), -1).max(axis=1) > 0.5
+        # A negligible last update: its tile and fit are the final ones.
+        converged = ~failed & (np.abs(solution[:, 2:]).max(axis=1) < _LK_TOLERANCE)
+        failed |= ~converged & (np.abs(shift[index]).max(axis=1) > tile_size / 2)
+        finished = ~failed & (converged | (iteration == _LK_ITERATIONS - 1))
+        done = index[finished]
+        if len(done):
+            design, weights, solution = design[finished], weights[finished], solution[finished]
+            residual = (observed[finished] - np.einsum("kpi,ki->kp", design, solution)) * inside[
+                done
+            ]
+            # Weighted least squares: cov = N^-1 (X' W^2 X) N^-1 * residual variance.
+            inverse = np.linalg.inv(normal[finished])
+            meat = np.matmul((design * weights[..., None] ** 2).transpose(0, 2, 1), design)
+            dof = np.maximum(weights.sum(axis=1) - design.shape[2], 1)
+            variance = (weights * residual * residual).sum(axis=1) / dof
+            covariance = (inverse @ meat @ inverse)[:, 2 : 2 + ndim, 2 : 2 + ndim]
+            trace = np.trace(covariance, axis1=1, axis2=2) * variance
+            sigma[done] = np.sqrt(np.maximum(trace / ndim, 0.0))
+            for i, values in zip(done, observed[finished], strict=True):
+                confidence[i] = pearson(target[i][inside[i]], values[inside[i]])
+        active[index[failed | finished]] = False
+        stale[:] = True
+    measured = np.isfinite(sigma)
+    position = np.full((m, ndim), np.nan)
+    if measured.any():
+        position[measured] = transform.moving_coordinates(point[measured] - shift[measured])
+    return point, position, sigma, confidence
 
 
 def measure_tiles(
@@ -341,17 +435,20 @@ def measure_tiles(
     prefiltered = isinstance(moving, np.ndarray) and order > 1
     if prefiltered:
         moving = ndi.spline_filter(moving.astype(np.float64), order=order, mode="mirror")
-    centers, positions, sigmas, confidences = [], [], [], []
     threshold = MIN_TEXTURE * np.median(scores) if len(scores) else 0.0
-    for start, score in zip(starts, scores, strict=True):
-        if score <= threshold:
-            continue
-        options = (order, search, prefiltered, local)
-        measured = _measure_tile(reference, moving, transform, start, tile_size, options)
-        if measured is None or measured[3] < MIN_CONFIDENCE:
-            continue
-        for values, value in zip((centers, positions, sigmas, confidences), measured, strict=True):
-            values.append(value)
+    textured = [start for start, score in zip(starts, scores, strict=True) if score > threshold]
+    options = (order, search, prefiltered, local)
+    measured = [[], [], [], []]
+    batch_size = max(1, _BATCH_PIXELS // (tile_size + 2 * _MARGIN) ** reference.ndim)
+    for first in range(0, len(textured), batch_size):
+        batch = textured[first : first + batch_size]
+        values = _measure_batch(reference, moving, transform, batch, tile_size, options)
+        keep = np.isfinite(values[2]) & (values[3] >= MIN_CONFIDENCE)
+        for out, value in zip(measured, values, strict=True):
+            out.append(value[keep])
+    centers, positions, sigmas, confidences = (
+        np.concatenate(v) if v else np.empty(0) for v in measured
+    )
     n, ndim = len(centers), reference.ndim
     return TileReport(
         np.reshape(centers, (n, ndim)),
