@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 import numpy as np
@@ -294,7 +294,10 @@ def register(
     model = _check_model(model)
     if model != "translation":
         _check_model_support(model, plan)
-        reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
+        if plan.per_plane is None:
+            reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
+        else:
+            reg = _register_planes_model(ref_levels[0], mov_levels[0], model, plan, progress)
     elif plan.per_plane is None:
         reg = _register_whole(ref_levels, mov_levels, plan, progress)
     else:
@@ -316,6 +319,17 @@ def _check_model(model) -> str:
 
 def _check_model_support(model: str, plan: RegistrationPlan) -> None:
     """Raise unless the images are ones a non-translation `model` is estimated on now."""
+    if plan.per_plane is not None:
+        # Per plane: every plane must be an image the model is estimated on.
+        plane_shape = tuple(n for ax, n in enumerate(plan.shape) if ax != plan.per_plane)
+        if len(plane_shape) != 2 or plan.plane_axes != (0, 1):
+            raise ValueError(
+                f"model={model!r} with per_plane needs 2D planes, all of whose axes are "
+                f"registered (a 3D stack), got planes of shape {plane_shape} along axis "
+                f"{plan.per_plane} of images of shape {plan.shape}, registered axes "
+                f"{plan.axes}; use model='translation'"
+            )
+        plan = replace(plan, shape=plane_shape, axes=(0, 1), per_plane=None, reference_plane=None)
     supported = (
         f"model={model!r} is supported for single 2D images of at most max_size**2 = "
         f"{plan.max_size**2} pixels (sides <= {plan.max_size}); use model='translation'"
@@ -360,6 +374,52 @@ def _register_model(reference, moving, model: str, progress) -> Registration:
         notes=tuple(notes),
         transform=transform,
         tiles=est.tiles,
+    )
+
+
+def _register_planes_model(reference, moving, model: str, plan, progress) -> Registration:
+    """A rigid, similarity, affine or deformable transform per 2D plane of a stack."""
+    axis, n_planes, ndim = plan.per_plane, plan.shape[plan.per_plane], len(plan.shape)
+    tracker = _Progress(progress, n_planes)
+    fixed = None
+    if plan.reference_plane is not None:
+        (fixed,) = read_regions([(reference, plane_index(ndim, axis, plan.reference_plane))])
+    planes = []
+    for t in range(n_planes):
+        index = plane_index(ndim, axis, t)
+        if fixed is None:
+            ref_t, mov_t = read_regions([(reference, index), (moving, index)])
+        else:
+            ref_t, (mov_t,) = fixed, read_regions([(moving, index)])
+        planes.append(_register_model(ref_t, mov_t, model, None))
+        tracker.reach(t + 1)
+    shifts = np.array([np.insert(p.shift, axis, 0.0) for p in planes])
+    qualities = np.array([p.quality for p in planes])
+    methods = sorted({p.method for p in planes})
+    return Registration(
+        shift=tuple(np.median(shifts, axis=0)),
+        shifts=shifts,
+        per_plane=axis,
+        reference_plane=plan.reference_plane,
+        quality=float(qualities.min()),
+        qualities=qualities,
+        reliable=all(p.reliable for p in planes),
+        method="per plane: " + (methods[0] if len(methods) == 1 else f"{methods[0]}, ..."),
+        notes=_plane_notes([(p.reliable, p.notes) for p in planes]),
+        transforms=tuple(p.transform for p in planes),
+        tiles=tuple(p.tiles for p in planes),
+    )
+
+
+def _plane_notes(planes) -> tuple[str, ...]:
+    """The note of a per-plane registration: ``planes`` is ``(reliable, notes)`` per plane."""
+    unreliable = [t for t, (reliable, _) in enumerate(planes) if not reliable]
+    if not unreliable:
+        return ()
+    first = "; ".join(planes[unreliable[0]][1])
+    return (
+        f"{len(unreliable)} of {len(planes)} planes unreliable (first: plane "
+        f"{unreliable[0]}: {first})",
     )
 
 
@@ -441,14 +501,6 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
         tracker.reach((t + 1) * steps)
     shifts = np.array([np.insert(e.shift, per_plane, 0.0) for e in ests])
     qualities = np.array([e.quality for e in ests])
-    unreliable = [t for t, e in enumerate(ests) if not e.reliable]
-    notes = []
-    if unreliable:
-        first = ests[unreliable[0]]
-        notes.append(
-            f"{len(unreliable)} of {n_planes} planes unreliable (first: plane "
-            f"{unreliable[0]}: {'; '.join(first.notes)})"
-        )
     return Registration(
         shift=tuple(np.median(shifts, axis=0)),
         shifts=shifts,
@@ -456,11 +508,11 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
         reference_plane=reference_plane,
         quality=float(qualities.min()),
         qualities=qualities,
-        reliable=not unreliable,
+        reliable=all(e.reliable for e in ests),
         error=float(np.nanmax([e.error for e in ests])) if ests else float("nan"),
         peak_ratio=float(min(e.peak_ratio for e in ests)),
         method="per plane: " + ", ".join(sorted(methods)),
-        notes=tuple(notes),
+        notes=_plane_notes([(e.reliable, e.notes) for e in ests]),
     )
 
 
