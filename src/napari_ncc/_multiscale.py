@@ -365,6 +365,12 @@ def rescaled(registration, factors):
         shift=tuple(np.asarray(registration.shift) / factors),
         shifts=None if registration.shifts is None else registration.shifts / factors,
         transform=_rescaled_transform(registration.transform, factors),
+        transforms=None
+        if registration.transforms is None
+        else tuple(
+            _rescaled_transform(t, np.delete(factors, registration.per_plane))
+            for t in registration.transforms
+        ),
     )
 
 

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from ._transform import MODELS, AffineTransform, DeformableTransform, transform_from_dict
 from ._validation import check_image, check_order, interpolated_dtype, is_dask, snap_shift
 
-__all__ = ["MODELS", "Registration", "RegistrationWarning", "plane_index"]
+__all__ = ["MODELS", "Registration", "RegistrationWarning", "inside_box", "plane_index"]
 
 
 class RegistrationWarning(UserWarning):
@@ -529,15 +529,8 @@ class Registration:
 
             return covered_block(self.transform, start, block_shape, shape)
         region = self.valid_region(shape)
-        inside = [
-            (np.arange(a, a + n) >= sl.start) & (np.arange(a, a + n) < sl.stop)
-            for a, n, sl in zip(start, block_shape, region, strict=True)
-        ]
-        ndim = len(inside)
-        grids = [
-            v.reshape([-1 if i == ax else 1 for i in range(ndim)]) for ax, v in enumerate(inside)
-        ]
-        return np.broadcast_to(functools.reduce(np.logical_and, grids), tuple(block_shape)).copy()
+        lo, hi = [sl.start for sl in region], [sl.stop for sl in region]
+        return inside_box(block_shape, start, lo, hi)
 
     def to_dict(self) -> dict:
         """A JSON-able description (for layer metadata or zarr attributes).
@@ -612,6 +605,25 @@ def plane_index(ndim: int, axis: int, t) -> tuple:
     index = [slice(None)] * ndim
     index[axis] = t
     return tuple(index)
+
+
+def inside_box(shape, location, lo, hi) -> np.ndarray:
+    """True where ``lo <= position < hi`` on every axis, for a block of `shape` at `location`.
+
+    Examples
+    --------
+    >>> inside_box((2, 3), (1, 0), (2, 1), (5, 5)).astype(int).tolist()
+    [[0, 0, 0], [0, 1, 1]]
+    """
+    vecs = [
+        (np.arange(start, start + n) >= a) & (np.arange(start, start + n) < b)
+        for n, start, a, b in zip(shape, location, lo, hi, strict=True)
+    ]
+    ndim = len(vecs)
+    open_mesh = [
+        v.reshape([-1 if i == ax else 1 for i in range(ndim)]) for ax, v in enumerate(vecs)
+    ]
+    return functools.reduce(np.logical_and, open_mesh, np.ones((1,) * ndim, dtype=bool))
 
 
 def _tile_counts(tiles) -> dict | None:

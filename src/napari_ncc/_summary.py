@@ -183,6 +183,8 @@ def describe(result: dict) -> list[str]:
     names = result.get("axes_names")
     if reg is None:
         lines.append("registration: skipped (the images are compared as they are)")
+    elif reg.get("transforms") is not None:
+        lines.extend(describe_plane_transforms(reg, names))
     elif reg.get("shifts") is not None:
         shifts = np.asarray(reg["shifts"], dtype=float)
         qualities = reg.get("qualities") or [None] * len(shifts)
@@ -243,25 +245,100 @@ def describe_transform(registration: dict) -> list[str]:
     from ._transform import transform_from_dict
 
     transform = transform_from_dict(registration["transform"])
-    affine = transform.affine
-    parts = [f"transform: {transform.model}"]
-    if affine.ndim == 2:
-        parts.append(f"angle {affine.angle:+.2f} deg")
-    parts.append(f"scale {affine.scale:.4f}")
+    parts = [f"transform: {transform.model}", *_angle_scale(transform)]
     parts.append(f"shift at the centre {format_shift(registration['shift'])}")
     lines = [", ".join(parts)]
     if transform.model == "deformable":
-        lengths = np.linalg.norm(
-            np.asarray(transform.displacement).reshape(affine.ndim, -1), axis=0
-        )
+        lengths = _field_lengths(transform)
         lines.append(
             f"  field: largest displacement {lengths.max():.2f} px, median "
             f"{np.median(lengths):.2f} px ({lengths.size} nodes)"
         )
-    tiles = registration.get("tiles")
-    if tiles:
-        lines.append(f"  tiles: {tiles['count']}, {tiles['rejected']} rejected as outliers")
+    lines.extend(_tile_lines(registration.get("tiles")))
     return lines
+
+
+def describe_plane_transforms(
+    registration: dict, axis_names: Sequence[str] | None = None, max_planes: int = 10
+) -> list[str]:
+    """Lines describing a per-plane registration with transforms (``to_dict()`` output).
+
+    The model and the planes, the range of the angle and scale over the planes, then one
+    line per plane (the first `max_planes`): angle, scale, shift at its centre, quality.
+
+    Examples
+    --------
+    >>> from napari_ncc._transform import AffineTransform
+    >>> ts = [AffineTransform.from_rotation(a, center=(32, 32)) for a in (0.0, 1.5)]
+    >>> reg = {"per_plane": 0, "shifts": [[0, 0, 0], [0, 0.5, -1]],
+    ...        "transforms": [t.to_dict() for t in ts], "qualities": [0.99, 0.97]}
+    >>> for line in describe_plane_transforms(reg):
+    ...     print(line)
+    registration: 2 rigid transforms, one per plane along axis 0, plane t onto plane t
+      over the planes: angle +0.00 to +1.50 deg, scale 1.0000 to 1.0000
+      plane 0: angle +0.00 deg, scale 1.0000, shift at the centre y +0.00, x +0.00 px  (quality 0.990)
+      plane 1: angle +1.50 deg, scale 1.0000, shift at the centre y +0.50, x -1.00 px  (quality 0.970)
+    """  # noqa: E501
+    from ._transform import transform_from_dict
+
+    transforms = [transform_from_dict(t) for t in registration["transforms"]]
+    shifts = np.asarray(registration["shifts"], dtype=float)
+    axis = registration["per_plane"]
+    in_plane = [ax for ax in range(shifts.shape[1]) if ax != axis]
+    names = None
+    if axis_names and len(axis_names) == shifts.shape[1]:
+        names = [axis_names[ax] for ax in in_plane]
+    qualities = registration.get("qualities") or [None] * len(transforms)
+    onto = registration.get("reference_plane")
+    onto = "plane t onto plane t" if onto is None else f"each onto plane {onto} of REFERENCE"
+    model = transforms[0].model
+    lines = [
+        f"registration: {len(transforms)} {model} transforms, one per plane along axis "
+        f"{axis}, {onto}"
+    ]
+    linear = [t.affine for t in transforms]
+    ranges = []
+    if linear[0].ndim == 2:
+        angles = [a.angle for a in linear]
+        ranges.append(f"angle {min(angles):+.2f} to {max(angles):+.2f} deg")
+    scales = [a.scale for a in linear]
+    ranges.append(f"scale {min(scales):.4f} to {max(scales):.4f}")
+    lines.append("  over the planes: " + ", ".join(ranges))
+    if model == "deformable":
+        largest = [float(_field_lengths(t).max()) for t in transforms]
+        worst = int(np.argmax(largest))
+        lines.append(
+            f"  field: largest displacement {largest[worst]:.2f} px (plane {worst}), "
+            f"median over the planes {np.median(largest):.2f} px"
+        )
+    for t, (transform, quality) in enumerate(zip(transforms, qualities, strict=False)):
+        if t == max_planes:
+            lines.append(f"  ... {len(transforms) - t} more planes (all stored with the map)")
+            break
+        quality = "" if quality is None else f"  (quality {format_number(quality)})"
+        parts = [f"  plane {t}: " + ", ".join(_angle_scale(transform))]
+        parts.append(f"shift at the centre {format_shift(shifts[t][in_plane], names)}{quality}")
+        lines.append(", ".join(parts))
+    lines.extend(_tile_lines(registration.get("tiles")))
+    return lines
+
+
+def _angle_scale(transform) -> list[str]:
+    affine = transform.affine
+    parts = [f"angle {affine.angle:+.2f} deg"] if affine.ndim == 2 else []
+    return [*parts, f"scale {affine.scale:.4f}"]
+
+
+def _field_lengths(transform) -> np.ndarray:
+    ndim = transform.ndim
+    return np.linalg.norm(np.asarray(transform.displacement).reshape(ndim, -1), axis=0)
+
+
+def _tile_lines(tiles: dict | None) -> list[str]:
+    if not tiles:
+        return []
+    planes = f" over {tiles['planes']} planes" if tiles.get("planes") else ""
+    return [f"  tiles: {tiles['count']}{planes}, {tiles['rejected']} rejected as outliers"]
 
 
 def _axis_names(ndim: int) -> list[str]:
@@ -284,7 +361,10 @@ def describe_registration(registration, same_layer: bool = False) -> str:
     shift = ", ".join(
         f"{names[ax]} {format_number(registration.shift[ax], 2, signed=True)}" for ax in axes
     )
-    if registration.transform is not None:
+    if registration.transforms is not None:
+        lines.extend(describe_plane_transforms(registration.to_dict()))
+        lines.append(f"registration quality: {registration.quality:.2f} (lowest plane)")
+    elif registration.transform is not None:
         lines.extend(describe_transform(registration.to_dict()))
         lines.append(f"registration quality: {registration.quality:.2f}")
     elif registration.shifts is None:
