@@ -323,3 +323,40 @@ def test_bad_arguments_raise_clear_errors(rng, rigid_case):
         reg.plane_registration(PLANES)
     with pytest.raises(ValueError, match="per-plane registration"):
         Registration(shift=(0.0, 0.0)).plane_registration(0)
+
+
+def test_cli_compare_with_model_per_plane_on_a_tiff_stack(rigid_case, tmp_path):
+    import tifffile
+    import zarr
+
+    from test_cli import assert_one_line_error, run
+
+    reference, moving, matrices, _, _ = rigid_case
+    stack = {"photometric": "minisblack", "metadata": {"axes": "TYX"}}
+    tifffile.imwrite(tmp_path / "ref.tif", reference.astype(np.float32), **stack)
+    tifffile.imwrite(tmp_path / "mov.tif", moving.astype(np.float32), **stack)
+    out = tmp_path / "ncc.zarr"
+    args = ("compare", tmp_path / "ref.tif", tmp_path / "mov.tif", "-o", out, "--radius", "4")
+    result = run(*args, "--per-plane", "0", "--model", "rigid", "--json", "-q")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    back = Registration.from_dict(printed["registration"])
+    assert back.model == "rigid" and len(back.transforms) == PLANES
+    points = interior_points(N, count=9)
+    for t, matrix in enumerate(matrices):
+        mapped = back.moving_coordinates(_stack_points(t, points))[:, 1:]
+        assert np.abs(mapped - _truth(matrix, points)).max() <= 0.25
+    assert printed["summary"]["mean"] > 0.5
+    stored = zarr.open_array(out, mode="r").attrs.asdict()
+    assert json.dumps(stored).count('"model": "rigid"') >= PLANES
+    text = run(*args, "--per-plane", "0", "--model", "rigid", "--overwrite")
+    assert text.returncode == 0, text.stderr
+    assert f"registration: {PLANES} rigid transforms, one per plane along axis 0" in text.stdout
+    assert "over the planes: angle" in text.stdout and "plane 3: angle +2.1" in text.stdout
+    tifffile.imwrite(tmp_path / "plane.tif", reference[0].astype(np.float32))
+    plane = tmp_path / "plane.tif"
+    bad = run(
+        "compare", plane, plane, "-o", tmp_path / "bad.zarr", "--per-plane", "0", "--model",
+        "rigid", "-q",
+    )  # fmt: skip
+    assert_one_line_error(bad, 1, "model='rigid' with per_plane needs 2D planes")
