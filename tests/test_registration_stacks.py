@@ -360,3 +360,22 @@ def test_cli_compare_with_model_per_plane_on_a_tiff_stack(rigid_case, tmp_path):
         "rigid", "-q",
     )  # fmt: skip
     assert_one_line_error(bad, 1, "model='rigid' with per_plane needs 2D planes")
+
+
+def test_widget_transform_choice_on_a_stack(make_napari_viewer, qtbot, rigid_case):
+    from test_widget import _open, _run
+
+    reference, moving, matrices, _, _ = rigid_case
+    viewer = make_napari_viewer()
+    ref_layer = viewer.add_image(reference.astype(np.float32), name="reference")
+    mov_layer = viewer.add_image(moving.astype(np.float32), name="moving")
+    widget = _open(viewer)
+    layer = _run(qtbot, widget, reference=ref_layer, moving=mov_layer, model="rigid", per_plane=0)
+    back = Registration.from_dict(layer.metadata["napari_ncc"]["registration"])
+    assert back.model == "rigid" and len(back.transforms) == PLANES
+    points = interior_points(N, count=5)
+    mapped = back.moving_coordinates(_stack_points(3, points))[:, 1:]
+    assert np.abs(mapped - _truth(matrices[3], points)).max() <= 0.25
+    assert "rigid transforms, one per plane" in widget.result.value
+    ncc = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    assert np.median(ncc[:, 40:-40, 40:-40]) > 0.8
