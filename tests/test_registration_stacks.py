@@ -379,3 +379,18 @@ def test_widget_transform_choice_on_a_stack(make_napari_viewer, qtbot, rigid_cas
     assert "rigid transforms, one per plane" in widget.result.value
     ncc = np.asarray(layer.data[0] if layer.multiscale else layer.data)
     assert np.median(ncc[:, 40:-40, 40:-40]) > 0.8
+
+
+def test_write_ncc_with_a_per_plane_registration_stores_it(rigid_case, tmp_path):
+    from napari_ncc import read_image, write_ncc
+
+    reference, moving, _, reg, _ = rigid_case
+    out = write_ncc(
+        reference, moving, tmp_path / "ncc.zarr", radius=4, axes=(1, 2), registration=reg,
+        progress=False,
+    )  # fmt: skip
+    (written,), meta = read_image(out)
+    expected, _ = ncc_confidence(reference, moving, radius=4, per_plane=0, registration=reg)
+    np.testing.assert_allclose(written.compute(), expected, atol=1e-4)
+    back = Registration.from_dict(meta["napari_ncc"]["registration"])
+    np.testing.assert_allclose(back.matrix, reg.matrix)

@@ -2,7 +2,8 @@
 
 :func:`register` validates its arguments once into a :class:`RegistrationPlan`, then
 estimates one translation for the whole image, or one per plane of a stack (read a slab
-of chunks at a time for Dask stacks). Each image or plane is registered in memory
+of chunks at a time for Dask stacks); or another model's transform for a 2D image, or
+one per 2D plane of a stack. Each image or plane is registered in memory
 (:mod:`._phase_correlation`) or, when too large, by a coarse estimate refined on a few
 full-resolution tiles (:mod:`._large_image`). The result is a :class:`Registration`.
 """
@@ -214,9 +215,11 @@ def register(
     model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
         The transform estimated. Other models than "translation" are estimated for 2D
         images of at most ``max_size**2`` pixels (Dask input is computed), whole (no
-        `axes`, `per_plane` or pyramid levels beyond the first), by
+        `axes` or pyramid levels beyond the first), by
         :func:`napari_ncc._estimate_transform.estimate_transform`; the result's
         ``transform`` maps reference to moving pixel coordinates, (row, col) order.
+        With `per_plane`, for each 2D plane of a 3D stack (read one plane at a time):
+        the result's ``transforms`` holds one per plane (see :class:`Registration`).
 
     Returns
     -------
@@ -271,6 +274,17 @@ def register(
     array([ 3.4, -5.2])
     >>> reg.reliable
     True
+
+    Per plane, with a rotating drift (plane ``t`` rotated by ``t`` degrees):
+
+    >>> from napari_ncc._transform import AffineTransform
+    >>> from napari_ncc._warp import warp
+    >>> plane = data.astronaut()[100:356, 150:406, 1].astype(float)
+    >>> drift = [AffineTransform.from_rotation(t, center=(128, 128)) for t in range(3)]
+    >>> stack = np.stack([warp(plane, d.inverse(), order=3) for d in drift])
+    >>> reg = register(np.stack([plane] * 3), stack, model="rigid", per_plane=0)
+    >>> np.round([t.angle for t in reg.transforms], 1) + 0.0  # + 0.0: never -0.0
+    array([0., 1., 2.])
     """
     ref_levels = _as_levels(reference, "reference")
     mov_levels = _as_levels(moving, "moving")
