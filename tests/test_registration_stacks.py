@@ -394,3 +394,27 @@ def test_write_ncc_with_a_per_plane_registration_stores_it(rigid_case, tmp_path)
     np.testing.assert_allclose(written.compute(), expected, atol=1e-4)
     back = Registration.from_dict(meta["napari_ncc"]["registration"])
     np.testing.assert_allclose(back.matrix, reg.matrix)
+
+
+def test_dask_stack_registers_like_numpy_one_plane_at_a_time(rigid_case):
+    reference, moving, _, reg, _ = rigid_case
+    lazy = register(
+        da.from_array(reference, chunks=(2, 112, 112)),
+        da.from_array(moving, chunks=(1, 224, 224)),
+        model="rigid",
+        per_plane=0,
+    )
+    np.testing.assert_allclose(lazy.matrix, reg.matrix, atol=1e-9)
+
+
+def test_a_plane_that_does_not_match_makes_the_stack_unreliable(rigid_case):
+    from napari_ncc import RegistrationWarning
+
+    reference, moving, _, _, _ = rigid_case
+    moving = moving[:3].copy()
+    moving[1] = np.random.default_rng(5).random((N, N))  # plane 1: noise, nothing to match
+    with pytest.warns(RegistrationWarning, match="1 of 3 planes unreliable"):
+        reg = register(reference[:3], moving, model="rigid", per_plane=0)
+    assert not reg.reliable and "first: plane 1" in reg.notes[0]
+    assert reg.qualities[1] < 0.3 < min(reg.qualities[0], reg.qualities[2])
+    assert reg.quality == reg.qualities[1]
