@@ -204,7 +204,8 @@ class Registration:
         """Plane `t` of a per-plane registration, as the registration of that plane alone.
 
         It has ``ndim - 1`` axes (the plane axis left out): a translation, or the plane's
-        transform with its displacement at the centre as `shift`.
+        transform with its displacement at the centre as `shift`. Its `quality` and
+        `tiles` are the plane's; `reliable` and `method` the stack's.
 
         Examples
         --------
