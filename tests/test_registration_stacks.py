@@ -426,3 +426,27 @@ def test_a_plane_that_does_not_match_makes_the_stack_unreliable(rigid_case):
     assert not reg.reliable and "first: plane 1" in reg.notes[0]
     assert reg.qualities[1] < 0.3 < min(reg.qualities[0], reg.qualities[2])
     assert reg.quality == reg.qualities[1]
+
+
+def test_the_plane_axis_may_be_any_axis(rigid_case):
+    # The same transforms on a (y, x, t) stack: every answer is the (t, y, x) one with the
+    # axes moved.
+    _, moving, matrices, _, _ = rigid_case
+    transforms = tuple(AffineTransform(m, "rigid") for m in matrices)
+    shifts = np.zeros((PLANES, 3))
+    first = Registration(shift=(0, 0, 0), shifts=shifts, per_plane=0, transforms=transforms)
+    last = Registration(shift=(0, 0, 0), shifts=shifts, per_plane=2, transforms=transforms)
+    moved = np.moveaxis(moving, 0, -1)
+    np.testing.assert_allclose(np.moveaxis(last.apply(moved), -1, 0), first.apply(moving))
+    lazy = last.apply(da.from_array(moved, chunks=(64, 64, 1)))
+    np.testing.assert_allclose(np.moveaxis(lazy.compute(), -1, 0), first.apply(moving))
+    np.testing.assert_array_equal(
+        np.moveaxis(last.valid_mask(moved.shape), -1, 0), first.valid_mask(moving.shape)
+    )
+    points = _stack_points(3, interior_points(N, count=3))
+    np.testing.assert_allclose(
+        last.moving_coordinates(points[:, [1, 2, 0]])[:, [2, 0, 1]],
+        first.moving_coordinates(points),
+    )
+    order = [2, 0, 1, 3]  # (t, y, x, 1) of first in the axes of last
+    np.testing.assert_allclose(last.matrix[:, order][:, :, order], first.matrix)
