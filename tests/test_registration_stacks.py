@@ -404,15 +404,22 @@ def test_write_ncc_with_a_per_plane_registration_stores_it(rigid_case, tmp_path)
     np.testing.assert_allclose(back.matrix, reg.matrix)
 
 
-def test_dask_stack_registers_like_numpy_one_plane_at_a_time(rigid_case):
+def test_dask_stack_registers_like_numpy_reading_each_chunk_once(rigid_case):
+    from test_warp import CountingArray
+
     reference, moving, _, reg, _ = rigid_case
+    source = CountingArray(moving)
     lazy = register(
-        da.from_array(reference, chunks=(2, 112, 112)),
-        da.from_array(moving, chunks=(1, 224, 224)),
+        da.from_array(reference, chunks=(1, 112, 112)),
+        da.from_array(source, chunks=(2, N, N), asarray=False),
         model="rigid",
         per_plane=0,
     )
     np.testing.assert_allclose(lazy.matrix, reg.matrix, atol=1e-9)
+    # A chunk of two planes is read once, not once per plane (Dask's empty meta reads
+    # aside).
+    planes = sorted(read[0] for read in source.reads if read[0][1] > read[0][0])
+    assert planes == [(0, 2), (2, 4)]
 
 
 def test_a_plane_that_does_not_match_makes_the_stack_unreliable(rigid_case):

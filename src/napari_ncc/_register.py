@@ -393,18 +393,10 @@ def _register_model(reference, moving, model: str, progress) -> Registration:
 
 def _register_planes_model(reference, moving, model: str, plan, progress) -> Registration:
     """A rigid, similarity, affine or deformable transform per 2D plane of a stack."""
-    axis, n_planes, ndim = plan.per_plane, plan.shape[plan.per_plane], len(plan.shape)
-    tracker = _Progress(progress, n_planes)
-    fixed = None
-    if plan.reference_plane is not None:
-        (fixed,) = read_regions([(reference, plane_index(ndim, axis, plan.reference_plane))])
+    axis = plan.per_plane
+    tracker = _Progress(progress, plan.shape[axis])
     planes = []
-    for t in range(n_planes):
-        index = plane_index(ndim, axis, t)
-        if fixed is None:
-            ref_t, mov_t = read_regions([(reference, index), (moving, index)])
-        else:
-            ref_t, (mov_t,) = fixed, read_regions([(moving, index)])
+    for t, ref_t, mov_t in _plane_pairs(reference, moving, plan):
         planes.append(_register_model(ref_t, mov_t, model, None))
         tracker.reach(t + 1)
     shifts = np.array([np.insert(p.shift, axis, 0.0) for p in planes])
@@ -467,7 +459,6 @@ def _register_whole(ref_levels, mov_levels, plan: RegistrationPlan, progress) ->
 def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -> Registration:
     """One translation per plane along ``plan.per_plane``."""
     per_plane, reference_plane, shape0 = plan.per_plane, plan.reference_plane, plan.shape
-    ndim = len(shape0)
     ref0, mov0 = ref_levels[0], mov_levels[0]
     plane_axes = plan.plane_axes
     n_planes = shape0[per_plane]
@@ -486,25 +477,11 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
     steps = 1 if batched else _steps(*plane_levels, plane_axes, plan)
     tracker = _Progress(progress, n_planes * steps)
     if batched:
-        # Small planes of a Dask stack: read them a slab of chunks at a time, so that a
-        # chunk holding several planes is read once, not once per plane.
-        ref_fixed = None
-        if reference_plane is not None:
-            (ref_fixed,) = read_regions([(ref0, plane_index(ndim, per_plane, reference_plane))])
-        chunked = mov0 if is_dask(mov0) else ref0
-        for t0, t1 in _plane_batches(chunked, per_plane, math.prod(plane_shape) * 8):
-            slab = plane_index(ndim, per_plane, slice(t0, t1))
-            if ref_fixed is None:
-                ref_slab, mov_slab = read_regions([(ref0, slab), (mov0, slab)])
-            else:
-                (mov_slab,) = read_regions([(mov0, slab)])
-            for t in range(t0, t1):
-                local = plane_index(ndim, per_plane, t - t0)
-                ref_t = ref_fixed if ref_fixed is not None else ref_slab[local]
-                est, method = _register_one([ref_t], [mov_slab[local]], plane_axes, plan, tracker)
-                ests.append(est)
-                methods.add(method)
-                tracker.reach((t + 1) * steps)
+        for t, ref_t, mov_t in _plane_pairs(ref0, mov0, plan):
+            est, method = _register_one([ref_t], [mov_t], plane_axes, plan, tracker)
+            ests.append(est)
+            methods.add(method)
+            tracker.reach((t + 1) * steps)
     for t in range(n_planes if not batched else 0):
         source = t if reference_plane is None else reference_plane
         ref_t = [_take(level, per_plane, source, shape0) for level in ref_levels]
@@ -528,6 +505,33 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
         method="per plane: " + ", ".join(sorted(methods)),
         notes=_plane_notes([(e.reliable, e.notes) for e in ests]),
     )
+
+
+def _plane_pairs(reference, moving, plan: RegistrationPlan):
+    """``(t, reference plane, moving plane)`` in memory, for every plane t in order.
+
+    Dask stacks are read a slab of chunks at a time, so that a chunk holding several
+    planes is read once, not once per plane; the reference plane is read once.
+    """
+    axis, ndim = plan.per_plane, len(plan.shape)
+    fixed = None
+    if plan.reference_plane is not None:
+        (fixed,) = read_regions([(reference, plane_index(ndim, axis, plan.reference_plane))])
+    chunked = moving if is_dask(moving) else reference
+    if is_dask(chunked):
+        plane_bytes = math.prod(n for ax, n in enumerate(plan.shape) if ax != axis) * 8
+        batches = _plane_batches(chunked, axis, plane_bytes)
+    else:
+        batches = [(t, t + 1) for t in range(plan.shape[axis])]
+    for t0, t1 in batches:
+        slab = plane_index(ndim, axis, slice(t0, t1))
+        if fixed is None:
+            ref_slab, mov_slab = read_regions([(reference, slab), (moving, slab)])
+        else:
+            (mov_slab,) = read_regions([(moving, slab)])
+        for t in range(t0, t1):
+            local = plane_index(ndim, axis, t - t0)
+            yield t, fixed if fixed is not None else ref_slab[local], mov_slab[local]
 
 
 def _plane_batches(image, axis, plane_bytes):
