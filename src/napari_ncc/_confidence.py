@@ -16,9 +16,10 @@ from scipy import ndimage as ndi
 
 from ._lazy import local_ncc
 from ._ncc import check_mask, plan_ncc
+from ._regions import inside_box
 from ._register import is_pyramid
 from ._register import register as _register
-from ._registration import Registration, inside_box
+from ._registration import Registration
 from ._validation import check_image, check_per_plane, check_same_shape, is_dask, normalize_axes
 
 __all__ = ["ncc_confidence"]

@@ -29,7 +29,8 @@ from ._phase_correlation import (
     check_normalization,
     estimate_translation,
 )
-from ._registration import Registration, RegistrationWarning, plane_index
+from ._regions import plane_index
+from ._registration import Registration, RegistrationWarning
 from ._transform import MODELS
 from ._validation import (
     check_image,

@@ -13,7 +13,6 @@ warp through :mod:`napari_ncc._warp`, lazily for Dask input).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -21,10 +20,11 @@ from numbers import Integral
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._regions import inside_box, plane_index, valid_slices
 from ._transform import MODELS, AffineTransform, DeformableTransform, transform_from_dict
 from ._validation import check_image, check_order, interpolated_dtype, is_dask, snap_shift
 
-__all__ = ["MODELS", "Registration", "RegistrationWarning", "inside_box", "plane_index"]
+__all__ = ["MODELS", "Registration", "RegistrationWarning", "plane_index"]
 
 
 class RegistrationWarning(UserWarning):
@@ -447,16 +447,16 @@ class Registration:
         if self.shifts is None:
             if plane is not None:
                 raise ValueError("plane is only meaningful for a per-plane registration")
-            return _valid_slices(shape, self.shift)
+            return valid_slices(shape, self.shift)
         if plane is not None:
             n = len(self.shifts)
             if isinstance(plane, bool) or not isinstance(plane, Integral) or not -n <= plane < n:
                 raise ValueError(f"plane must be an integer in [{-n}, {n}), got {plane!r}")
-            return _valid_slices(shape, self.shifts[plane], skip=self.per_plane)
+            return valid_slices(shape, self.shifts[plane], skip=self.per_plane)
         lo = [0] * len(shape)
         hi = list(shape)
         for plane_shift in self.shifts:
-            for ax, sl in enumerate(_valid_slices(shape, plane_shift, skip=self.per_plane)):
+            for ax, sl in enumerate(valid_slices(shape, plane_shift, skip=self.per_plane)):
                 lo[ax] = max(lo[ax], sl.start)
                 hi[ax] = min(hi[ax], sl.stop)
         return tuple(slice(a, max(a, b)) for a, b in zip(lo, hi, strict=True))
@@ -601,32 +601,6 @@ class Registration:
         )
 
 
-def plane_index(ndim: int, axis: int, t) -> tuple:
-    """Index of plane (or slice of planes) `t` along `axis` of an `ndim`-D array."""
-    index = [slice(None)] * ndim
-    index[axis] = t
-    return tuple(index)
-
-
-def inside_box(shape, location, lo, hi) -> np.ndarray:
-    """True where ``lo <= position < hi`` on every axis, for a block of `shape` at `location`.
-
-    Examples
-    --------
-    >>> inside_box((2, 3), (1, 0), (2, 1), (5, 5)).astype(int).tolist()
-    [[0, 0, 0], [0, 1, 1]]
-    """
-    vecs = [
-        (np.arange(start, start + n) >= a) & (np.arange(start, start + n) < b)
-        for n, start, a, b in zip(shape, location, lo, hi, strict=True)
-    ]
-    ndim = len(vecs)
-    open_mesh = [
-        v.reshape([-1 if i == ax else 1 for i in range(ndim)]) for ax, v in enumerate(vecs)
-    ]
-    return functools.reduce(np.logical_and, open_mesh, np.ones((1,) * ndim, dtype=bool))
-
-
 def _tile_counts(tiles) -> dict | None:
     """How many tiles a fit used and rejected (summed over the planes' reports)."""
     if tiles is None:
@@ -639,20 +613,6 @@ def _tile_counts(tiles) -> dict | None:
     if isinstance(tiles, tuple):
         counts["planes"] = len(reports)
     return counts
-
-
-def _valid_slices(shape, shift, skip=None) -> tuple[slice, ...]:
-    out = []
-    for ax, (n, s) in enumerate(zip(shape, snap_shift(shift).tolist(), strict=True)):
-        if ax == skip:
-            out.append(slice(0, n))
-            continue
-        # x - s must lie in [0, n - 1]; s is snapped, so an integer up to rounding counts
-        # as that integer.
-        lo = min(max(math.ceil(s), 0), n)
-        hi = min(max(math.floor(n - 1 + s) + 1, lo), n)
-        out.append(slice(lo, hi))
-    return tuple(out)
 
 
 def _shift_lazy(image, shift, *, order, mode):
