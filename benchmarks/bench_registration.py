@@ -21,7 +21,15 @@ peak RSS. Then, on small images in memory (``samples``, a few seconds): the wors
 fractional shifts of up to 20 % of the image, on skimage's ``cell`` and ``camera`` and on
 ``cell`` with Gaussian noise of sigma 5 grey levels added to both images.
 
-Run: ``.venv/bin/python benchmarks/bench_registration.py [--size 40000] [--only samples]``
+Then (``models``) the accuracy and time of ``register(model=...)`` for every model
+(translation, rigid, similarity, affine, deformable) on real pictures through known
+transforms, against elastix (``itk-elastix``, the ``bench`` extra: ``pip install
+napari-ncc[bench]``) and scikit-image on the same pairs in the same run: the comparison of
+``benchmarks/bench_transforms.py`` (imported, not repeated here), ending with a table per
+model with each method's time over ours.
+
+Run: ``.venv/bin/python benchmarks/bench_registration.py [--size 40000]
+[--only huge|samples|models] [--models-size 384] [--quick]``
 """
 
 from __future__ import annotations
@@ -173,16 +181,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=40000)
     parser.add_argument("--chunk", type=int, default=4096)
-    parser.add_argument("--only", choices=["huge", "samples"], help="run one part alone")
+    parser.add_argument("--only", choices=["huge", "samples", "models"], help="run one part alone")
+    parser.add_argument(
+        "--models-size", type=int, default=384, help="side of the pairs of the models part"
+    )
+    parser.add_argument("--quick", action="store_true", help="models: fewer pairs")
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scenario:
         print(json.dumps(run_scenario(args.scenario, args.size, args.chunk)))
         return
-    if args.only != "samples":
+    if args.only in (None, "huge"):
         huge_pair(args.size, args.chunk)
-    if args.only != "huge":
+    if args.only in (None, "samples"):
         known_shifts_on_samples()
+    if args.only in (None, "models"):
+        per_model(args.models_size, args.quick)
+
+
+def per_model(size: int, quick: bool) -> None:
+    """Every model against elastix and scikit-image (bench_transforms' comparison)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_transforms
+
+    print(f"\nper model: register(model=...) vs elastix and scikit-image, {size}^2 pairs")
+    rows = bench_transforms.compare(size, quick)
+    print()
+    print("\n".join(bench_transforms.model_table(rows)))
 
 
 def huge_pair(size: int, chunk: int) -> None:

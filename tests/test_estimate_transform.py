@@ -95,5 +95,7 @@ def test_bad_arguments(rng):
     image = rng.random((64, 64))
     with pytest.raises(ValueError, match="model must be one of"):
         estimate_transform(image, image, "projective")
-    with pytest.raises(ValueError, match="2D images"):
-        estimate_transform(rng.random((8, 64, 64)), rng.random((8, 64, 64)), "rigid")
+    with pytest.raises(ValueError, match="2D images or 3D volumes"):
+        estimate_transform(rng.random((2, 8, 64, 64)), rng.random((2, 8, 64, 64)), "rigid")
+    with pytest.raises(ValueError, match="2D images or 3D volumes"):
+        estimate_transform(rng.random((8, 64, 64)), rng.random((64, 64)), "rigid")

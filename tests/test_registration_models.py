@@ -85,8 +85,8 @@ def test_bad_model_and_unsupported_inputs_raise_clear_errors(rng):
     image = rng.normal(size=(32, 32))
     with pytest.raises(ValueError, match="model must be one of 'translation', 'rigid'"):
         register(image, image, model="projective")
-    with pytest.raises(ValueError, match="2D images"):
-        register(rng.normal(size=(4, 32, 32)), rng.normal(size=(4, 32, 32)), model="rigid")
+    with pytest.raises(ValueError, match="2D images and 3D volumes"):
+        register(rng.normal(size=(2, 4, 32, 32)), rng.normal(size=(2, 4, 32, 32)), model="rigid")
     stack = rng.normal(size=(2, 3, 32, 32))  # per plane: 3D planes
     with pytest.raises(ValueError, match="per_plane needs 2D planes"):
         register(stack, stack, model="affine", per_plane=0)

@@ -137,3 +137,18 @@ def test_deformable_validation():
         DeformableTransform(affine, np.zeros((3, 4, 4)), (0, 0), (1, 1))
     with pytest.raises(ValueError, match="spacing positive"):
         DeformableTransform(affine, np.zeros((2, 4, 4)), (0, 0), (0, 1))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_field_on_grid_equals_the_field_at_each_point(rng, ndim):
+    """The separable evaluation against the pointwise B-spline, also far beyond the grid."""
+    displacement = rng.normal(size=(ndim,) + (4,) * ndim)
+    t = DeformableTransform(
+        AffineTransform(np.eye(ndim + 1)), displacement, (3.0,) * ndim, (10.0,) * ndim
+    )
+    axes = [np.sort(rng.uniform(-300, 340, size=5 + d)) for d in range(ndim)]
+    axes[0][0] = 13.0  # exactly on a node
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, ndim)
+    on_grid = t.field_on_grid(axes)
+    assert on_grid.shape == (ndim, *(len(a) for a in axes))
+    np.testing.assert_allclose(on_grid.reshape(ndim, -1).T, t.field(points), atol=1e-9)

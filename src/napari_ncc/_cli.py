@@ -34,6 +34,7 @@ from ._summary import (
     format_shift,
     summarize,
     to_json,
+    transform_summary,
     window_spans_stack,
 )
 from ._validation import check_per_plane, check_same_shape, json_float
@@ -171,6 +172,7 @@ def _report(result: dict, as_json: bool) -> None:
 
 def _parameters(args, registration, inputs) -> dict:
     """What the map was made from: stored with it and printed with --json."""
+    registration = None if registration is None else registration.to_dict()
     return {
         "radius": args.radius if isinstance(args.radius, int) else list(args.radius),
         "window": args.window,
@@ -179,7 +181,9 @@ def _parameters(args, registration, inputs) -> dict:
         "per_plane": args.per_plane,
         "mask": args.mask,
         "min_fraction": args.min_fraction if args.mask is not None else None,
-        "registration": None if registration is None else registration.to_dict(),
+        "registration": registration,
+        # The transform's figures (angle, scale, field), None for a translation.
+        "transform": None if registration is None else transform_summary(registration),
         "inputs": [str(p) for p in inputs],
     }
 

@@ -1,4 +1,5 @@
-"""Estimate a rigid, similarity, affine or deformable transform between two 2D images.
+"""Estimate a rigid, similarity, affine or deformable transform between two 2D images
+or 3D volumes.
 
 A prototype of the estimation behind ``register(model=...)``: the coarse Fourier–Mellin
 stage (:mod:`napari_ncc._rotation_scale`) finds rotation, scale and translation on a
@@ -11,6 +12,9 @@ measurement a tile averages).
 
 A :class:`~napari_ncc._registration.RegistrationWarning` says when the data do not support
 the model: too few textured tiles, or a fit whose residuals are large.
+
+3D volumes take the same rounds after a coarse translation instead of Fourier–Mellin, with
+their own tile size and tile counts (:mod:`napari_ncc._estimate_volume`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._estimate_volume import (
+    VOLUME_GRID_SPACING,
+    VOLUME_MIN_TILES,
+    VOLUME_ROUNDS,
+    coarse_translation,
+    volume_tile_size,
+)
 from ._local_shifts import (
     MIN_TILES,
     TILE_SIZE,
@@ -62,7 +73,7 @@ class TransformEstimate:
     tiles : TileReport
         The last round's local shifts, residuals and rejected tiles.
     coarse : CoarseEstimate
-        The Fourier–Mellin estimate the refinement started from.
+        The Fourier–Mellin estimate the refinement started from (3D: a translation).
     rounds : int
         Tile rounds run.
     reliable : bool
@@ -87,7 +98,9 @@ def _change(a: Transform, b: Transform, points: np.ndarray) -> float:
 
 def _fallback(coarse: AffineTransform, shape, model: str) -> Transform:
     """The coarse transform, projected onto `model` (fitted to it on a grid of points)."""
-    grid = np.stack(np.meshgrid(*[np.linspace(0, n - 1, 5) for n in shape]), -1).reshape(-1, 2)
+    ndim = len(shape)
+    grid = np.stack(np.meshgrid(*[np.linspace(0, n - 1, 5) for n in shape]), -1)
+    grid = grid.reshape(-1, ndim)
     n = len(grid)
     synthetic = TileReport(
         grid,
@@ -102,7 +115,7 @@ def _fallback(coarse: AffineTransform, shape, model: str) -> Transform:
     if model != "deformable":
         return linear
     return DeformableTransform(
-        linear, np.zeros((2, 2, 2)), (0.0, 0.0), tuple(float(s) for s in shape)
+        linear, np.zeros((ndim,) + (2,) * ndim), (0.0,) * ndim, tuple(float(s) for s in shape)
     )
 
 
@@ -111,25 +124,28 @@ def estimate_transform(
     moving: np.ndarray,
     model: str = "affine",
     *,
-    tile_size: int = TILE_SIZE,
+    tile_size: int | None = None,
     rounds: int | None = None,
-    grid_spacing: float = 32.0,
+    grid_spacing: float | None = None,
 ) -> TransformEstimate:
     """Estimate the transform that maps `reference` pixels onto `moving` pixels.
 
     Parameters
     ----------
     reference, moving : ndarray
-        2D images (any real dtype). The moving image may be rotated by any angle, scaled
-        by 0.5-2 and shifted.
+        2D images or 3D volumes (any real dtype). A 2D moving image may be rotated by any
+        angle, scaled by 0.5-2 and shifted; a volume may be rotated by up to about 10°
+        about any axis (:data:`~napari_ncc._estimate_volume.MAX_ANGLE`), scaled by a few
+        percent and shifted by any amount.
     model : str, optional
         "translation", "rigid", "similarity", "affine" or "deformable".
     tile_size : int, optional
-        Side of the refinement tiles (pixels).
+        Side of the refinement tiles (pixels; default 64, for volumes 24 or less for
+        small ones: :func:`~napari_ncc._estimate_volume.volume_tile_size`).
     rounds : int, optional
-        Tile rounds (default 3, 5 for "deformable"); stops early once converged.
+        Tile rounds (default 3, 5 for a 2D "deformable"); stops early once converged.
     grid_spacing : float, optional
-        "deformable": distance between the field's nodes.
+        "deformable": distance between the field's nodes (default 32, 16 for volumes).
 
     Returns
     -------
@@ -160,14 +176,20 @@ def estimate_transform(
     check_image(moving, "moving")
     reference = np.asarray(reference, dtype=np.float64)
     moving = np.asarray(moving, dtype=np.float64)
-    if reference.ndim != 2 or moving.ndim != 2:
+    if reference.ndim not in (2, 3) or moving.ndim != reference.ndim:
         raise ValueError(
-            f"estimate_transform works on 2D images, got shapes {reference.shape} and "
-            f"{moving.shape}"
+            f"estimate_transform works on 2D images or 3D volumes of the same dimensions, "
+            f"got shapes {reference.shape} and {moving.shape}"
         )
+    volume = reference.ndim == 3
     if rounds is None:
-        rounds = ROUNDS.get(model, DEFAULT_ROUNDS)
-    coarse = coarse_similarity(reference, moving)
+        rounds = VOLUME_ROUNDS if volume else ROUNDS.get(model, DEFAULT_ROUNDS)
+    if tile_size is None:
+        tile_size = volume_tile_size(reference.shape) if volume else TILE_SIZE
+    if grid_spacing is None:
+        grid_spacing = VOLUME_GRID_SPACING if volume else 32.0
+    min_tiles = (VOLUME_MIN_TILES if volume else MIN_TILES)[model]
+    coarse = (coarse_translation if volume else coarse_similarity)(reference, moving)
     transform: Transform = coarse.transform
     notes: list[str] = []
     tiles = None
@@ -186,10 +208,11 @@ def estimate_transform(
             search=done == 1,
             local=model == "deformable",
         )
-        if len(tiles.centers) < MIN_TILES[model]:
+        if len(tiles.centers) < min_tiles:
+            what = "volume" if volume else "image"
             notes.append(
-                f"only {len(tiles.centers)} textured tiles match (need {MIN_TILES[model]} "
-                f"for {model!r}): the images may not overlap or hold too little texture"
+                f"only {len(tiles.centers)} textured tiles match (need {min_tiles} "
+                f"for {model!r}): the {what}s may not overlap or hold too little texture"
             )
             break
         if model == "deformable":
@@ -215,5 +238,6 @@ def estimate_transform(
     for note in notes:
         warnings.warn(note, RegistrationWarning, stacklevel=2)
     if tiles is None:  # rounds == 0
-        tiles = TileReport(*(np.empty((0, 2)),) * 2, *(np.empty(0),) * 3, np.empty(0, bool), 0)
+        empty = np.empty((0, reference.ndim))
+        tiles = TileReport(empty, empty, *(np.empty(0),) * 3, np.empty(0, bool), 0)
     return TransformEstimate(transform, tiles, coarse, done, not notes, tuple(notes))

@@ -222,7 +222,8 @@ def _measure_tile(reference, moving, transform, start, tile_size, options):
         masked = np.where(inside.reshape(first[inner].shape), first[inner], first[inner].mean())
         shift = _integer_shift(reference_tile[inner], masked)
     if isinstance(transform, DeformableTransform):
-        frozen_field = transform.field(grid - shift)
+        axes = [np.arange(s.start, s.stop) - d for s, d in zip(outer, shift, strict=True)]
+        frozen_field = transform.field_on_grid(axes).reshape(ndim, -1).T
     smooth_reference = ndi.gaussian_filter(reference_tile, SMOOTHING)
     reference_gradient = [g[inner].ravel() for g in np.gradient(smooth_reference)]
     target = smooth_reference[inner].ravel()

@@ -351,8 +351,12 @@ def _check_model_support(model: str, plan: RegistrationPlan) -> None:
     )
     if plan.per_plane is not None or plan.axes != tuple(range(len(plan.shape))):
         raise ValueError(f"{supported}, registered whole (no per_plane, all axes)")
-    if len(plan.shape) != 2:
-        raise ValueError(f"{supported}, got {len(plan.shape)}D images of shape {plan.shape}")
+    if len(plan.shape) not in (2, 3):
+        raise ValueError(
+            f"model={model!r} is supported for 2D images and 3D volumes (plane, row, "
+            f"column), got {len(plan.shape)}D images of shape {plan.shape}; use "
+            "model='translation'"
+        )
     if is_large(plan.shape, plan.axes, plan.max_size):
         raise ValueError(f"{supported}, got images of shape {plan.shape}")
 

@@ -4,7 +4,8 @@ Shared by the command line and the napari widget, so both count, round and colou
 same way. :func:`summarize` reduces an NCC map (NumPy, or Dask chunk by chunk) to a few
 figures; :func:`format_shift`, :func:`format_radius` and :func:`format_number` write
 numbers the way people read them (never ``-0.00``); :func:`colormap_lut` and
-:func:`preview_image` draw maps in napari's NCC colours.
+:func:`preview_image` draw maps in napari's NCC colours; :func:`local_shift_vectors` turns a
+registration's tiles into the arrows napari draws (where the images had to be warped).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,9 +27,11 @@ __all__ = [
     "format_number",
     "format_radius",
     "format_shift",
+    "local_shift_vectors",
     "preview_image",
     "summarize",
     "to_json",
+    "transform_summary",
     "window_spans_stack",
 ]
 
@@ -207,8 +211,7 @@ def describe(result: dict) -> list[str]:
         if reg.get("transform") is None:
             lines.append(f"shift: {format_shift(reg['shift'], names)}{quality}")
         else:
-            lines.extend(describe_transform(reg))
-            lines[-1] += quality
+            lines.extend(describe_transform(reg, quality))
     if reg is not None and not reg.get("reliable", True):
         notes = "; ".join(reg.get("notes") or []) or "check that the images overlap"
         lines.append(f"  the registration is UNRELIABLE: {notes}")
@@ -224,12 +227,80 @@ def describe(result: dict) -> list[str]:
     return lines
 
 
-def describe_transform(registration: dict) -> list[str]:
+def transform_summary(registration: dict) -> dict | None:
+    """The figures people read about a transform, from :meth:`Registration.to_dict`.
+
+    Returns
+    -------
+    dict or None
+        None for a translation. Otherwise ``model``; ``angle`` (degrees, 2D and 3D,
+        else None) and ``rotation_axis`` (3D: the (z, y, x) unit vector the angle turns
+        about, else None), ``scale`` (mean isotropic scale) and ``shift`` (at the image
+        centre, px); for a deformable transform ``field`` with the ``largest`` and
+        ``median`` length of its node displacements beyond the linear part (px) and
+        ``nodes``; ``tiles`` with their ``count`` and how many were ``rejected`` as
+        outliers (None when unknown). Per plane (``transforms``): ``model``,
+        ``per_plane``, ``tiles`` (over the planes) and ``planes``, those figures for each
+        plane (its shift within the plane).
+
+    Examples
+    --------
+    >>> from napari_ncc._transform import AffineTransform
+    >>> t = AffineTransform.from_rotation(5.0, scale=1.02, center=(64, 64))
+    >>> s = transform_summary({"shift": [0.0, 1.5], "transform": t.to_dict(), "tiles": None})
+    >>> s["model"], round(s["angle"], 6), round(s["scale"], 6), s["shift"], s["field"]
+    ('similarity', 5.0, 1.02, [0.0, 1.5], None)
+    """
+    from ._transform import transform_from_dict
+
+    if registration.get("transforms") is not None:
+        axis = registration["per_plane"]
+        planes = [
+            transform_summary(
+                {"shift": np.delete(shift, axis).tolist(), "transform": transform, "tiles": None}
+            )
+            for shift, transform in zip(
+                registration["shifts"], registration["transforms"], strict=True
+            )
+        ]
+        return {
+            "model": planes[0]["model"],
+            "per_plane": axis,
+            "planes": planes,
+            "tiles": registration.get("tiles"),
+        }
+    if registration.get("transform") is None:
+        return None
+    transform = transform_from_dict(registration["transform"])
+    affine = transform.affine
+    field = None
+    if transform.model == "deformable":
+        lengths = np.linalg.norm(
+            np.asarray(transform.displacement).reshape(affine.ndim, -1), axis=0
+        )
+        field = {
+            "largest": float(lengths.max()),
+            "median": float(np.median(lengths)),
+            "nodes": int(lengths.size),
+        }
+    return {
+        "model": transform.model,
+        "angle": affine.angle if affine.ndim in (2, 3) else None,
+        "rotation_axis": ([float(v) for v in affine.rotation_axis] if affine.ndim == 3 else None),
+        "scale": affine.scale,
+        "shift": [float(s) for s in registration["shift"]],
+        "field": field,
+        "tiles": registration.get("tiles"),
+    }
+
+
+def describe_transform(registration: dict, quality: str = "") -> list[str]:
     """Lines describing a non-translation registration (:meth:`Registration.to_dict`).
 
-    The model, rotation angle, scale and shift at the image centre; for a deformable
-    transform also its field's largest and median node displacement; and the tiles the
-    fit rejected, when known.
+    The figures of :func:`transform_summary`: the model, rotation angle (3D: about an
+    axis), scale and shift at the image centre (then `quality`, a note); for a deformable
+    transform also its field's largest and median node displacement; and the tiles the fit
+    rejected, when known.
 
     Examples
     --------
@@ -242,19 +313,26 @@ def describe_transform(registration: dict) -> list[str]:
     transform: similarity, angle +5.00 deg, scale 1.0200, shift at the centre y +0.00, x +0.00 px
       tiles: 16, 1 rejected as outliers
     """
-    from ._transform import transform_from_dict
-
-    transform = transform_from_dict(registration["transform"])
-    parts = [f"transform: {transform.model}", *_angle_scale(transform)]
-    parts.append(f"shift at the centre {format_shift(registration['shift'])}")
-    lines = [", ".join(parts)]
-    if transform.model == "deformable":
-        lengths = _field_lengths(transform)
+    summary = transform_summary(registration)
+    parts = [f"transform: {summary['model']}"]
+    if summary["angle"] is not None:
+        angle = f"angle {format_number(summary['angle'], 2, signed=True)} deg"
+        if summary["rotation_axis"] is not None:
+            axis = ", ".join(format_number(v, 2, signed=True) for v in summary["rotation_axis"])
+            angle = f"angle {format_number(summary['angle'], 2)} deg about (z, y, x) ({axis})"
+        parts.append(angle)
+    parts.append(f"scale {format_number(summary['scale'], 4)}")
+    parts.append(f"shift at the centre {format_shift(summary['shift'])}")
+    lines = [", ".join(parts) + quality]
+    field = summary["field"]
+    if field is not None:
         lines.append(
-            f"  field: largest displacement {lengths.max():.2f} px, median "
-            f"{np.median(lengths):.2f} px ({lengths.size} nodes)"
+            f"  field: largest displacement {field['largest']:.2f} px, median "
+            f"{field['median']:.2f} px ({field['nodes']} nodes)"
         )
-    lines.extend(_tile_lines(registration.get("tiles")))
+    tiles = summary["tiles"]
+    if tiles:
+        lines.append(f"  tiles: {tiles['count']}, {tiles['rejected']} rejected as outliers")
     return lines
 
 
@@ -264,7 +342,7 @@ def describe_plane_transforms(
     """Lines describing a per-plane registration with transforms (``to_dict()`` output).
 
     The model and the planes, the range of the angle and scale over the planes, then one
-    line per plane (the first `max_planes`): angle, scale, shift at its centre, quality.
+    line per plane (the first `max_planes`): the figures of :func:`transform_summary`.
 
     Examples
     --------
@@ -279,66 +357,157 @@ def describe_plane_transforms(
       plane 0: angle +0.00 deg, scale 1.0000, shift at the centre y +0.00, x +0.00 px  (quality 0.990)
       plane 1: angle +1.50 deg, scale 1.0000, shift at the centre y +0.50, x -1.00 px  (quality 0.970)
     """  # noqa: E501
-    from ._transform import transform_from_dict
-
-    transforms = [transform_from_dict(t) for t in registration["transforms"]]
-    shifts = np.asarray(registration["shifts"], dtype=float)
+    planes = transform_summary(registration)["planes"]
     axis = registration["per_plane"]
-    in_plane = [ax for ax in range(shifts.shape[1]) if ax != axis]
     names = None
-    if axis_names and len(axis_names) == shifts.shape[1]:
-        names = [axis_names[ax] for ax in in_plane]
-    qualities = registration.get("qualities") or [None] * len(transforms)
+    if axis_names and len(axis_names) == len(registration["shifts"][0]):
+        names = [n for ax, n in enumerate(axis_names) if ax != axis]
+    qualities = registration.get("qualities") or [None] * len(planes)
     onto = registration.get("reference_plane")
     onto = "plane t onto plane t" if onto is None else f"each onto plane {onto} of REFERENCE"
-    model = transforms[0].model
+    model = planes[0]["model"]
     lines = [
-        f"registration: {len(transforms)} {model} transforms, one per plane along axis "
-        f"{axis}, {onto}"
+        f"registration: {len(planes)} {model} transforms, one per plane along axis {axis}, {onto}"
     ]
-    linear = [t.affine for t in transforms]
     ranges = []
-    if linear[0].ndim == 2:
-        angles = [a.angle for a in linear]
-        ranges.append(f"angle {min(angles):+.2f} to {max(angles):+.2f} deg")
-    scales = [a.scale for a in linear]
-    ranges.append(f"scale {min(scales):.4f} to {max(scales):.4f}")
+    angles = [p["angle"] for p in planes if p["angle"] is not None]
+    if angles:
+        ranges.append(
+            f"angle {format_number(min(angles), 2, signed=True)} to "
+            f"{format_number(max(angles), 2, signed=True)} deg"
+        )
+    scales = [p["scale"] for p in planes]
+    ranges.append(f"scale {format_number(min(scales), 4)} to {format_number(max(scales), 4)}")
     lines.append("  over the planes: " + ", ".join(ranges))
     if model == "deformable":
-        largest = [float(_field_lengths(t).max()) for t in transforms]
+        largest = [p["field"]["largest"] for p in planes]
         worst = int(np.argmax(largest))
         lines.append(
             f"  field: largest displacement {largest[worst]:.2f} px (plane {worst}), "
             f"median over the planes {np.median(largest):.2f} px"
         )
-    for t, (transform, quality) in enumerate(zip(transforms, qualities, strict=False)):
+    for t, (plane, quality) in enumerate(zip(planes, qualities, strict=False)):
         if t == max_planes:
-            lines.append(f"  ... {len(transforms) - t} more planes (all stored with the map)")
+            lines.append(f"  ... {len(planes) - t} more planes (all stored with the map)")
             break
+        parts = (
+            []
+            if plane["angle"] is None
+            else [f"angle {format_number(plane['angle'], 2, signed=True)} deg"]
+        )
+        parts.append(f"scale {format_number(plane['scale'], 4)}")
+        parts.append(f"shift at the centre {format_shift(plane['shift'], names)}")
         quality = "" if quality is None else f"  (quality {format_number(quality)})"
-        parts = [f"  plane {t}: " + ", ".join(_angle_scale(transform))]
-        parts.append(f"shift at the centre {format_shift(shifts[t][in_plane], names)}{quality}")
-        lines.append(", ".join(parts))
-    lines.extend(_tile_lines(registration.get("tiles")))
+        lines.append(f"  plane {t}: " + ", ".join(parts) + quality)
+    tiles = registration.get("tiles")
+    if tiles:
+        lines.append(
+            f"  tiles: {tiles['count']} over {len(planes)} planes, {tiles['rejected']} "
+            "rejected as outliers"
+        )
     return lines
 
 
-def _angle_scale(transform) -> list[str]:
-    affine = transform.affine
-    parts = [f"angle {affine.angle:+.2f} deg"] if affine.ndim == 2 else []
-    return [*parts, f"scale {affine.scale:.4f}"]
+#: Exaggerations offered for drawing local shifts (the arrows stay readable at any size).
+_EXAGGERATIONS = (1, 2, 5, 10, 20, 50, 100)
 
 
-def _field_lengths(transform) -> np.ndarray:
-    ndim = transform.ndim
-    return np.linalg.norm(np.asarray(transform.displacement).reshape(ndim, -1), axis=0)
+@dataclass(frozen=True)
+class ShiftVectors:
+    """The local shifts of a registration's tiles, as arrows (see :func:`local_shift_vectors`).
+
+    Attributes
+    ----------
+    data : ndarray, shape (n, 2, ndim)
+        Per tile: its centre (reference pixels), then its displacement beyond the linear
+        part (moving pixels): napari's Vectors layout.
+    features : dict of ndarray
+        Per tile: ``confidence`` (correlation after alignment, 1 best), ``sigma`` (standard
+        error, px), ``residual`` (distance to the fitted transform, px, NaN if unknown),
+        ``length`` (of the displacement, px) and ``rejected`` (an outlier of the fit).
+    exaggeration : int
+        How many times longer than their true length to draw the arrows (1, 2, 5, 10, ...),
+        so that the longest kept arrow spans at most about half a tile.
+    description : str
+        What the arrows show, in a sentence.
+    """
+
+    data: np.ndarray
+    features: dict
+    exaggeration: int
+    description: str
+
+    @property
+    def rejected(self) -> np.ndarray:
+        return self.features["rejected"]
 
 
-def _tile_lines(tiles: dict | None) -> list[str]:
-    if not tiles:
-        return []
-    planes = f" over {tiles['planes']} planes" if tiles.get("planes") else ""
-    return [f"  tiles: {tiles['count']}{planes}, {tiles['rejected']} rejected as outliers"]
+def local_shift_vectors(registration) -> ShiftVectors | None:
+    """Where the images had to be warped: each tile's shift beyond the linear part.
+
+    For every tile the registration measured (:attr:`Registration.tiles`), the arrow starts
+    at the tile's centre and points from where the linear (affine) part of the transform
+    puts that centre in the moving image to where the tile was actually found there:
+    ``position - affine(centre)``. For a deformable transform this is the warp the field
+    takes up; for a linear model, what the model could not explain (the fit's residual).
+
+    Parameters
+    ----------
+    registration : Registration
+        From :func:`napari_ncc.register`.
+
+    Returns
+    -------
+    ShiftVectors or None
+        None for a translation, a per-plane registration, or one without measured tiles
+        (such as one read back with :meth:`Registration.from_dict`).
+
+    Examples
+    --------
+    >>> from napari_ncc import Registration
+    >>> from napari_ncc._local_shifts import TileReport
+    >>> from napari_ncc._transform import AffineTransform
+    >>> tiles = TileReport(
+    ...     centers=np.array([[32.0, 32.0], [32.0, 96.0]]),
+    ...     positions=np.array([[33.0, 32.0], [32.0, 96.5]]),
+    ...     sigma=np.array([0.02, 0.03]), confidence=np.array([0.9, 0.8]),
+    ...     residual=np.array([0.0, 0.0]), rejected=np.array([False, True]), tile_size=64)
+    >>> reg = Registration((0.0, 0.0), transform=AffineTransform.from_rotation(0.0),
+    ...                    tiles=tiles)
+    >>> vectors = local_shift_vectors(reg)
+    >>> vectors.data[:, 1].tolist(), vectors.rejected.tolist(), vectors.exaggeration
+    ([[1.0, 0.0], [0.0, 0.5]], [False, True], 20)
+    """
+    tiles = getattr(registration, "tiles", None)
+    transform = getattr(registration, "transform", None)
+    if transform is None or tiles is None or len(tiles.centers) == 0:
+        return None
+    centers = np.asarray(tiles.centers, dtype=np.float64)
+    displacement = np.asarray(tiles.positions, dtype=np.float64) - (
+        transform.affine.moving_coordinates(centers)
+    )
+    lengths = np.linalg.norm(displacement, axis=1)
+    rejected = np.asarray(tiles.rejected, dtype=bool)
+    kept = lengths[~rejected]
+    longest = float(kept.max()) if kept.size else 0.0
+    fitting = [k for k in _EXAGGERATIONS if k * longest <= tiles.tile_size / 2]
+    exaggeration = fitting[-1] if fitting else 1
+    features = {
+        "confidence": np.asarray(tiles.confidence, dtype=np.float64),
+        "sigma": np.asarray(tiles.sigma, dtype=np.float64),
+        "residual": np.asarray(tiles.residual, dtype=np.float64),
+        "length": lengths,
+        "rejected": rejected,
+    }
+    part = "the field" if transform.model == "deformable" else "the fit's residual"
+    description = (
+        f"local shifts of {len(centers)} tiles ({tiles.tile_size} px) beyond the linear "
+        f"part of the {transform.model} transform ({part}): arrow from the tile centre, "
+        f"moving position minus the affine part's, drawn {exaggeration}x its length"
+    )
+    return ShiftVectors(
+        np.stack([centers, displacement], axis=1), features, exaggeration, description
+    )
 
 
 def _axis_names(ndim: int) -> list[str]:

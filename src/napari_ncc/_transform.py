@@ -52,6 +52,31 @@ def _check_points(points, ndim: int) -> np.ndarray:
     return points
 
 
+def _axial_vector(rotation: np.ndarray) -> np.ndarray:
+    """``sin(angle) * axis`` of a 3D rotation matrix (its antisymmetric part)."""
+    r = rotation
+    return np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / 2
+
+
+def _cubic_bspline_weights(x: np.ndarray, n: int) -> np.ndarray:
+    """(len(x), n) weights of the cubic B-spline coefficients 0..n-1 at positions `x` (as
+    ``scipy.ndimage.map_coordinates(order=3, prefilter=False)``; beyond the ends, the edge
+    coefficients repeat)."""
+    base = np.floor(x)
+    t = x - base
+    taps = [
+        (1 - t) ** 3 / 6,
+        (3 * t**3 - 6 * t**2 + 4) / 6,
+        (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
+        t**3 / 6,
+    ]
+    weights = np.zeros((len(x), n))
+    rows = np.arange(len(x))
+    for k, tap in enumerate(taps):
+        np.add.at(weights, (rows, np.clip(base.astype(int) - 1 + k, 0, n - 1)), tap)
+    return weights
+
+
 def _model_of_linear(linear: np.ndarray) -> str:
     """The most constrained linear model that `linear` (ndim x ndim) belongs to."""
     ndim = len(linear)
@@ -172,21 +197,54 @@ class AffineTransform:
         return self
 
     @property
-    def angle(self) -> float:
-        """2D: the rotation angle in degrees (of the polar decomposition's rotation)."""
-        self._require_2d("angle")
+    def rotation(self) -> np.ndarray:
+        """The rotation of the linear part's polar decomposition, ``linear = rotation @ S``
+        with ``S`` symmetric positive definite: the rotation left once scale and shear are
+        taken out."""
         u, _, vt = np.linalg.svd(self.linear)
-        rotation = u @ vt
+        return u @ vt
+
+    @property
+    def angle(self) -> float:
+        """The rotation angle in degrees (of :attr:`rotation`).
+
+        2D: signed, as :meth:`from_rotation`'s `angle`. 3D: the angle (``>= 0``) of the
+        rotation about :attr:`rotation_axis`. Other dimensions raise ValueError.
+        """
+        rotation = self.rotation
+        if self.ndim == 3:
+            sine = np.linalg.norm(_axial_vector(rotation))
+            return math.degrees(math.atan2(sine, (np.trace(rotation) - 1) / 2))
+        if self.ndim != 2:
+            raise ValueError(
+                f"angle is defined for 2D and 3D transforms, this one is {self.ndim}D"
+            )
         return math.degrees(math.atan2(rotation[1, 0], rotation[0, 0]))
+
+    @property
+    def rotation_axis(self) -> np.ndarray:
+        """3D: the unit axis of :attr:`rotation`, (plane, row, column) order; the rotation
+        is by :attr:`angle` about it, counterclockwise seen from its tip (right-hand rule in
+        index coordinates). Zeros for no rotation.
+        """
+        if self.ndim != 3:
+            raise ValueError(
+                f"rotation_axis is defined for 3D transforms, this one is {self.ndim}D"
+            )
+        vector = _axial_vector(self.rotation)
+        norm = np.linalg.norm(vector)
+        if norm < 1e-12:
+            # Exactly 0 or 180 degrees: 0 has no axis; 180 has the eigenvector of eigenvalue 1.
+            if np.trace(self.rotation) > 0:
+                return np.zeros(3)
+            values, vectors = np.linalg.eigh((self.rotation + self.rotation.T) / 2)
+            return vectors[:, np.argmax(values)]
+        return vector / norm
 
     @property
     def scale(self) -> float:
         """The mean isotropic scale, ``|det(linear)| ** (1 / ndim)``."""
         return float(abs(np.linalg.det(self.linear)) ** (1.0 / self.ndim))
-
-    def _require_2d(self, what: str) -> None:
-        if self.ndim != 2:
-            raise ValueError(f"{what} is defined for 2D transforms only, this one is {self.ndim}D")
 
     # -- mapping ------------------------------------------------------------------------
 
@@ -316,6 +374,48 @@ class DeformableTransform:
             ],
             axis=1,
         )
+
+    def field_on_grid(self, axes) -> np.ndarray:
+        """The displacement field on the grid of reference points spanned by `axes`.
+
+        Equal to :meth:`field` at ``itertools.product(*axes)`` (up to rounding), but the
+        cubic B-spline is evaluated one axis at a time (4 taps per axis instead of ``4 **
+        ndim`` per point): what a tile or block of a volume wants.
+
+        Parameters
+        ----------
+        axes : sequence of 1D array_like
+            Reference coordinates along each axis.
+
+        Returns
+        -------
+        ndarray, shape (ndim, len(axes[0]), len(axes[1]), ...)
+
+        Examples
+        --------
+        >>> field = np.zeros((2, 3, 3))
+        >>> field[1, :, 2] = 3.0
+        >>> t = DeformableTransform(AffineTransform(np.eye(3)), field, (0, 0), (10, 10))
+        >>> grid = t.field_on_grid([[0.0, 5.0], [10.0, 15.0, 20.0]])
+        >>> points = np.array([[r, c] for r in (0.0, 5.0) for c in (10.0, 15.0, 20.0)])
+        >>> bool(np.allclose(grid.reshape(2, -1).T, t.field(points)))
+        True
+        """
+        if len(axes) != self.ndim:
+            raise ValueError(f"axes must hold {self.ndim} coordinate arrays, got {len(axes)}")
+        box, matrices = [], []
+        for d, values in enumerate(axes):
+            x = (np.asarray(values, np.float64).ravel() - self.origin[d]) / self.spacing[d]
+            weights = _cubic_bspline_weights(x + _FIELD_PAD, self._coefficients.shape[1 + d])
+            used = np.flatnonzero(weights.any(axis=0))
+            box.append(slice(used[0], used[-1] + 1))
+            matrices.append(weights[:, box[-1]])
+        out = self._coefficients[(slice(None), *box)]
+        for weights in matrices:
+            # Contracting axis 1 puts the new axis last: after every axis, the order is
+            # (component, axis 0, axis 1, ...) again.
+            out = np.tensordot(out, weights, axes=([1], [1]))
+        return out
 
     def moving_coordinates(self, points) -> np.ndarray:
         """Where reference points lie in the moving image, field included.

@@ -177,10 +177,20 @@ def _warp_box(box_data, box, transform, start, shape, order, mode, cval, dtype):
         return ndi.affine_transform(
             data, linear, offset, output_shape=tuple(shape), order=order, mode=mode, cval=cval
         )
-    grid = np.indices(shape, dtype=np.float64).reshape(len(shape), -1).T + np.asarray(start)
-    coordinates = (transform.moving_coordinates(grid) - box_start).T
+    coordinates = (_block_coordinates(transform, start, shape) - box_start).T
     out = ndi.map_coordinates(data, coordinates, order=order, mode=mode, cval=cval)
     return out.reshape(shape)
+
+
+def _block_coordinates(transform, start, shape) -> np.ndarray:
+    """Moving coordinates of the reference block ``start + [0, shape)``, shape (n, ndim)."""
+    grid = np.indices(shape, dtype=np.float64).reshape(len(shape), -1).T + np.asarray(start)
+    if isinstance(transform, AffineTransform):
+        return transform.moving_coordinates(grid)
+    # The field on a block is a grid: evaluated one axis at a time.
+    axes = [np.arange(a, a + n, dtype=np.float64) for a, n in zip(start, shape, strict=True)]
+    field = transform.field_on_grid(axes).reshape(len(shape), -1).T
+    return transform.affine.moving_coordinates(grid) + field
 
 
 def warp(
@@ -303,8 +313,7 @@ def _warp_dask(moving, transform, shape, order, mode, cval, dtype, chunks):
 
 def covered_block(transform: Transform, start, shape, moving_shape) -> np.ndarray:
     """:func:`covered` over the reference block ``start + [0, shape)``."""
-    grid = np.indices(shape, dtype=np.float64).reshape(len(shape), -1).T + np.asarray(start)
-    mapped = transform.moving_coordinates(grid)
+    mapped = _block_coordinates(transform, start, shape)
     # A tolerance, so that a pixel mapped onto the edge up to rounding counts as inside.
     tolerance = 1e-6
     inside = np.all(

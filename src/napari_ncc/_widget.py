@@ -31,7 +31,8 @@ from ._layers import (
 from ._ncc import check_mask
 from ._read import ATTRS_KEY
 from ._run_job import Job, Result
-from ._summary import describe_registration
+from ._shift_layers import replace_shift_layers
+from ._summary import describe_registration, transform_summary
 from ._transform import MODELS
 from ._validation import WINDOWS
 
@@ -97,6 +98,7 @@ class NCCConfidenceWidget(FunctionGui):
         self._activity: Activity | None = None
         self._ncc_ref = None
         self._registered_ref = None
+        self._shift_refs: list = []  # the local-shift layers of the last run
         self._cache: dict = {}
         self._cache_key = None
         self._previewed = None
@@ -176,6 +178,12 @@ class NCCConfidenceWidget(FunctionGui):
                 "new_layer": {
                     "label": "new layer",
                     "tooltip": "Add a new NCC layer instead of updating the last one in place.",
+                },
+                "show_shifts": {
+                    "label": "add local shifts",
+                    "tooltip": "Transforms other than translation: also add the shifts measured"
+                    " on tiles, beyond the linear part (deformable: where the images had to be"
+                    " warped), as arrows coloured by confidence; rejected tiles in orange-red.",
                 },
                 "summary": {
                     "label": "overview summary",
@@ -322,6 +330,7 @@ class NCCConfidenceWidget(FunctionGui):
         per_plane=None,  # (label, value) choices, None: one window over all axes
         show_registered: bool = False,
         new_layer: bool = False,
+        show_shifts: bool = False,
         mask=None,  # a Labels or boolean Image layer, None: every pixel is data
         min_fraction: float = 0.5,
         summary: str = "mean",
@@ -366,6 +375,7 @@ class NCCConfidenceWidget(FunctionGui):
             "mask": None if mask is None else mask.name,
             "min_fraction": float(min_fraction),
             "show_registered": bool(show_registered),
+            "show_shifts": bool(show_shifts),
             "summary": summary,
         }
         # Same layers, same data: reuse the pyramids built and the registration found by
@@ -479,6 +489,7 @@ class NCCConfidenceWidget(FunctionGui):
         new_layer = new_layer and self._previewed is not activity
         self._previewed = None if result.final else activity
         ncc, registered, registration = result.ncc, result.registered, result.registration
+        saved = None if registration is None else registration.to_dict()
         metadata = {
             ATTRS_KEY: {
                 **params,
@@ -486,7 +497,8 @@ class NCCConfidenceWidget(FunctionGui):
                 "moving": names[1],
                 "levels": len(ncc),
                 "coarse_levels": PREVIEW_LEVELS,
-                "registration": None if registration is None else registration.to_dict(),
+                "registration": saved,
+                "transform": None if saved is None else transform_summary(saved),
                 "preview": not result.final,
             }
         }
@@ -542,6 +554,12 @@ class NCCConfidenceWidget(FunctionGui):
             self._pending_overview = (_weak(layer), result, params)
         # The NCC layer goes on top, selected.
         self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
+        if result.final:
+            # The last run's arrows go (unless kept with "new layer"); this run's go on top.
+            old = [] if new_layer else [self._tracked(ref) for ref in self._shift_refs]
+            shown = registration if params["show_shifts"] else None
+            arrows = replace_shift_layers(self._viewer, old, shown, display, names)
+            self._shift_refs = [_weak(arrow) for arrow in arrows]
         self._viewer.layers.selection.active = layer
 
     # --- overview ------------------------------------------------------------------------
