@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=MODELS,
         default="translation",
-        help="transform registered (default translation); the others for 2D images "
-        "that fit in memory, or with --per-plane for each 2D plane of a 3D stack",
+        help="transform registered (default translation); the others for 2D images and "
+        "3D volumes that fit in memory, or with --per-plane for each 2D plane of a 3D stack",
     )
     group.add_argument(
         "--upsample-factor",

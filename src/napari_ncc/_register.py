@@ -215,8 +215,8 @@ def register(
         cancel it). Called in the thread that runs :func:`register`.
     model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
         The transform estimated. Other models than "translation" are estimated for 2D
-        images of at most ``max_size**2`` pixels (Dask input is computed), whole (no
-        `axes` or pyramid levels beyond the first), by
+        images and 3D volumes of at most ``max_size**2`` pixels (Dask input is
+        computed), whole (no `axes` or pyramid levels beyond the first), by
         :func:`napari_ncc._estimate_transform.estimate_transform`; the result's
         ``transform`` maps reference to moving pixel coordinates, (row, col) order.
         With `per_plane`, for each 2D plane of a 3D stack (read one plane at a time):
