@@ -87,8 +87,8 @@ def test_bad_model_and_unsupported_inputs_raise_clear_errors(rng):
         register(image, image, model="projective")
     with pytest.raises(ValueError, match="2D images and 3D volumes"):
         register(rng.normal(size=(2, 4, 32, 32)), rng.normal(size=(2, 4, 32, 32)), model="rigid")
-    stack = rng.normal(size=(3, 32, 32))
-    with pytest.raises(ValueError, match="per_plane"):
+    stack = rng.normal(size=(2, 3, 32, 32))  # per plane: 3D planes
+    with pytest.raises(ValueError, match="per_plane needs 2D planes"):
         register(stack, stack, model="affine", per_plane=0)
     with pytest.raises(ValueError, match="max_size"):
         register(rng.normal(size=(64, 64)), rng.normal(size=(64, 64)), model="rigid", max_size=16)

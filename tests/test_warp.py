@@ -76,7 +76,8 @@ def test_lazy_equals_numpy_on_odd_chunks(rng, order):
 
 
 class CountingArray:
-    """A sliceable source that records the boxes read from it."""
+    """A sliceable source that records the boxes read from it, as (start, stop) per axis
+    (an integer index i as (i, i + 1))."""
 
     def __init__(self, data):
         self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
@@ -84,8 +85,13 @@ class CountingArray:
         self._lock = threading.Lock()
 
     def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        box = [
+            i.indices(n)[:2] if isinstance(i, slice) else (int(i), int(i) + 1)
+            for i, n in zip(index, self.shape, strict=False)
+        ]
         with self._lock:
-            self.reads.append(tuple((s.start, s.stop) for s in index))
+            self.reads.append(tuple(box))
         return self.data[index]
 
 

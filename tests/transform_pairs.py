@@ -118,3 +118,24 @@ def interior_points(n, margin=0.15, count=15):
     """A grid of points away from the image border."""
     g = np.linspace(margin * (n - 1), (1 - margin) * (n - 1), count)
     return np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+
+
+def drift_stack(big, matrices, n, noise, rng):
+    """A stack of planes of `big` seen through `matrices` (plane t: moving(q) =
+    reference(matrices[t]^-1 q), as :func:`linear_pair`'s moving image), each with its own
+    Gaussian noise, and the noise-free central crop of `big` (the reference plane)."""
+    origin = _crop_origin(big, n)
+    spread = big.std()
+    planes = []
+    for matrix in matrices:
+        inverse = np.linalg.inv(matrix)
+        plane = ndi.affine_transform(
+            big,
+            inverse[:2, :2],
+            inverse[:2, 2] + origin,
+            output_shape=(n, n),
+            order=3,
+            mode="reflect",
+        )
+        planes.append(_noisy(plane, noise, rng, spread))
+    return np.stack(planes), big[origin[0] : origin[0] + n, origin[1] : origin[1] + n]

@@ -23,6 +23,7 @@ examples:
   napari-ncc compare a.ome.zarr b.ome.zarr -o ncc.ome.zarr --radius 5 --window gaussian
   napari-ncc compare movie_a.tif movie_b.tif -o ncc.zarr --per-plane 0
   napari-ncc compare movie.tif movie.tif -o drift.zarr --per-plane 0 --reference-plane 0
+  napari-ncc compare stack_a.tif stack_b.tif -o ncc.zarr --per-plane 0 --model rigid
   napari-ncc compare a.zarr b.zarr -o ncc.zarr --scheduler tcp://10.0.0.5:8786
 
 inputs: anything the napari-ncc reader opens (TIFF incl. pyramidal/OME-TIFF, zarr,
@@ -268,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=MODELS,
         default="translation",
-        help="transform registered (default translation); the others for single 2D "
-        "images that fit in memory",
+        help="transform registered (default translation); the others for 2D images and "
+        "3D volumes that fit in memory, or with --per-plane for each 2D plane of a 3D stack",
     )
     group.add_argument(
         "--upsample-factor",

@@ -9,7 +9,6 @@ confident. NumPy in, NumPy out; Dask in, lazy Dask out.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from scipy import ndimage as ndi
 
 from ._lazy import local_ncc
 from ._ncc import check_mask, plan_ncc
+from ._regions import inside_box
 from ._register import is_pyramid
 from ._register import register as _register
 from ._registration import Registration
@@ -67,7 +67,8 @@ def ncc_confidence(
         all axes, except `per_plane` when it is given.
     per_plane : int, optional
         Register every plane along this axis separately (see
-        :func:`napari_ncc.register`); each plane is shifted by its own shift.
+        :func:`napari_ncc.register`); each plane is shifted (or, with `model`,
+        transformed) by its own shift (transform).
     reference_plane : int, optional
         With `per_plane`: register every plane to this plane of `reference` (drift
         correction) and correlate every registered plane with it.
@@ -103,9 +104,9 @@ def ncc_confidence(
     which the shift cuts the valid region, it is shrunk by the radius, so a window that
     touches invalid pixels gets `fill_value`. Along a side the shift does not cut, the
     image border is handled by `mode` as in :func:`napari_ncc.local_ncc`. For the other
-    models the valid pixels are :meth:`Registration.valid_mask` (not a box): a pixel gets
-    `fill_value` when its window holds any pixel outside it (the mask eroded by the
-    window).
+    models the valid pixels are :meth:`Registration.valid_mask` (not a box; per plane
+    with `per_plane`): a pixel gets `fill_value` when its window holds any pixel outside
+    it (the mask eroded by the window).
 
     With a `mask`, the valid region is instead combined with it (``mask &
     registration.valid_mask(shape)``, per plane for a per-plane registration; built block
@@ -191,17 +192,17 @@ def ncc_confidence(
         # The covered region is part of the mask: no band to fill afterwards.
         options["mask"] = _and_covered(mask, registration, plan.shape)
 
-    if registration.transform is not None:
-        ncc = local_ncc(reference, registration.apply(moving), **options)
-        if mask is not None:  # the covered region is already part of the mask
-            return ncc, registration
-        return _fill_uncovered(ncc, registration, plan, fill_value), registration
-
     compared = reference
     if registration.reference_plane is not None:
         compared = _broadcast_plane(
             reference, registration.per_plane, registration.reference_plane, lazy
         )
+    if registration.model != "translation":
+        ncc = local_ncc(compared, registration.apply(moving), **options)
+        if mask is not None:  # the covered region is already part of the mask
+            return ncc, registration
+        return _fill_uncovered(ncc, registration, plan, fill_value), registration
+
     if lazy and registration.shifts is None:
         # Each block of the moving image is shifted as it is read.
         shift = registration.shift
@@ -268,57 +269,16 @@ def _valid_bounds(registration: Registration, shape, plan) -> tuple[np.ndarray, 
     return lo, np.maximum(hi, lo)
 
 
-def _inside(shape, location, lo, hi) -> np.ndarray:
-    """True where ``lo <= position < hi`` on every axis, for a block at `location`."""
-    vecs = [
-        (np.arange(start, start + n) >= a) & (np.arange(start, start + n) < b)
-        for n, start, a, b in zip(shape, location, lo, hi, strict=True)
-    ]
-    ndim = len(vecs)
-    open_mesh = [
-        v.reshape([-1 if i == ax else 1 for i in range(ndim)]) for ax, v in enumerate(vecs)
-    ]
-    return functools.reduce(np.logical_and, open_mesh, np.ones((1,) * ndim, dtype=bool))
-
-
-def _covered_block(registration: Registration, shape, block_shape, location) -> np.ndarray:
-    """``registration.valid_mask(shape)`` over the block at `location` (start offsets)."""
-    if registration.shifts is None:
-        region = registration.valid_region(shape)
-        return _inside(block_shape, location, *_bounds(region))
-    axis = registration.per_plane
-    covered = np.empty(block_shape, dtype=bool)
-    plane_shape, plane_location = list(block_shape), list(location)
-    plane_shape[axis] = 1
-    for local in range(block_shape[axis]):
-        plane_location[axis] = location[axis] + local
-        region = registration.valid_region(shape, plane=plane_location[axis])
-        index = [slice(None)] * len(block_shape)
-        index[axis] = slice(local, local + 1)
-        covered[tuple(index)] = _inside(plane_shape, plane_location, *_bounds(region))
-    return covered
-
-
-def _bounds(region) -> tuple[list[int], list[int]]:
-    return [sl.start for sl in region], [sl.stop for sl in region]
-
-
 def _and_covered(mask, registration: Registration, shape):
     """`mask` and the region the registered moving image covers; lazily for a Dask mask."""
-    if not is_dask(mask):
-        return mask & registration.valid_mask(shape)
-
-    def block(m, block_info=None):
-        location = [start for start, _ in block_info[0]["array-location"]]
-        return m & _covered_block(registration, shape, m.shape, location)
-
-    return mask.map_blocks(block, dtype=bool, meta=np.empty((0,) * mask.ndim, dtype=bool))
+    chunks = mask.chunks if is_dask(mask) else None
+    return mask & registration.valid_mask(shape, chunks=chunks)
 
 
 def _fill_block(block, lo, hi, per_plane, fill_value, location):
     """`block` (at `location`: start offsets) with `fill_value` outside the valid bounds."""
     if per_plane is None:
-        inside = _inside(block.shape, location, lo[0], hi[0])
+        inside = inside_box(block.shape, location, lo[0], hi[0])
     else:
         inside = np.zeros(block.shape, dtype=bool)
         plane_shape = np.delete(block.shape, per_plane)
@@ -327,7 +287,7 @@ def _fill_block(block, lo, hi, per_plane, fill_value, location):
             t = location[per_plane] + local
             index = [slice(None)] * block.ndim
             index[per_plane] = local
-            inside[tuple(index)] = _inside(
+            inside[tuple(index)] = inside_box(
                 plane_shape,
                 plane_location,
                 np.delete(lo[t], per_plane),
@@ -367,9 +327,7 @@ def _fill_uncovered(ncc, registration: Registration, plan, fill_value):
         return np.where(valid, ncc, np.asarray(fill_value, dtype=ncc.dtype))
     import dask.array as da
 
-    from ._warp import covered
-
-    mask = covered(registration.transform, shape, chunks=ncc.chunks)
+    mask = registration.valid_mask(shape, chunks=ncc.chunks)
     depth = {ax: radius.get(ax, 0) for ax in range(len(shape))}
     valid = mask.map_overlap(erode, depth=depth, boundary="nearest", dtype=bool)
     return da.where(valid, ncc, np.asarray(fill_value, dtype=ncc.dtype))

@@ -346,6 +346,9 @@ def run_steps(
 def rescaled(registration, factors):
     """A registration in pixels `factors` times larger (per axis): the shifts divided by them.
 
+    A transform is conjugated by the block-mean map (:func:`_rescaled_transform`); per
+    plane, each plane's transform by the factors of the plane's axes.
+
     Level ``k`` of a pyramid sees the level-0 shift divided by its downsampling factor;
     ``rescaled(registration, 1 / factors)`` goes the other way. None stays None.
 
@@ -365,6 +368,12 @@ def rescaled(registration, factors):
         shift=tuple(np.asarray(registration.shift) / factors),
         shifts=None if registration.shifts is None else registration.shifts / factors,
         transform=_rescaled_transform(registration.transform, factors),
+        transforms=None
+        if registration.transforms is None
+        else tuple(
+            _rescaled_transform(t, np.delete(factors, registration.per_plane))
+            for t in registration.transforms
+        ),
     )
 
 

@@ -2,7 +2,8 @@
 
 :func:`register` validates its arguments once into a :class:`RegistrationPlan`, then
 estimates one translation for the whole image, or one per plane of a stack (read a slab
-of chunks at a time for Dask stacks). Each image or plane is registered in memory
+of chunks at a time for Dask stacks); or another model's transform for a 2D image, or
+one per 2D plane of a stack. Each image or plane is registered in memory
 (:mod:`._phase_correlation`) or, when too large, by a coarse estimate refined on a few
 full-resolution tiles (:mod:`._large_image`). The result is a :class:`Registration`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 import numpy as np
@@ -28,7 +29,8 @@ from ._phase_correlation import (
     check_normalization,
     estimate_translation,
 )
-from ._registration import Registration, RegistrationWarning, plane_index
+from ._regions import plane_index
+from ._registration import Registration, RegistrationWarning
 from ._transform import MODELS
 from ._validation import (
     check_image,
@@ -213,10 +215,12 @@ def register(
         cancel it). Called in the thread that runs :func:`register`.
     model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
         The transform estimated. Other models than "translation" are estimated for 2D
-        images of at most ``max_size**2`` pixels (Dask input is computed), whole (no
-        `axes`, `per_plane` or pyramid levels beyond the first), by
+        images and 3D volumes of at most ``max_size**2`` pixels (Dask input is
+        computed), whole (no `axes` or pyramid levels beyond the first), by
         :func:`napari_ncc._estimate_transform.estimate_transform`; the result's
         ``transform`` maps reference to moving pixel coordinates, (row, col) order.
+        With `per_plane`, for each 2D plane of a 3D stack (read one plane at a time):
+        the result's ``transforms`` holds one per plane (see :class:`Registration`).
 
     Returns
     -------
@@ -271,6 +275,17 @@ def register(
     array([ 3.4, -5.2])
     >>> reg.reliable
     True
+
+    Per plane, with a rotating drift (plane ``t`` rotated by ``t`` degrees):
+
+    >>> from napari_ncc._transform import AffineTransform
+    >>> from napari_ncc._warp import warp
+    >>> plane = data.astronaut()[100:356, 150:406, 1].astype(float)
+    >>> drift = [AffineTransform.from_rotation(t, center=(128, 128)) for t in range(3)]
+    >>> stack = np.stack([warp(plane, d.inverse(), order=3) for d in drift])
+    >>> reg = register(np.stack([plane] * 3), stack, model="rigid", per_plane=0)
+    >>> np.round([t.angle for t in reg.transforms], 1) + 0.0  # + 0.0: never -0.0
+    array([0., 1., 2.])
     """
     ref_levels = _as_levels(reference, "reference")
     mov_levels = _as_levels(moving, "moving")
@@ -294,7 +309,10 @@ def register(
     model = _check_model(model)
     if model != "translation":
         _check_model_support(model, plan)
-        reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
+        if plan.per_plane is None:
+            reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
+        else:
+            reg = _register_planes_model(ref_levels[0], mov_levels[0], model, plan, progress)
     elif plan.per_plane is None:
         reg = _register_whole(ref_levels, mov_levels, plan, progress)
     else:
@@ -316,6 +334,17 @@ def _check_model(model) -> str:
 
 def _check_model_support(model: str, plan: RegistrationPlan) -> None:
     """Raise unless the images are ones a non-translation `model` is estimated on now."""
+    if plan.per_plane is not None:
+        # Per plane: every plane must be an image the model is estimated on.
+        plane_shape = tuple(n for ax, n in enumerate(plan.shape) if ax != plan.per_plane)
+        if len(plane_shape) != 2 or plan.plane_axes != (0, 1):
+            raise ValueError(
+                f"model={model!r} with per_plane needs 2D planes, all of whose axes are "
+                f"registered (a 3D stack), got planes of shape {plane_shape} along axis "
+                f"{plan.per_plane} of images of shape {plan.shape}, registered axes "
+                f"{plan.axes}; use model='translation'"
+            )
+        plan = replace(plan, shape=plane_shape, axes=(0, 1), per_plane=None, reference_plane=None)
     supported = (
         f"model={model!r} is supported for single 2D images of at most max_size**2 = "
         f"{plan.max_size**2} pixels (sides <= {plan.max_size}); use model='translation'"
@@ -367,6 +396,44 @@ def _register_model(reference, moving, model: str, progress) -> Registration:
     )
 
 
+def _register_planes_model(reference, moving, model: str, plan, progress) -> Registration:
+    """A rigid, similarity, affine or deformable transform per 2D plane of a stack."""
+    axis = plan.per_plane
+    tracker = _Progress(progress, plan.shape[axis])
+    planes = []
+    for t, ref_t, mov_t in _plane_pairs(reference, moving, plan):
+        planes.append(_register_model(ref_t, mov_t, model, None))
+        tracker.reach(t + 1)
+    shifts = np.array([np.insert(p.shift, axis, 0.0) for p in planes])
+    qualities = np.array([p.quality for p in planes])
+    methods = sorted({p.method for p in planes})
+    return Registration(
+        shift=tuple(np.median(shifts, axis=0)),
+        shifts=shifts,
+        per_plane=axis,
+        reference_plane=plan.reference_plane,
+        quality=float(qualities.min()),
+        qualities=qualities,
+        reliable=all(p.reliable for p in planes),
+        method="per plane: " + (methods[0] if len(methods) == 1 else f"{methods[0]}, ..."),
+        notes=_plane_notes([(p.reliable, p.notes) for p in planes]),
+        transforms=tuple(p.transform for p in planes),
+        tiles=tuple(p.tiles for p in planes),
+    )
+
+
+def _plane_notes(planes) -> tuple[str, ...]:
+    """The note of a per-plane registration: ``planes`` is ``(reliable, notes)`` per plane."""
+    unreliable = [t for t, (reliable, _) in enumerate(planes) if not reliable]
+    if not unreliable:
+        return ()
+    first = "; ".join(planes[unreliable[0]][1])
+    return (
+        f"{len(unreliable)} of {len(planes)} planes unreliable (first: plane "
+        f"{unreliable[0]}: {first})",
+    )
+
+
 def is_pyramid(image) -> bool:
     """Whether `image` is a pyramid: a non-empty list or tuple of arrays (full resolution
     first, as napari's multiscale data)."""
@@ -397,7 +464,6 @@ def _register_whole(ref_levels, mov_levels, plan: RegistrationPlan, progress) ->
 def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -> Registration:
     """One translation per plane along ``plan.per_plane``."""
     per_plane, reference_plane, shape0 = plan.per_plane, plan.reference_plane, plan.shape
-    ndim = len(shape0)
     ref0, mov0 = ref_levels[0], mov_levels[0]
     plane_axes = plan.plane_axes
     n_planes = shape0[per_plane]
@@ -416,25 +482,11 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
     steps = 1 if batched else _steps(*plane_levels, plane_axes, plan)
     tracker = _Progress(progress, n_planes * steps)
     if batched:
-        # Small planes of a Dask stack: read them a slab of chunks at a time, so that a
-        # chunk holding several planes is read once, not once per plane.
-        ref_fixed = None
-        if reference_plane is not None:
-            (ref_fixed,) = read_regions([(ref0, plane_index(ndim, per_plane, reference_plane))])
-        chunked = mov0 if is_dask(mov0) else ref0
-        for t0, t1 in _plane_batches(chunked, per_plane, math.prod(plane_shape) * 8):
-            slab = plane_index(ndim, per_plane, slice(t0, t1))
-            if ref_fixed is None:
-                ref_slab, mov_slab = read_regions([(ref0, slab), (mov0, slab)])
-            else:
-                (mov_slab,) = read_regions([(mov0, slab)])
-            for t in range(t0, t1):
-                local = plane_index(ndim, per_plane, t - t0)
-                ref_t = ref_fixed if ref_fixed is not None else ref_slab[local]
-                est, method = _register_one([ref_t], [mov_slab[local]], plane_axes, plan, tracker)
-                ests.append(est)
-                methods.add(method)
-                tracker.reach((t + 1) * steps)
+        for t, ref_t, mov_t in _plane_pairs(ref0, mov0, plan):
+            est, method = _register_one([ref_t], [mov_t], plane_axes, plan, tracker)
+            ests.append(est)
+            methods.add(method)
+            tracker.reach((t + 1) * steps)
     for t in range(n_planes if not batched else 0):
         source = t if reference_plane is None else reference_plane
         ref_t = [_take(level, per_plane, source, shape0) for level in ref_levels]
@@ -445,14 +497,6 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
         tracker.reach((t + 1) * steps)
     shifts = np.array([np.insert(e.shift, per_plane, 0.0) for e in ests])
     qualities = np.array([e.quality for e in ests])
-    unreliable = [t for t, e in enumerate(ests) if not e.reliable]
-    notes = []
-    if unreliable:
-        first = ests[unreliable[0]]
-        notes.append(
-            f"{len(unreliable)} of {n_planes} planes unreliable (first: plane "
-            f"{unreliable[0]}: {'; '.join(first.notes)})"
-        )
     return Registration(
         shift=tuple(np.median(shifts, axis=0)),
         shifts=shifts,
@@ -460,12 +504,39 @@ def _register_planes(ref_levels, mov_levels, plan: RegistrationPlan, progress) -
         reference_plane=reference_plane,
         quality=float(qualities.min()),
         qualities=qualities,
-        reliable=not unreliable,
+        reliable=all(e.reliable for e in ests),
         error=float(np.nanmax([e.error for e in ests])) if ests else float("nan"),
         peak_ratio=float(min(e.peak_ratio for e in ests)),
         method="per plane: " + ", ".join(sorted(methods)),
-        notes=tuple(notes),
+        notes=_plane_notes([(e.reliable, e.notes) for e in ests]),
     )
+
+
+def _plane_pairs(reference, moving, plan: RegistrationPlan):
+    """``(t, reference plane, moving plane)`` in memory, for every plane t in order.
+
+    Dask stacks are read a slab of chunks at a time, so that a chunk holding several
+    planes is read once, not once per plane; the reference plane is read once.
+    """
+    axis, ndim = plan.per_plane, len(plan.shape)
+    fixed = None
+    if plan.reference_plane is not None:
+        (fixed,) = read_regions([(reference, plane_index(ndim, axis, plan.reference_plane))])
+    chunked = moving if is_dask(moving) else reference
+    if is_dask(chunked):
+        plane_bytes = math.prod(n for ax, n in enumerate(plan.shape) if ax != axis) * 8
+        batches = _plane_batches(chunked, axis, plane_bytes)
+    else:
+        batches = [(t, t + 1) for t in range(plan.shape[axis])]
+    for t0, t1 in batches:
+        slab = plane_index(ndim, axis, slice(t0, t1))
+        if fixed is None:
+            ref_slab, mov_slab = read_regions([(reference, slab), (moving, slab)])
+        else:
+            (mov_slab,) = read_regions([(moving, slab)])
+        for t in range(t0, t1):
+            local = plane_index(ndim, axis, t - t0)
+            yield t, fixed if fixed is not None else ref_slab[local], mov_slab[local]
 
 
 def _plane_batches(image, axis, plane_bytes):

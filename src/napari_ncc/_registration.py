@@ -1,8 +1,8 @@
 """The result of a registration: :class:`Registration`.
 
 A :class:`Registration` holds the transform that brings a moving image onto a reference
-(a translation, one for the image or one per plane of a stack; or a rigid, similarity,
-affine or deformable :mod:`~napari_ncc._transform` for a 2D image), applies it (NumPy in,
+(a translation, or a rigid, similarity, affine or deformable :mod:`~napari_ncc._transform`;
+one for the image or one per plane of a stack), applies it (NumPy in,
 NumPy out; Dask in, lazy Dask out), maps points from the reference grid into the moving
 image, says which pixels of the registered image are real data, and round-trips through
 JSON. :func:`napari_ncc.register` (module ``_register``) estimates it.
@@ -20,6 +20,7 @@ from numbers import Integral
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._regions import inside_box, plane_index, valid_slices
 from ._transform import MODELS, AffineTransform, DeformableTransform, transform_from_dict
 from ._validation import check_image, check_order, interpolated_dtype, is_dask, snap_shift
 
@@ -36,8 +37,10 @@ class Registration:
 
     A translation is held by `shift` (or `shifts`, per plane) alone; any other model by
     `transform` (reference pixel coordinates -> moving pixel coordinates, (row, col)
-    order), with `shift` then the displacement at the image centre (a summary). Every
-    method answers whatever the model, so callers need not branch on it.
+    order), or per plane by `transforms` (one transform of a plane's axes per plane), with
+    `shift` (`shifts`) then the displacement at the image's (each plane's) centre, a
+    summary. Every method answers whatever the model, so callers need not branch on it;
+    :meth:`plane_registration` gives one plane's registration alone.
 
     Same convention as ``skimage.registration.phase_cross_correlation``:
     ``scipy.ndimage.shift(moving, reg.shift)`` is (approximately) the reference.
@@ -50,7 +53,8 @@ class Registration:
         Shift per axis of the moving image. With per-plane registration, the per-axis
         median of `shifts` (a summary; :meth:`apply` uses `shifts`).
     shifts : ndarray of float, shape (n_planes, ndim), or None
-        Per-plane registration: the shift of each plane (0 along the plane axis).
+        Per-plane registration: the shift of each plane (0 along the plane axis); with
+        `transforms`, the displacement at each plane's centre (a summary).
     per_plane : int or None
         The axis along which planes were registered separately.
     reference_plane : int or None
@@ -81,10 +85,15 @@ class Registration:
         The transform model (see :data:`MODELS`): ``transform.model``, or "translation"
         without a `transform`.
     transform : AffineTransform or DeformableTransform or None
-        The non-translation transform (None for a translation). Not per plane.
-    tiles : TileReport or None
-        The local shifts the transform was fitted to (:meth:`to_dict` saves only their
-        count and how many were rejected).
+        The non-translation transform of a whole image (None for a translation and per
+        plane).
+    transforms : tuple of AffineTransform or DeformableTransform, or None
+        Per-plane registration with a model other than translation: plane ``t``'s
+        transform, over the plane's axes (the plane axis left out), all of one model.
+        Needs `per_plane` and `shifts`.
+    tiles : TileReport or tuple of TileReport or None
+        The local shifts the transform was fitted to (per plane: one report per plane;
+        :meth:`to_dict` saves only their count and how many were rejected).
     """
 
     shift: tuple[float, ...]
@@ -101,6 +110,9 @@ class Registration:
     model: str = "translation"
     transform: AffineTransform | DeformableTransform | None = None
     tiles: object = field(default=None, repr=False)
+    transforms: tuple[AffineTransform | DeformableTransform, ...] | None = field(
+        default=None, repr=False
+    )
 
     def __post_init__(self):
         # Snapped, so that a shift that is an integer up to rounding (-6e-18 for a plane
@@ -132,8 +144,13 @@ class Registration:
                     f"transform has {self.transform.ndim} dimensions, shift has {len(self.shift)}"
                 )
             if self.shifts is not None:
-                raise ValueError("a per-plane registration holds translations only")
+                raise ValueError(
+                    "a per-plane registration holds its planes' transforms in transforms, "
+                    "not transform"
+                )
             self.model = self.transform.model
+        elif self.transforms is not None:
+            self._check_transforms()
         elif self.model != "translation":
             if self.model in MODELS:
                 raise ValueError(f"model {self.model!r} needs a transform")
@@ -142,10 +159,78 @@ class Registration:
                 f"unknown model {self.model!r}; expected one of {', '.join(map(repr, MODELS))}"
             )
 
+    def _check_transforms(self) -> None:
+        self.transforms = tuple(self.transforms)
+        if self.shifts is None:
+            raise ValueError(
+                "transforms is given, so shifts (each plane's displacement at its centre) "
+                "and per_plane (the plane axis) must be too"
+            )
+        if len(self.transforms) != len(self.shifts):
+            raise ValueError(
+                f"transforms has {len(self.transforms)} planes, shifts {len(self.shifts)}"
+            )
+        models = set()
+        for t in self.transforms:
+            if not isinstance(t, (AffineTransform, DeformableTransform)):
+                raise TypeError(
+                    "transforms must hold AffineTransform or DeformableTransform, "
+                    f"got {type(t).__name__}"
+                )
+            if t.ndim != self.ndim - 1:
+                raise ValueError(
+                    f"transforms of the planes of {self.ndim}D images must have "
+                    f"{self.ndim - 1} dimensions, got {t.ndim}"
+                )
+            models.add(t.model)
+        if len(models) != 1 or "translation" in models:
+            raise ValueError(
+                "transforms must all be of one model other than translation (a translation "
+                f"per plane is given by shifts), got {sorted(models)}"
+            )
+        (self.model,) = models
+
     @property
     def ndim(self) -> int:
         """Number of axes of the registered images."""
         return len(self.shift)
+
+    @property
+    def plane_axes(self) -> tuple[int, ...]:
+        """Per plane: the axes within a plane (all but `per_plane`), as stack axes."""
+        return tuple(ax for ax in range(self.ndim) if ax != self.per_plane)
+
+    def plane_registration(self, t: int) -> Registration:
+        """Plane `t` of a per-plane registration, as the registration of that plane alone.
+
+        It has ``ndim - 1`` axes (the plane axis left out): a translation, or the plane's
+        transform with its displacement at the centre as `shift`. Its `quality` and
+        `tiles` are the plane's; `reliable` and `method` the stack's.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from napari_ncc import Registration
+        >>> reg = Registration(shift=(0, 1, 0), shifts=np.array([[0, 1, 0], [0, 2, -1]]),
+        ...                    per_plane=0)
+        >>> reg.plane_registration(1).shift
+        (2.0, -1.0)
+        """
+        if self.shifts is None:
+            raise ValueError("plane_registration needs a per-plane registration (per_plane)")
+        n = len(self.shifts)
+        if isinstance(t, bool) or not isinstance(t, Integral) or not -n <= t < n:
+            raise ValueError(f"plane must be an integer in [{-n}, {n}), got {t!r}")
+        quality = self.quality if self.qualities is None else self.qualities[t]
+        tiles = self.tiles[t] if isinstance(self.tiles, tuple) else None
+        return Registration(
+            shift=tuple(np.delete(self.shifts[t], self.per_plane)),
+            quality=float(quality),
+            reliable=self.reliable,
+            method=self.method,
+            transform=None if self.transforms is None else self.transforms[t],
+            tiles=tiles,
+        )
 
     @property
     def matrix(self) -> np.ndarray:
@@ -153,8 +238,10 @@ class Registration:
 
         ``moving = matrix @ [*reference, 1]`` (the convention of
         ``scipy.ndimage.affine_transform``): for a translation, the identity with
-        ``-shift`` in the last column. Per plane: one matrix per plane, shape
-        ``(n_planes, ndim + 1, ndim + 1)``.
+        ``-shift`` in the last column; for a deformable transform, its linear part (the
+        field comes on top). Per plane: one matrix per plane, shape
+        ``(n_planes, ndim + 1, ndim + 1)``, over the stack's axes (the identity along the
+        plane axis): ``matrix[t]`` maps the points of plane ``t``.
 
         Examples
         --------
@@ -170,6 +257,10 @@ class Registration:
         shifts = np.array([self.shift]) if self.shifts is None else self.shifts
         matrices = np.tile(np.eye(self.ndim + 1), (len(shifts), 1, 1))
         matrices[:, : self.ndim, self.ndim] = -shifts
+        if self.transforms is not None:
+            rows = [*self.plane_axes, self.ndim]
+            for t, transform in enumerate(self.transforms):
+                matrices[t][np.ix_(rows, rows)] = transform.matrix
         matrices += 0.0  # -0.0 -> 0.0
         return matrices[0] if self.shifts is None else matrices
 
@@ -183,7 +274,8 @@ class Registration:
         ----------
         points : array_like, shape (..., ndim)
             Coordinates on the reference grid (pixels, any real values). Per plane: the
-            coordinate along the plane axis must be a plane index (an integer).
+            coordinate along the plane axis must be a plane index (an integer); each
+            point goes through its plane's shift or transform, and keeps its plane index.
 
         Returns
         -------
@@ -216,7 +308,16 @@ class Registration:
                 f"points along the plane axis {self.per_plane} must be plane indices "
                 f"(integers in [0, {n}))"
             )
-        return points - self.shifts[index.astype(np.intp)]
+        index = index.astype(np.intp)
+        if self.transforms is None:
+            return points - self.shifts[index]
+        flat, index = points.reshape(-1, self.ndim), index.ravel()
+        out = flat.copy()
+        axes = list(self.plane_axes)
+        for t in np.unique(index):
+            at = index == t
+            out[np.ix_(at, axes)] = self.transforms[t].moving_coordinates(flat[np.ix_(at, axes)])
+        return out.reshape(points.shape)
 
     def check_shape(self, shape, name: str = "image") -> tuple[int, ...]:
         """`shape` as a tuple of ints; raise if it cannot be a shape of registered images.
@@ -270,45 +371,40 @@ class Registration:
         array([0., 0., 4., 8.])
         """
         order = check_order(order)
+        if not is_dask(image):
+            image = np.asarray(image)
+        check_image(image, "image")
+        shape = self.check_shape(image.shape)
+        if self.shifts is not None:
+            return self._apply_planes(image, shape, order=order, mode=mode)
         if self.transform is not None:
             from ._warp import warp
 
-            check_image(image, "image")
-            self.check_shape(image.shape)
             return warp(image, self.transform, order=order, mode=mode)
         if is_dask(image):
-            return self._apply_dask(image, order=order, mode=mode)
-        image = np.asarray(image)
-        check_image(image, "image")
-        shape = self.check_shape(image.shape)
-        dtype = interpolated_dtype(image.dtype)
-        if self.shifts is None:
-            return ndi.shift(image.astype(dtype, copy=False), self.shift, order=order, mode=mode)
-        out = np.empty(shape, dtype=dtype)
-        for t, plane_shift in enumerate(self.shifts):
-            index = plane_index(self.ndim, self.per_plane, t)
-            plane_shift = np.delete(plane_shift, self.per_plane)
-            out[index] = ndi.shift(
-                image[index].astype(dtype, copy=False), plane_shift, order=order, mode=mode
-            )
-        return out
-
-    def _apply_dask(self, image, *, order, mode):
-        import dask.array as da
-
-        check_image(image, "image")
-        self.check_shape(image.shape)
-        # No astype here: shift_lazy already gives floats (float32 for integer, bool and
-        # float16 input, as interpolated_dtype), and a cast would hide the source it reads
-        # each plane's blocks from.
-        if self.shifts is None:
+            # No astype here: shift_lazy already gives floats (float32 for integer, bool and
+            # float16 input, as interpolated_dtype), and a cast would hide the source it
+            # reads each block from.
             return _shift_lazy(image, self.shift, order=order, mode=mode)
-        planes = []
-        for t, plane_shift in enumerate(self.shifts):
-            plane = image[plane_index(self.ndim, self.per_plane, t)]
-            plane_shift = tuple(np.delete(plane_shift, self.per_plane))
-            planes.append(_shift_lazy(plane, plane_shift, order=order, mode=mode))
-        return da.stack(planes, axis=self.per_plane)
+        dtype = interpolated_dtype(image.dtype)
+        return ndi.shift(image.astype(dtype, copy=False), self.shift, order=order, mode=mode)
+
+    def _apply_planes(self, image, shape, *, order, mode):
+        """:meth:`apply`, plane by plane (each plane lazily for Dask input)."""
+        planes = (
+            self.plane_registration(t).apply(
+                image[plane_index(self.ndim, self.per_plane, t)], order=order, mode=mode
+            )
+            for t in range(len(self.shifts))
+        )
+        if is_dask(image):
+            import dask.array as da
+
+            return da.stack(list(planes), axis=self.per_plane)
+        out = np.empty(shape, dtype=interpolated_dtype(image.dtype))
+        for t, plane in enumerate(planes):
+            out[plane_index(self.ndim, self.per_plane, t)] = plane
+        return out
 
     def valid_region(self, shape, *, plane: int | None = None) -> tuple[slice, ...]:
         """Slices of the pixels of the registered image that come from inside the moving image.
@@ -343,7 +439,7 @@ class Registration:
         (slice(3, 10, None), slice(0, 7, None))
         """
         shape = self.check_shape(shape, "shape")
-        if self.transform is not None:
+        if self.model != "translation":
             raise ValueError(
                 f"valid_region is a box of a translation; the valid pixels of a "
                 f"{self.model!r} registration are given by valid_mask(shape)"
@@ -351,41 +447,91 @@ class Registration:
         if self.shifts is None:
             if plane is not None:
                 raise ValueError("plane is only meaningful for a per-plane registration")
-            return _valid_slices(shape, self.shift)
+            return valid_slices(shape, self.shift)
         if plane is not None:
             n = len(self.shifts)
             if isinstance(plane, bool) or not isinstance(plane, Integral) or not -n <= plane < n:
                 raise ValueError(f"plane must be an integer in [{-n}, {n}), got {plane!r}")
-            return _valid_slices(shape, self.shifts[plane], skip=self.per_plane)
+            return valid_slices(shape, self.shifts[plane], skip=self.per_plane)
         lo = [0] * len(shape)
         hi = list(shape)
         for plane_shift in self.shifts:
-            for ax, sl in enumerate(_valid_slices(shape, plane_shift, skip=self.per_plane)):
+            for ax, sl in enumerate(valid_slices(shape, plane_shift, skip=self.per_plane)):
                 lo[ax] = max(lo[ax], sl.start)
                 hi[ax] = min(hi[ax], sl.stop)
         return tuple(slice(a, max(a, b)) for a, b in zip(lo, hi, strict=True))
 
-    def valid_mask(self, shape) -> np.ndarray:
+    def valid_mask(self, shape, *, chunks=None):
         """Which pixels of the registered image come from inside the moving image.
 
         Translation: :meth:`valid_region` as a mask (per plane for a per-plane
         registration). Other models: the pixels whose :meth:`moving_coordinates` lie
-        inside the moving image (:func:`napari_ncc._warp.covered`).
+        inside the moving image (:func:`napari_ncc._warp.covered`), per plane with
+        `transforms`.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Shape of the registered images.
+        chunks : optional
+            If given, a lazy Dask mask with these chunks, each block computed alone.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of bool, of shape `shape`
+
+        Examples
+        --------
+        >>> from napari_ncc import Registration
+        >>> Registration(shift=(1.0, 0.0)).valid_mask((3, 2)).astype(int).tolist()
+        [[0, 0], [1, 1], [1, 1]]
         """
         shape = self.check_shape(shape, "shape")
+        if chunks is not None:
+            import dask.array as da
+
+            def block(block_info=None):
+                info = block_info[None]
+                start = [loc[0] for loc in info["array-location"]]
+                return self._valid_block(shape, start, info["chunk-shape"])
+
+            return da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, shape), dtype=bool)
+        if self.shifts is not None:
+            mask = np.empty(shape, dtype=bool)
+            plane_shape = np.delete(shape, self.per_plane)
+            for t in range(len(self.shifts)):
+                index = plane_index(self.ndim, self.per_plane, t)
+                mask[index] = self.plane_registration(t).valid_mask(plane_shape)
+            return mask
         if self.transform is not None:
             from ._warp import covered
 
             return covered(self.transform, shape)
         mask = np.zeros(shape, dtype=bool)
-        if self.shifts is None:
-            mask[self.valid_region(shape)] = True
-            return mask
-        for t in range(len(self.shifts)):
-            region = list(self.valid_region(shape, plane=t))
-            region[self.per_plane] = t
-            mask[tuple(region)] = True
+        mask[self.valid_region(shape)] = True
         return mask
+
+    def _valid_block(self, shape, start, block_shape) -> np.ndarray:
+        """:meth:`valid_mask` over the block ``start + [0, block_shape)``."""
+        if self.shifts is not None:
+            axis = self.per_plane
+            plane_shape, plane_start, plane_block = (
+                np.delete(x, axis) for x in (shape, start, block_shape)
+            )
+            mask = np.empty(block_shape, dtype=bool)
+            for local in range(block_shape[axis]):
+                plane = self.plane_registration(start[axis] + local)
+                mask[plane_index(self.ndim, axis, local)] = plane._valid_block(
+                    tuple(plane_shape), plane_start, plane_block
+                )
+            return mask
+        if self.transform is not None:
+            from ._warp import covered_block
+
+            return covered_block(self.transform, start, block_shape, shape)
+        region = self.valid_region(shape)
+        lo, hi = [sl.start for sl in region], [sl.stop for sl in region]
+        return inside_box(block_shape, start, lo, hi)
 
     def to_dict(self) -> dict:
         """A JSON-able description (for layer metadata or zarr attributes).
@@ -419,9 +565,10 @@ class Registration:
             "notes": list(self.notes),
             "model": self.model,
             "transform": None if self.transform is None else self.transform.to_dict(),
-            "tiles": None
-            if self.tiles is None
-            else {"count": len(self.tiles.centers), "rejected": int(self.tiles.rejected.sum())},
+            "transforms": None
+            if self.transforms is None
+            else [t.to_dict() for t in self.transforms],
+            "tiles": _tile_counts(self.tiles),
             "convention": "scipy.ndimage.shift(moving, shift) ~ reference",
         }
 
@@ -448,28 +595,24 @@ class Registration:
             notes=tuple(d.get("notes", ())),
             model=d.get("model", "translation"),
             transform=None if d.get("transform") is None else transform_from_dict(d["transform"]),
+            transforms=None
+            if d.get("transforms") is None
+            else tuple(transform_from_dict(t) for t in d["transforms"]),
         )
 
 
-def plane_index(ndim: int, axis: int, t) -> tuple:
-    """Index of plane (or slice of planes) `t` along `axis` of an `ndim`-D array."""
-    index = [slice(None)] * ndim
-    index[axis] = t
-    return tuple(index)
-
-
-def _valid_slices(shape, shift, skip=None) -> tuple[slice, ...]:
-    out = []
-    for ax, (n, s) in enumerate(zip(shape, snap_shift(shift).tolist(), strict=True)):
-        if ax == skip:
-            out.append(slice(0, n))
-            continue
-        # x - s must lie in [0, n - 1]; s is snapped, so an integer up to rounding counts
-        # as that integer.
-        lo = min(max(math.ceil(s), 0), n)
-        hi = min(max(math.floor(n - 1 + s) + 1, lo), n)
-        out.append(slice(lo, hi))
-    return tuple(out)
+def _tile_counts(tiles) -> dict | None:
+    """How many tiles a fit used and rejected (summed over the planes' reports)."""
+    if tiles is None:
+        return None
+    reports = tiles if isinstance(tiles, tuple) else (tiles,)
+    counts = {
+        "count": sum(len(r.centers) for r in reports),
+        "rejected": sum(int(r.rejected.sum()) for r in reports),
+    }
+    if isinstance(tiles, tuple):
+        counts["planes"] = len(reports)
+    return counts
 
 
 def _shift_lazy(image, shift, *, order, mode):

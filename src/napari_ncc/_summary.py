@@ -187,6 +187,8 @@ def describe(result: dict) -> list[str]:
     names = result.get("axes_names")
     if reg is None:
         lines.append("registration: skipped (the images are compared as they are)")
+    elif reg.get("transforms") is not None:
+        lines.extend(describe_plane_transforms(reg, names))
     elif reg.get("shifts") is not None:
         shifts = np.asarray(reg["shifts"], dtype=float)
         qualities = reg.get("qualities") or [None] * len(shifts)
@@ -237,7 +239,9 @@ def transform_summary(registration: dict) -> dict | None:
         centre, px); for a deformable transform ``field`` with the ``largest`` and
         ``median`` length of its node displacements beyond the linear part (px) and
         ``nodes``; ``tiles`` with their ``count`` and how many were ``rejected`` as
-        outliers (None when unknown).
+        outliers (None when unknown). Per plane (``transforms``): ``model``,
+        ``per_plane``, ``tiles`` (over the planes) and ``planes``, those figures for each
+        plane (its shift within the plane).
 
     Examples
     --------
@@ -249,6 +253,22 @@ def transform_summary(registration: dict) -> dict | None:
     """
     from ._transform import transform_from_dict
 
+    if registration.get("transforms") is not None:
+        axis = registration["per_plane"]
+        planes = [
+            transform_summary(
+                {"shift": np.delete(shift, axis).tolist(), "transform": transform, "tiles": None}
+            )
+            for shift, transform in zip(
+                registration["shifts"], registration["transforms"], strict=True
+            )
+        ]
+        return {
+            "model": planes[0]["model"],
+            "per_plane": axis,
+            "planes": planes,
+            "tiles": registration.get("tiles"),
+        }
     if registration.get("transform") is None:
         return None
     transform = transform_from_dict(registration["transform"])
@@ -313,6 +333,78 @@ def describe_transform(registration: dict, quality: str = "") -> list[str]:
     tiles = summary["tiles"]
     if tiles:
         lines.append(f"  tiles: {tiles['count']}, {tiles['rejected']} rejected as outliers")
+    return lines
+
+
+def describe_plane_transforms(
+    registration: dict, axis_names: Sequence[str] | None = None, max_planes: int = 10
+) -> list[str]:
+    """Lines describing a per-plane registration with transforms (``to_dict()`` output).
+
+    The model and the planes, the range of the angle and scale over the planes, then one
+    line per plane (the first `max_planes`): the figures of :func:`transform_summary`.
+
+    Examples
+    --------
+    >>> from napari_ncc._transform import AffineTransform
+    >>> ts = [AffineTransform.from_rotation(a, center=(32, 32)) for a in (0.0, 1.5)]
+    >>> reg = {"per_plane": 0, "shifts": [[0, 0, 0], [0, 0.5, -1]],
+    ...        "transforms": [t.to_dict() for t in ts], "qualities": [0.99, 0.97]}
+    >>> for line in describe_plane_transforms(reg):
+    ...     print(line)
+    registration: 2 rigid transforms, one per plane along axis 0, plane t onto plane t
+      over the planes: angle +0.00 to +1.50 deg, scale 1.0000 to 1.0000
+      plane 0: angle +0.00 deg, scale 1.0000, shift at the centre y +0.00, x +0.00 px  (quality 0.990)
+      plane 1: angle +1.50 deg, scale 1.0000, shift at the centre y +0.50, x -1.00 px  (quality 0.970)
+    """  # noqa: E501
+    planes = transform_summary(registration)["planes"]
+    axis = registration["per_plane"]
+    names = None
+    if axis_names and len(axis_names) == len(registration["shifts"][0]):
+        names = [n for ax, n in enumerate(axis_names) if ax != axis]
+    qualities = registration.get("qualities") or [None] * len(planes)
+    onto = registration.get("reference_plane")
+    onto = "plane t onto plane t" if onto is None else f"each onto plane {onto} of REFERENCE"
+    model = planes[0]["model"]
+    lines = [
+        f"registration: {len(planes)} {model} transforms, one per plane along axis {axis}, {onto}"
+    ]
+    ranges = []
+    angles = [p["angle"] for p in planes if p["angle"] is not None]
+    if angles:
+        ranges.append(
+            f"angle {format_number(min(angles), 2, signed=True)} to "
+            f"{format_number(max(angles), 2, signed=True)} deg"
+        )
+    scales = [p["scale"] for p in planes]
+    ranges.append(f"scale {format_number(min(scales), 4)} to {format_number(max(scales), 4)}")
+    lines.append("  over the planes: " + ", ".join(ranges))
+    if model == "deformable":
+        largest = [p["field"]["largest"] for p in planes]
+        worst = int(np.argmax(largest))
+        lines.append(
+            f"  field: largest displacement {largest[worst]:.2f} px (plane {worst}), "
+            f"median over the planes {np.median(largest):.2f} px"
+        )
+    for t, (plane, quality) in enumerate(zip(planes, qualities, strict=False)):
+        if t == max_planes:
+            lines.append(f"  ... {len(planes) - t} more planes (all stored with the map)")
+            break
+        parts = (
+            []
+            if plane["angle"] is None
+            else [f"angle {format_number(plane['angle'], 2, signed=True)} deg"]
+        )
+        parts.append(f"scale {format_number(plane['scale'], 4)}")
+        parts.append(f"shift at the centre {format_shift(plane['shift'], names)}")
+        quality = "" if quality is None else f"  (quality {format_number(quality)})"
+        lines.append(f"  plane {t}: " + ", ".join(parts) + quality)
+    tiles = registration.get("tiles")
+    if tiles:
+        lines.append(
+            f"  tiles: {tiles['count']} over {len(planes)} planes, {tiles['rejected']} "
+            "rejected as outliers"
+        )
     return lines
 
 
@@ -438,7 +530,10 @@ def describe_registration(registration, same_layer: bool = False) -> str:
     shift = ", ".join(
         f"{names[ax]} {format_number(registration.shift[ax], 2, signed=True)}" for ax in axes
     )
-    if registration.transform is not None:
+    if registration.transforms is not None:
+        lines.extend(describe_plane_transforms(registration.to_dict()))
+        lines.append(f"registration quality: {registration.quality:.2f} (lowest plane)")
+    elif registration.transform is not None:
         lines.extend(describe_transform(registration.to_dict()))
         lines.append(f"registration quality: {registration.quality:.2f}")
     elif registration.shifts is None:

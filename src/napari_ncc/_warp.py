@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from ._transform import AffineTransform, DeformableTransform, Transform
 from ._validation import check_image, check_order, interpolated_dtype, is_dask
 
-__all__ = ["covered", "sample", "warp"]
+__all__ = ["covered", "covered_block", "sample", "warp"]
 
 #: Output block size (pixels per axis) of the NumPy path: bounds its temporary memory.
 NUMPY_BLOCK = 512
@@ -311,7 +311,8 @@ def _warp_dask(moving, transform, shape, order, mode, cval, dtype, chunks):
     return da.block(build(0, ()))
 
 
-def _covered_block(transform, start, shape, moving_shape) -> np.ndarray:
+def covered_block(transform: Transform, start, shape, moving_shape) -> np.ndarray:
+    """:func:`covered` over the reference block ``start + [0, shape)``."""
     mapped = _block_coordinates(transform, start, shape)
     # A tolerance, so that a pixel mapped onto the edge up to rounding counts as inside.
     tolerance = 1e-6
@@ -358,13 +359,13 @@ def covered(transform: Transform, shape, moving_shape=None, *, chunks=None):
             stop = [min(s + NUMPY_BLOCK, n) for s, n in zip(start, shape, strict=True)]
             block = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
             block_shape = [b - a for a, b in zip(start, stop, strict=True)]
-            out[block] = _covered_block(transform, start, block_shape, moving_shape)
+            out[block] = covered_block(transform, start, block_shape, moving_shape)
         return out
     import dask.array as da
 
     def block(block_info=None):
         info = block_info[None]
         start = [loc[0] for loc in info["array-location"]]
-        return _covered_block(transform, start, info["chunk-shape"], moving_shape)
+        return covered_block(transform, start, info["chunk-shape"], moving_shape)
 
     return da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, shape), dtype=bool)

@@ -144,7 +144,8 @@ class NCCConfidenceWidget(FunctionGui):
                     "choices": MODELS,
                     "tooltip": "What the registration corrects: translation; rigid (+ rotation);"
                     " similarity (+ scale); affine (+ shear); deformable (+ a smooth field). "
-                    "The others than translation: single 2D images that fit in memory.",
+                    "The others than translation: 2D images and 3D volumes that fit in "
+                    "memory, or per plane the 2D planes of a 3D stack.",
                 },
                 "per_plane": {
                     "label": "per plane",
