@@ -297,7 +297,7 @@ def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
         own = set(ncc.dask.layers) - set(ref.dask.layers) - set(mov.dask.layers)
         assert not any(ncc.dask.layers[name].is_materialized() for name in own)
         view = np.s_[1000:1300, 2000:2400]
-        out = ncc[view].compute(scheduler="sync")  # (threads may compute a chunk twice)
+        out = ncc[view].compute()  # (threads wait for a chunk another is computing)
         # (blocks of about 1024 x 1024 pixels: the view's two, their halos, their strips)
         assert {c[1:] for c in calls} <= {(i, j) for i in range(10) for j in range(3, 13)}
         assert len(calls) == len(set(calls))  # each chunk computed once, then kept
