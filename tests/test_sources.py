@@ -205,6 +205,41 @@ def test_a_failed_chunk_is_computed_by_the_thread_that_waited_for_it(image):
 
 
 @computed_reads
+def test_chunks_a_viewer_computed_are_read_not_computed_again(image):
+    # napari computes the chunks of a computed input layer on screen and keeps them in its
+    # opportunistic Dask cache (a dask.cache.Cache); shared, they are not computed again.
+    import dask
+    from dask.cache import Cache
+
+    calls = []
+
+    def generate(block, block_info=None):
+        calls.append(block_info[None]["chunk-location"])
+        return block + 1
+
+    meta = np.empty((0,) * image.ndim, image.dtype)
+    x = da.from_array(image, chunks=(2, 8, 9)).map_blocks(generate, dtype=image.dtype, meta=meta)
+    source = find_source(x)[1]
+    viewer_cache = Cache(2**24)
+    box = np.s_[0:2, 3:12, 4:14]
+    with viewer_cache, dask.config.set({"optimization.fuse.active": False}):  # (as napari)
+        x[box].compute()
+    computed_by_viewer = sorted(calls)
+    assert computed_by_viewer == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+    _sources.COMPUTED_CHUNKS.clear()
+    _sources.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
+    try:
+        calls.clear()
+        np.testing.assert_array_equal(source[box], image[box] + 1)
+        assert calls == []
+        np.testing.assert_array_equal(source[0:2, 3:12, 4:20], image[0:2, 3:12, 4:20] + 1)
+        assert sorted(calls) == [(0, 0, 2), (0, 1, 2)]  # only those the viewer has not
+    finally:
+        _sources.COMPUTED_CHUNKS.share(None)
+        _sources.COMPUTED_CHUNKS.clear()
+
+
+@computed_reads
 def test_arrays_whose_chunks_need_all_others_are_not_sources_and_say_so(image, caplog):
     x = da.from_array(image, chunks=(1, 4, 4))
     x = x - x.mean()

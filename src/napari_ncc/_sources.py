@@ -160,13 +160,32 @@ class _ChunkCache:
         self._chunks: OrderedDict = OrderedDict()
         self._bytes = 0
         self._pending: dict = {}
+        self._shared = None
+
+    def share(self, chunks) -> None:
+        """Also look chunks up in `chunks` (a mapping, key -> computed chunk, only read),
+        or stop (None).
+
+        A viewer that computes the same input chunks for its own layers keeps them in such
+        a mapping: napari's opportunistic Dask cache
+        (``napari.utils.resize_dask_cache().cache.data``) holds the chunks of the input
+        layers on screen, so the map's view reads them instead of computing them again.
+        """
+        self._shared = chunks
 
     def get(self, key):
         with self._lock:
             chunk = self._chunks.get(key)
             if chunk is not None:
                 self._chunks.move_to_end(key)
-            return chunk
+                return chunk
+        shared = self._shared
+        chunk = None if shared is None else shared.get(key)
+        if not isinstance(chunk, np.ndarray):
+            return None
+        chunk = chunk.view()  # (its own flags: the viewer's array stays as it is)
+        self.put(key, chunk)
+        return chunk
 
     def claim(self, keys) -> tuple[list, dict]:
         """``(mine, theirs)``: keys this thread must compute (then :meth:`finish`), and

@@ -26,6 +26,7 @@ from ._layers import (
     is_mask_layer,
     layer_levels,
     layer_mask,
+    share_viewer_chunks,
     source_path,
 )
 from ._ncc import check_mask
@@ -329,6 +330,7 @@ class NCCConfidenceWidget(FunctionGui):
             show_error("NCC confidence: choose a reference and a moving image layer")
             return None
         ref_levels, mov_levels = layer_levels(reference), layer_levels(moving)
+        share_viewer_chunks()  # (computed inputs: the chunks napari computed for its view)
         if ref_levels[0].shape != mov_levels[0].shape:
             show_error(
                 "NCC confidence: reference and moving must have the same shape, got "
