@@ -401,9 +401,13 @@ class NCCConfidenceWidget(FunctionGui):
             "moving_limits": display_limits(moving),
         }
 
+        preview_shown = job.preview_shown  # (not the job: the connections outlive it)
+
         def show(result):
             if isinstance(result, Result):
                 self._show(activity, result, params, names, display, new_layer, same_layer)
+                if not result.final:  # (after the events queued now: the first frame)
+                    QTimer.singleShot(0, preview_shown.set)
 
         self._activity = activity
         self._undo = []
