@@ -308,8 +308,10 @@ def _and_covered(mask, registration: Registration, shape):
     if not is_dask(mask):
         return mask & registration.valid_mask(shape)
 
-    def block(m, block_info=None):
-        location = [start for start, _ in block_info[0]["array-location"]]
+    starts = [np.cumsum((0, *c)) for c in mask.chunks]  # (block_id: see _fill_invalid)
+
+    def block(m, block_id=None):
+        location = [int(s[i]) for s, i in zip(starts, block_id, strict=True)]
         return m & _covered_block(registration, shape, m.shape, location)
 
     return mask.map_blocks(block, dtype=bool, meta=np.empty((0,) * mask.ndim, dtype=bool))
