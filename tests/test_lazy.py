@@ -297,7 +297,7 @@ def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
         own = set(ncc.dask.layers) - set(ref.dask.layers) - set(mov.dask.layers)
         assert not any(ncc.dask.layers[name].is_materialized() for name in own)
         view = np.s_[1000:1300, 2000:2400]
-        out = ncc[view].compute(scheduler="sync")  # (threads may compute a chunk twice)
+        out = ncc[view].compute()  # (threads wait for a chunk another is computing)
         # (blocks of about 1024 x 1024 pixels: the view's two, their halos, their strips)
         assert {c[1:] for c in calls} <= {(i, j) for i in range(10) for j in range(3, 13)}
         assert len(calls) == len(set(calls))  # each chunk computed once, then kept
@@ -421,6 +421,38 @@ def test_region_reads_only_what_its_windows_touch_from_a_source(rng, monkeypatch
     np.testing.assert_allclose(region, core_ncc(a, a * 2, 3)[32:48, 48:64], atol=1e-5)
     for source in (source0, source1):
         assert source.reads == [((29, 51), (45, 67))]
+
+
+@computed_reads
+def test_a_view_after_the_viewers_own_computes_each_input_chunk_at_most_once():
+    # In napari: the input layers' chunks on screen are computed first (kept in napari's
+    # Dask cache), then the map's view; with the cache shared, no chunk is computed twice,
+    # and the map's blocks hug the view, so it computes few chunks beyond it.
+    from dask.cache import Cache
+
+    _sources.COMPUTED_CHUNKS.clear()
+    calls: list = []
+    ref, mov = _generated(8192, 1024, 0, calls), _generated(8192, 1024, 1, calls)
+    ncc = local_ncc(ref, mov, radius=3, moving_shift=(2.5, -1.25))
+    view = np.s_[3000:3850, 2300:3450]  # (about a 1:1 view in a napari window)
+    viewer_cache = Cache(2**28)
+    with viewer_cache, dask.config.set({"optimization.fuse.active": False}):
+        ref[view].compute()
+        mov[view].compute()
+    on_screen = len(calls)
+    assert on_screen == 2 * 2 * 2  # (2 x 2 chunks under the view, for each input)
+    _sources.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
+    try:
+        out = ncc[view].compute()
+    finally:
+        _sources.COMPUTED_CHUNKS.share(None)
+        _sources.COMPUTED_CHUNKS.clear()
+    assert len(calls) == len(set(calls))  # each input chunk computed at most once
+    # (the halo reaches at most one ring of chunks around the view, and not all of it)
+    assert len(calls) - on_screen < 2 * (4 * 4 - 2 * 2)
+    window = np.s_[3000 - 7 : 3850 + 7, 2300 - 7 : 3450 + 7]
+    a, b = ref[window].compute(), scipy_shift(mov[window].compute(), (2.5, -1.25))
+    np.testing.assert_allclose(out, core_ncc(a, b, 3)[7:-7, 7:-7], atol=1e-5, rtol=0)
 
 
 def test_region_reads_only_the_input_chunks_its_windows_touch(rng):

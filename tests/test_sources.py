@@ -10,6 +10,7 @@ but has lost its bounded-memory, read-once path for that form: update ``_sources
 from __future__ import annotations
 
 import logging
+import threading
 
 import dask.array as da
 import numpy as np
@@ -149,6 +150,93 @@ def test_computed_arrays_are_read_through_their_graph(image, chunks):
     assert len(calls) == 1  # just the chunk holding the box
     np.testing.assert_array_equal(source[1:2, 10:12, 3:5], image[1:2, 10:12, 3:5] + 1)
     assert len(calls) == 1  # kept for the next read
+
+
+@computed_reads
+def test_a_chunk_two_threads_read_at_once_is_computed_once(image, monkeypatch):
+    # Thread A computes the chunk; thread B asks for it meanwhile and waits for A's
+    # result instead of computing it again. (A finishes only once B is waiting: no timing.)
+    calls = []
+    a_computing, b_waiting = threading.Event(), threading.Event()
+
+    def generate(block, block_info=None):
+        calls.append(block_info[None]["chunk-location"])
+        a_computing.set()
+        assert b_waiting.wait(timeout=60)
+        return block + 1
+
+    wait = _sources._ChunkCache.wait
+
+    def waiting(pending):
+        b_waiting.set()
+        return wait(pending)
+
+    monkeypatch.setattr(_sources._ChunkCache, "wait", staticmethod(waiting))
+    meta = np.empty((0,) * image.ndim, image.dtype)  # (no call to infer it)
+    x = da.from_array(image, chunks=(2, 8, 9)).map_blocks(generate, dtype=image.dtype, meta=meta)
+    source = find_source(x)[1]  # (found_source would compute x)
+    assert isinstance(source, DaskSource)
+    _sources.COMPUTED_CHUNKS.clear()
+    results = {}
+    a = threading.Thread(target=lambda: results.update(a=source[0:1, 0:4, 0:4]))
+    b = threading.Thread(target=lambda: results.update(b=source[1:2, 2:6, 3:7]))
+    a.start()
+    assert a_computing.wait(timeout=60)
+    b.start()
+    a.join(timeout=60)
+    b.join(timeout=60)
+    assert calls == [(0, 0, 0)]
+    np.testing.assert_array_equal(results["a"], image[0:1, 0:4, 0:4] + 1)
+    np.testing.assert_array_equal(results["b"], image[1:2, 2:6, 3:7] + 1)
+
+
+@computed_reads
+def test_a_failed_chunk_is_computed_by_the_thread_that_waited_for_it(image):
+    # The claiming thread fails; the waiter is woken and computes the chunk itself.
+    cache = _sources._ChunkCache()
+    key = ("x", 0)
+    mine, theirs = cache.claim([key])
+    assert mine == [key] and theirs == {}
+    again, pending = cache.claim([key])
+    assert again == [] and list(pending) == [key]
+    cache.finish({}, mine)  # failed: nothing computed
+    assert cache.wait(pending[key]) is None
+    assert cache.claim([key]) == ([key], {})  # free to compute now
+
+
+@computed_reads
+def test_chunks_a_viewer_computed_are_read_not_computed_again(image):
+    # napari computes the chunks of a computed input layer on screen and keeps them in its
+    # opportunistic Dask cache (a dask.cache.Cache); shared, they are not computed again.
+    import dask
+    from dask.cache import Cache
+
+    calls = []
+
+    def generate(block, block_info=None):
+        calls.append(block_info[None]["chunk-location"])
+        return block + 1
+
+    meta = np.empty((0,) * image.ndim, image.dtype)
+    x = da.from_array(image, chunks=(2, 8, 9)).map_blocks(generate, dtype=image.dtype, meta=meta)
+    source = find_source(x)[1]
+    viewer_cache = Cache(2**24)
+    box = np.s_[0:2, 3:12, 4:14]
+    with viewer_cache, dask.config.set({"optimization.fuse.active": False}):  # (as napari)
+        x[box].compute()
+    computed_by_viewer = sorted(calls)
+    assert computed_by_viewer == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+    _sources.COMPUTED_CHUNKS.clear()
+    _sources.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
+    try:
+        calls.clear()
+        np.testing.assert_array_equal(source[box], image[box] + 1)
+        assert calls == []
+        np.testing.assert_array_equal(source[0:2, 3:12, 4:20], image[0:2, 3:12, 4:20] + 1)
+        assert sorted(calls) == [(0, 0, 2), (0, 1, 2)]  # only those the viewer has not
+    finally:
+        _sources.COMPUTED_CHUNKS.share(None)
+        _sources.COMPUTED_CHUNKS.clear()
 
 
 @computed_reads

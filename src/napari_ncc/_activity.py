@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 from napari.qt.threading import create_worker
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QObject, Signal
+
+#: Seconds between the steps a progress callback passes on (the first and last of a stage
+#: always pass): napari's progress bar processes Qt events as it draws, which redraws the
+#: canvas, so a hundred steps in a few seconds kept the main thread busy (and the worker
+#: waiting for the GIL) for a second or more.
+PROGRESS_INTERVAL = 0.25
 
 
 class Cancelled(Exception):
@@ -106,16 +114,20 @@ class Activity:
         """A ``progress(done, total)`` callback for a library call, for the given stage.
 
         Callable from any thread; raises :class:`Cancelled` once cancelled. Passes on a
-        step when the percentage changes (thousands of blocks make a hundred steps).
+        step when the percentage changes, at most every :data:`PROGRESS_INTERVAL`
+        seconds (thousands of blocks make a few steps a second), and always the last.
         """
-        shown = {"percent": None}
+        shown = {"percent": None, "time": -math.inf}
 
         def report(done: int, total: int) -> None:
             self.check()
             percent = 100 * done // total if total else done
-            if percent == shown["percent"] and done != total:
+            now = time.monotonic()
+            if done != total and (
+                percent == shown["percent"] or now - shown["time"] < PROGRESS_INTERVAL
+            ):
                 return
-            shown["percent"] = percent
+            shown["percent"], shown["time"] = percent, now
             self._relay.step.emit(Step(stage, int(done), int(total), next(self._numbers)))
 
         return report

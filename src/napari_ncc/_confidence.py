@@ -305,8 +305,12 @@ def _fill_invalid(ncc, registration: Registration, plan, fill_value):
     if not is_dask(ncc):
         return _fill_block(ncc, lo, hi, per_plane, fill_value, (0,) * ncc.ndim)
 
-    def fill(block, block_info=None):
-        location = [start for start, _ in block_info[0]["array-location"]]
+    # (block_id, not block_info: Dask builds block_info for every block up front, a second
+    # for the 33000 small blocks of a 40000² map's levels)
+    starts = [np.cumsum((0, *c)) for c in ncc.chunks]
+
+    def fill(block, block_id=None):
+        location = [int(s[i]) for s, i in zip(starts, block_id, strict=True)]
         return _fill_block(block, lo, hi, per_plane, fill_value, location)
 
     return ncc.map_blocks(fill, dtype=ncc.dtype, meta=np.empty((0,) * ncc.ndim, ncc.dtype))

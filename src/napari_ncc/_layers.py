@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from . import _multiscale
+from ._sources import COMPUTED_CHUNKS
 
 __all__ = [
     "display_limits",
@@ -16,6 +17,7 @@ __all__ = [
     "is_mask_layer",
     "layer_levels",
     "layer_mask",
+    "share_viewer_chunks",
     "source_path",
 ]
 
@@ -28,6 +30,18 @@ def layer_levels(layer: Image) -> list[da.Array]:
         level = level if isinstance(level, da.Array) else da.asarray(level)
         levels.append(_multiscale.as_luminance(level) if layer.rgb else level)
     return levels
+
+
+def share_viewer_chunks() -> None:
+    """Let the map read the input chunks napari has computed for the input layers.
+
+    napari computes the chunks of the (computed Dask) input layers on screen for itself and
+    keeps them in its opportunistic Dask cache; the map's view needs the same chunks (and
+    their neighbours, for the halos), so it looks there before computing them again.
+    """
+    from napari.utils import resize_dask_cache
+
+    COMPUTED_CHUNKS.share(resize_dask_cache().cache.data)
 
 
 def source_path(layer: Image) -> str | None:

@@ -55,8 +55,11 @@ PYRAMID_MIN_SIDE = 512
 PYRAMID_CHUNK = 1024
 
 #: Pyramids are registered first on their first level at most this many pixels a side (a
-#: preview, shown at once), then on full-resolution tiles.
-PREVIEW_MAX_SIDE = 1024
+#: preview, shown at once), then on full-resolution tiles. 256: a few tenths of a second
+#: (1024 took over a second, most of the first frame's budget); the preview's error, a
+#: tenth of that level's pixel, is still below a pixel of the level shown first, and the
+#: full registration replaces it seconds later.
+PREVIEW_MAX_SIDE = 256
 
 #: How napari shows an NCC map: ColorBrewer's colour-blind-safe PiYG (11 classes), from
 #: -1 (magenta) through 0 (white: no correlation, or a flat window) to +1 (green).

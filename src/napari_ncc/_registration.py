@@ -490,12 +490,17 @@ class Registration:
         if chunks is not None:
             import dask.array as da
 
-            def block(block_info=None):
-                info = block_info[None]
-                start = [loc[0] for loc in info["array-location"]]
-                return self._valid_block(shape, start, info["chunk-shape"])
+            chunks = da.core.normalize_chunks(chunks, shape)
+            # block_id, not block_info: Dask builds block_info for every block up front.
+            starts = [np.cumsum((0, *c)) for c in chunks]
 
-            return da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, shape), dtype=bool)
+            def block(block_id=None):
+                start = [int(s[i]) for s, i in zip(starts, block_id, strict=True)]
+                block_shape = [c[i] for c, i in zip(chunks, block_id, strict=True)]
+                return self._valid_block(shape, start, block_shape)
+
+            meta = np.empty((0,) * len(shape), dtype=bool)
+            return da.map_blocks(block, chunks=chunks, dtype=bool, meta=meta)
         if self.shifts is not None:
             mask = np.empty(shape, dtype=bool)
             plane_shape = np.delete(shape, self.per_plane)

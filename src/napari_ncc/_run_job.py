@@ -4,13 +4,21 @@ Pyramids (built, or read from the on-disk cache of a file), the preview registra
 coarse level, the full registration, and the lazy NCC levels handed back to the widget.
 """
 
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 
 from . import _multiscale
 from ._pyramid_cache import cached_pyramid
 
-__all__ = ["Job", "Result"]
+__all__ = ["PREVIEW_SHOWN_WAIT", "Job", "Result"]
+
+#: Seconds the worker waits, after handing over the preview, for the widget to say it is
+#: shown (:attr:`Job.preview_shown`) before the full registration starts: adding a layer
+#: and drawing its first frame are Python work in the main thread, which the registration
+#: (Python too, in the worker) slowed down by holding the GIL; a bound, in case no one says.
+PREVIEW_SHOWN_WAIT = 5.0
 
 
 @dataclass
@@ -34,7 +42,8 @@ class Job:
 
     With pyramids, a quick registration on a coarse level (:func:`_multiscale.register_level`)
     is shown first, then replaced in place by the full registration (coarse estimate
-    refined on full-resolution tiles), which takes longer on gigapixel images.
+    refined on full-resolution tiles), which takes longer on gigapixel images; it starts
+    once the widget has set :attr:`preview_shown` (or after :data:`PREVIEW_SHOWN_WAIT`).
     """
 
     def __init__(
@@ -56,6 +65,7 @@ class Job:
         self.activity = activity
         self.registration = registration
         self.sources = sources  # the files of the inputs, when known: cached pyramids
+        self.preview_shown = threading.Event()  # set by the widget once the preview is drawn
 
     def _pyramid(self, image, path: str | None, name: str) -> list:
         progress = self.activity.callback(f"{name} pyramid (blocks)")
@@ -83,6 +93,12 @@ class Job:
                 else _multiscale.registered_levels(moving, registration)
             )
         return Result(ncc, registered, registration, reference, moving, final)
+
+    def _wait_preview_shown(self) -> None:
+        """Until the widget has drawn the preview, cancelled, or :data:`PREVIEW_SHOWN_WAIT`."""
+        deadline = time.monotonic() + PREVIEW_SHOWN_WAIT
+        while not self.preview_shown.wait(0.05) and time.monotonic() < deadline:
+            self.activity.check()
 
     def run(self):
         """Generator for the worker: yields the preview (if any), returns the result."""
@@ -112,6 +128,7 @@ class Job:
                         progress=activity.callback("preview registration"),
                     )
                     yield self._result(reference, moving, preview, final=False)
+                    self._wait_preview_shown()
                 activity.check()
                 stage = "registration" + (" (planes)" if p["per_plane"] is not None else "")
                 registration = register(

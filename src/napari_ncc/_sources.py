@@ -138,20 +138,85 @@ class ChunkedSource:
         return out
 
 
+class _Pending:
+    """A chunk one thread is computing; the others that need it wait for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.chunk: np.ndarray | None = None  # None once done: the computation failed
+
+
 class _ChunkCache:
-    """Computed chunks by graph key, read-only, at most :data:`COMPUTED_CACHE_BYTES`."""
+    """Computed chunks by graph key, read-only, at most :data:`COMPUTED_CACHE_BYTES`.
+
+    Also the chunks being computed: :meth:`claim` gives a thread the missing keys no other
+    thread is computing, and those that another is, to :meth:`wait` for. So a chunk
+    that two blocks (or a block and a strip task) read at the same time, in two threads,
+    is computed once.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._chunks: OrderedDict = OrderedDict()
         self._bytes = 0
+        self._pending: dict = {}
+        self._shared = None
+
+    def share(self, chunks) -> None:
+        """Also look chunks up in `chunks` (a mapping, key -> computed chunk, only read),
+        or stop (None).
+
+        A viewer that computes the same input chunks for its own layers keeps them in such
+        a mapping: napari's opportunistic Dask cache
+        (``napari.utils.resize_dask_cache().cache.data``) holds the chunks of the input
+        layers on screen, so the map's view reads them instead of computing them again.
+        """
+        self._shared = chunks
 
     def get(self, key):
         with self._lock:
             chunk = self._chunks.get(key)
             if chunk is not None:
                 self._chunks.move_to_end(key)
-            return chunk
+                return chunk
+        shared = self._shared
+        chunk = None if shared is None else shared.get(key)
+        if not isinstance(chunk, np.ndarray):
+            return None
+        chunk = chunk.view()  # (its own flags: the viewer's array stays as it is)
+        self.put(key, chunk)
+        return chunk
+
+    def claim(self, keys) -> tuple[list, dict]:
+        """``(mine, theirs)``: keys this thread must compute (then :meth:`finish`), and
+        key -> pending computation of another thread for the rest."""
+        mine, theirs = [], {}
+        with self._lock:
+            for key in keys:
+                pending = self._pending.get(key)
+                if pending is None:
+                    self._pending[key] = _Pending()
+                    mine.append(key)
+                else:
+                    theirs[key] = pending
+        return mine, theirs
+
+    def finish(self, computed: dict, claimed) -> None:
+        """Keep the `computed` chunks (key -> chunk) and wake the threads waiting for
+        any `claimed` key (those missing from `computed` failed: the waiters compute them)."""
+        for key, chunk in computed.items():
+            self.put(key, chunk)
+        with self._lock:
+            pending = [(key, self._pending.pop(key)) for key in claimed]
+        for key, p in pending:
+            p.chunk = computed.get(key)
+            p.done.set()
+
+    @staticmethod
+    def wait(pending: _Pending) -> np.ndarray | None:
+        """The chunk another thread computed, or None if its computation failed."""
+        pending.done.wait()
+        return pending.chunk
 
     def put(self, key, chunk: np.ndarray) -> None:
         chunk.setflags(write=False)  # shared by every read of it
@@ -182,7 +247,8 @@ class DaskSource:
     chunks' keys and run, without the slicing and optimisation passes of
     ``array[box].compute()``, whose cost grows with the number of chunks. Chunks just
     computed are kept a while (:data:`COMPUTED_CHUNKS`), for the neighbours and the next
-    view that read them again. :attr:`chunks`
+    view that read them again; a chunk that several threads need at once is computed by
+    one of them while the others wait. :attr:`chunks`
     are the array's chunks when they are regular, so that the lazy engine's strip tasks
     (:mod:`napari_ncc._blocks`) hand halos to neighbouring blocks and each chunk is
     computed about twice, not once per block whose halo reaches into it.
@@ -229,11 +295,20 @@ class DaskSource:
         keys = [(self.array.name, *idx) for idx in itertools.product(*cells)]
         found = {key: COMPUTED_CHUNKS.get(key) for key in keys}
         missing = [key for key, chunk in found.items() if chunk is None]
-        if missing:
-            graph = self.array.__dask_graph__().cull(set(missing))
-            for key, chunk in zip(missing, get(dict(graph), missing), strict=True):
-                found[key] = chunk = np.asarray(chunk).view()  # (its own flags)
-                COMPUTED_CHUNKS.put(key, chunk)
+        while missing:
+            mine, theirs = COMPUTED_CHUNKS.claim(missing)
+            computed: dict = {}
+            try:
+                if mine:
+                    graph = self.array.__dask_graph__().cull(set(mine))
+                    for key, chunk in zip(mine, get(dict(graph), mine), strict=True):
+                        computed[key] = np.asarray(chunk).view()  # (its own flags)
+            finally:
+                COMPUTED_CHUNKS.finish(computed, mine)
+            found.update(computed)
+            for key, pending in theirs.items():
+                found[key] = COMPUTED_CHUNKS.wait(pending)
+            missing = [key for key in theirs if found[key] is None]  # (theirs failed)
         blocks = {key[1:]: chunk for key, chunk in found.items()}
         return ChunkedSource(blocks, self.array.chunks, self.dtype)[tuple(index)]
 

@@ -363,9 +363,14 @@ def covered(transform: Transform, shape, moving_shape=None, *, chunks=None):
         return out
     import dask.array as da
 
-    def block(block_info=None):
-        info = block_info[None]
-        start = [loc[0] for loc in info["array-location"]]
-        return covered_block(transform, start, info["chunk-shape"], moving_shape)
+    chunks = da.core.normalize_chunks(chunks, shape)
+    # block_id, not block_info: Dask builds block_info for every block up front.
+    starts = [np.cumsum((0, *c)) for c in chunks]
 
-    return da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, shape), dtype=bool)
+    def block(block_id=None):
+        start = [int(s[i]) for s, i in zip(starts, block_id, strict=True)]
+        block_shape = [c[i] for c, i in zip(chunks, block_id, strict=True)]
+        return covered_block(transform, start, block_shape, moving_shape)
+
+    meta = np.empty((0,) * len(shape), dtype=bool)
+    return da.map_blocks(block, chunks=chunks, dtype=bool, meta=meta)

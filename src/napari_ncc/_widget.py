@@ -26,6 +26,7 @@ from ._layers import (
     is_mask_layer,
     layer_levels,
     layer_mask,
+    share_viewer_chunks,
     source_path,
 )
 from ._ncc import check_mask
@@ -339,6 +340,7 @@ class NCCConfidenceWidget(FunctionGui):
             show_error("NCC confidence: choose a reference and a moving image layer")
             return None
         ref_levels, mov_levels = layer_levels(reference), layer_levels(moving)
+        share_viewer_chunks()  # (computed inputs: the chunks napari computed for its view)
         if ref_levels[0].shape != mov_levels[0].shape:
             show_error(
                 "NCC confidence: reference and moving must have the same shape, got "
@@ -410,9 +412,13 @@ class NCCConfidenceWidget(FunctionGui):
             "moving_limits": display_limits(moving),
         }
 
+        preview_shown = job.preview_shown  # (not the job: the connections outlive it)
+
         def show(result):
             if isinstance(result, Result):
                 self._show(activity, result, params, names, display, new_layer, same_layer)
+                if not result.final:  # (after the events queued now: the first frame)
+                    QTimer.singleShot(0, preview_shown.set)
 
         self._activity = activity
         self._undo = []
