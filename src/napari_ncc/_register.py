@@ -362,7 +362,7 @@ def _check_model_support(model: str, plan: RegistrationPlan) -> None:
 
 
 def _register_model(reference, moving, model: str, progress) -> Registration:
-    """A rigid, similarity, affine or deformable transform for a whole 2D image."""
+    """A rigid, similarity, affine or deformable transform for a whole 2D image or 3D volume."""
     tracker = _Progress(progress, 1)
     reference = np.asarray(reference, dtype=np.float64)
     moving = np.asarray(moving, dtype=np.float64)
@@ -377,6 +377,8 @@ def _register_model(reference, moving, model: str, progress) -> Registration:
         if not issubclass(w.category, RegistrationWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     transform = est.transform
+    # (volumes: no Fourier–Mellin in 3D, a phase-correlation translation starts the tiles)
+    coarse = "fourier-mellin" if reference.ndim == 2 else "phase correlation"
     warped = warp(moving, transform, order=3)
     mask = covered(transform, reference.shape)
     quality = pearson(reference[mask], warped[mask]) if mask.sum() > 1 else 0.0
@@ -389,7 +391,7 @@ def _register_model(reference, moving, model: str, progress) -> Registration:
         shift=tuple(centre - transform.moving_coordinates(centre[None])[0]),
         quality=quality,
         reliable=not notes,
-        method=f"fourier-mellin + {len(est.tiles.centers)} tiles x {est.rounds} rounds",
+        method=f"{coarse} + {len(est.tiles.centers)} tiles x {est.rounds} rounds",
         notes=tuple(notes),
         transform=transform,
         tiles=est.tiles,
