@@ -19,6 +19,7 @@ import numpy as np
 
 from ._estimate_transform import estimate_transform
 from ._large_image import N_TILES, estimate_large, is_large, large_image_steps, read_regions
+from ._large_transform import estimate_large_transform, large_transform_steps
 from ._local_shifts import pearson
 from ._phase_correlation import (
     RELIABLE_QUALITY,
@@ -213,10 +214,12 @@ def register(
         cancel it). Called in the thread that runs :func:`register`.
     model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
         The transform estimated. Other models than "translation" are estimated for 2D
-        images of at most ``max_size**2`` pixels (Dask input is computed), whole (no
-        `axes`, `per_plane` or pyramid levels beyond the first), by
-        :func:`napari_ncc._estimate_transform.estimate_transform`; the result's
-        ``transform`` maps reference to moving pixel coordinates, (row, col) order.
+        images, whole (no `axes` or `per_plane`): in memory by
+        :func:`napari_ncc._estimate_transform.estimate_transform` up to ``max_size**2``
+        pixels, larger ones and pyramids without loading them
+        (:mod:`napari_ncc._large_transform`: the coarse level, then a sparse grid of
+        full-resolution tiles); the result's ``transform`` maps reference to moving
+        pixel coordinates, (row, col) order.
 
     Returns
     -------
@@ -294,7 +297,10 @@ def register(
     model = _check_model(model)
     if model != "translation":
         _check_model_support(model, plan)
-        reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
+        if len(ref_levels) > 1 or is_large(plan.shape, plan.axes, plan.max_size):
+            reg = _register_model_large(ref_levels, mov_levels, model, plan, progress)
+        else:
+            reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
     elif plan.per_plane is None:
         reg = _register_whole(ref_levels, mov_levels, plan, progress)
     else:
@@ -317,15 +323,29 @@ def _check_model(model) -> str:
 def _check_model_support(model: str, plan: RegistrationPlan) -> None:
     """Raise unless the images are ones a non-translation `model` is estimated on now."""
     supported = (
-        f"model={model!r} is supported for single 2D images of at most max_size**2 = "
-        f"{plan.max_size**2} pixels (sides <= {plan.max_size}); use model='translation'"
+        f"model={model!r} is supported for single 2D images (any size, pyramids and Dask "
+        "arrays included); use model='translation'"
     )
     if plan.per_plane is not None or plan.axes != tuple(range(len(plan.shape))):
         raise ValueError(f"{supported}, registered whole (no per_plane, all axes)")
     if len(plan.shape) != 2:
         raise ValueError(f"{supported}, got {len(plan.shape)}D images of shape {plan.shape}")
-    if is_large(plan.shape, plan.axes, plan.max_size):
-        raise ValueError(f"{supported}, got images of shape {plan.shape}")
+    # Larger images (and pyramids) take the large-image path: _register_model_large.
+
+
+def _register_model_large(ref_levels, mov_levels, model, plan, progress) -> Registration:
+    """A non-translation `model` for a 2D image too large for memory (or a pyramid)."""
+    steps = large_transform_steps(ref_levels, mov_levels, model, max_size=plan.max_size)
+    tracker = _Progress(progress, steps)
+    reg = estimate_large_transform(
+        ref_levels,
+        mov_levels,
+        model,
+        max_size=plan.max_size,
+        on_step=lambda n=1: tracker.reach(tracker.done + n),
+    )
+    tracker.reach(steps)
+    return reg
 
 
 def _register_model(reference, moving, model: str, progress) -> Registration:
