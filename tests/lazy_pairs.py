@@ -111,6 +111,7 @@ class LazyPair:
         self._lock = threading.Lock()
         self.reference = self._image("reference", shape, chunks, None, None, noise, seed + 1)
         self.moving = self._image("moving", shape, chunks, self.matrix, field, noise, seed + 2)
+        self.images = (self.reference, self.moving)
 
     def _image(self, name, shape, chunks, matrix, field, noise, seed):
         def block(block_info=None):

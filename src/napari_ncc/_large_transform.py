@@ -69,9 +69,10 @@ BATCH = 64
 REFERENCE_MARGIN = 8
 
 #: Pixels read around the moving box a tile reaches through the coarse transform: the
-#: coarse error (BOX_MARGIN plus two coarse pixels), the search of the first round, and
-#: the spline prefilter's margin (sample reads 20 pixels beyond the coordinates).
-BOX_MARGIN = 24
+#: coarse error and the first round's search (BOX_MARGIN plus two coarse pixels), and the
+#: spline prefilter's margin (sample reads 20 pixels beyond the coordinates). A tile that
+#: needs more reads it from the image (counted in the method's text).
+BOX_MARGIN = 12
 SPLINE_MARGIN = 22
 
 
