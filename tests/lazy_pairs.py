@@ -1,13 +1,10 @@
 """Lazily generated pairs of any size with a known transform, block by block.
 
-:class:`WaveTexture` is a sum of cosines (random directions, wavelengths 5 to 500 pixels,
-amplitudes growing with the wavelength as in natural images): exact at any real
-coordinate, nothing periodic at the scale of a tile. :func:`lazy_pair` builds a reference
-(the texture) and a moving image (the texture at ``G(q) = A q + b + field(q)``, a known map
-from moving to reference pixels) as Dask arrays whose blocks are computed on demand,
-counting the blocks each one computes. A linear part of ``G`` keeps every cosine
-separable (an outer sum of row and column phases), so a block costs a few operations per
-pixel and cosine; a field adds its phase per pixel.
+:class:`NoiseTexture` is value noise over several octaves (random values hashed from
+lattice indices, interpolated smoothly): exact at any real coordinate, nothing periodic.
+:class:`LazyPair` builds a reference (the texture) and a moving image (the texture at
+``G(q) = A q + b + field(q)``, a known map from moving to reference pixels) as Dask
+arrays whose blocks are computed on demand, counting the blocks each one computes.
 """
 
 from __future__ import annotations
@@ -18,42 +15,68 @@ import dask.array as da
 import numpy as np
 
 
-class WaveTexture:
-    """``100 + 20 * sum_j a_j cos(k_j . p + phi_j)``, normalised to unit variance of the sum."""
+class NoiseTexture:
+    """Value noise summed over octaves: random values on lattices of spacing 3 to 243 px
+    (hashed from the lattice indices, nothing stored per pixel and nothing periodic),
+    interpolated with a C2 quintic, amplitudes growing with the spacing as in natural
+    images; exact at any real coordinate."""
 
-    def __init__(self, seed=0, n_waves=24, wavelengths=(5.0, 500.0)):
+    SPACINGS = (3.0, 9.0, 27.0, 81.0, 243.0)
+
+    def __init__(self, seed=0, table_bits=18):
         rng = np.random.default_rng(seed)
-        wavelength = np.geomspace(*wavelengths, n_waves)
-        angle = rng.uniform(0, np.pi, n_waves)
-        self.k = (2 * np.pi / wavelength)[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1)
-        self.phase = rng.uniform(0, 2 * np.pi, n_waves)
-        amplitude = np.sqrt(wavelength)
-        self.amplitude = amplitude / np.sqrt((amplitude**2).sum() / 2)
+        self.tables = rng.normal(size=(len(self.SPACINGS), 2**table_bits))
+        self.mask = np.uint64(2**table_bits - 1)
+        amplitude = np.sqrt(np.asarray(self.SPACINGS))
+        self.amplitude = amplitude / np.sqrt((amplitude**2).sum())
+
+    def _hash(self, octave, i, j):
+        with np.errstate(over="ignore"):
+            h = i.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= j.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+            h ^= h >> np.uint64(29)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(32)
+        return self.tables[octave][h & self.mask]
+
+    def values(self, rows, cols) -> np.ndarray:
+        """The texture at the points ``(rows, cols)`` (arrays of one shape)."""
+        out = np.zeros(np.broadcast(rows, cols).shape)
+        for octave, spacing in enumerate(self.SPACINGS):
+            u, v = rows / spacing, cols / spacing
+            i, j = np.floor(u), np.floor(v)
+            fu, fv = u - i, v - j
+            wu = fu**3 * (fu * (6 * fu - 15) + 10)
+            wv = fv**3 * (fv * (6 * fv - 15) + 10)
+            i, j = i.astype(np.int64), j.astype(np.int64)
+            corners = [self._hash(octave, i + a, j + b) for a in (0, 1) for b in (0, 1)]
+            top = corners[0] * (1 - wv) + corners[1] * wv
+            bottom = corners[2] * (1 - wv) + corners[3] * wv
+            out += self.amplitude[octave] * (top * (1 - wu) + bottom * wu)
+        return 100 + 20 * out
 
     def at(self, points) -> np.ndarray:
         """The texture at reference points, shape (n, 2)."""
-        phases = np.asarray(points, float) @ self.k.T + self.phase
-        return 100 + 20 * (np.cos(phases) @ self.amplitude)
+        points = np.asarray(points, float)
+        return self.values(points[:, 0], points[:, 1])
 
     def block(self, region, matrix=None, field=None) -> np.ndarray:
         """The texture at ``G(q)`` for the pixels q of `region` (a tuple of slices), with
         ``G(q) = matrix[:2, :2] q + matrix[:2, 2] + field(q)`` (identity by default)."""
-        matrix = np.eye(3) if matrix is None else np.asarray(matrix, float)
-        rows = np.arange(region[0].start, region[0].stop, dtype=np.float64)
-        cols = np.arange(region[1].start, region[1].stop, dtype=np.float64)
-        k = self.k @ matrix[:2, :2]  # k . (L q) = (L^T k) . q
-        offset = self.k @ matrix[:2, 2] + self.phase
-        extra = None
-        if field is not None:
-            q = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
-            extra = field(q).reshape(len(rows), len(cols), 2)
-        out = np.zeros((len(rows), len(cols)))
-        for j in range(len(self.k)):
-            phase = (k[j, 0] * rows + offset[j])[:, None] + (k[j, 1] * cols)[None, :]
-            if extra is not None:
-                phase += extra @ self.k[j]
-            out += self.amplitude[j] * np.cos(phase)
-        return (100 + 20 * out).astype(np.float32)
+        rows = np.arange(region[0].start, region[0].stop, dtype=np.float64)[:, None]
+        cols = np.arange(region[1].start, region[1].stop, dtype=np.float64)[None, :]
+        if matrix is None and field is None:
+            rows, cols = np.broadcast_arrays(rows, cols)
+        else:
+            matrix = np.eye(3) if matrix is None else np.asarray(matrix, float)
+            r = matrix[0, 0] * rows + matrix[0, 1] * cols + matrix[0, 2]
+            c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 2]
+            if field is not None:
+                q = np.stack(np.broadcast_arrays(rows, cols), -1).reshape(-1, 2)
+                extra = field(q).reshape(*r.shape, 2)
+                r, c = r + extra[..., 0], c + extra[..., 1]
+            rows, cols = r, c
+        return self.values(rows, cols).astype(np.float32)
 
 
 class SineField:
@@ -103,7 +126,7 @@ class LazyPair:
     """
 
     def __init__(self, shape, chunks, matrix, field=None, noise=0.5, seed=0):
-        self.texture = WaveTexture(seed)
+        self.texture = NoiseTexture(seed)
         self.matrix = np.asarray(matrix, float)
         self.inverse = np.linalg.inv(self.matrix)
         self.field = field
