@@ -51,12 +51,12 @@ __all__ = ["estimate_large_transform", "large_transform_steps", "tile_grid"]
 
 #: Linear models: at most this many candidate tiles per axis, at least
 #: LINEAR_SPACING tile sides apart (a few hundred tiles at most, spread over the image).
-MAX_LINEAR_GRID = 16
+MAX_LINEAR_GRID = 12
 LINEAR_SPACING = 4
 
 #: Deformable: at most this many candidate tiles per axis, at least a tile side apart: the
 #: field is resolved down to wavelengths of a few tile spacings.
-MAX_DEFORMABLE_GRID = 40
+MAX_DEFORMABLE_GRID = 32
 
 #: The field's nodes lie this many per tile spacing (and at least MIN_GRID_SPACING apart).
 NODES_PER_SPACING = 2
