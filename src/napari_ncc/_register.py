@@ -218,8 +218,9 @@ def register(
         :func:`napari_ncc._estimate_transform.estimate_transform` up to ``max_size**2``
         pixels, larger ones and pyramids without loading them
         (:mod:`napari_ncc._large_transform`: the coarse level, then a sparse grid of
-        full-resolution tiles); the result's ``transform`` maps reference to moving
-        pixel coordinates, (row, col) order.
+        full-resolution tiles; `progress` steps are the block-mean slabs, the coarse
+        estimate, and batches of 64 tiles read or measured); the result's ``transform``
+        maps reference to moving pixel coordinates, (row, col) order.
 
     Returns
     -------
