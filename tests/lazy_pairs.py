@@ -76,7 +76,14 @@ class NoiseTexture:
                 extra = field(q).reshape(*r.shape, 2)
                 r, c = r + extra[..., 0], c + extra[..., 1]
             rows, cols = r, c
-        return self.values(rows, cols).astype(np.float32)
+        # Strips of rows: the temporaries of the evaluation stay small (a chunk reader's).
+        out = np.empty(np.broadcast(rows, cols).shape, dtype=np.float32)
+        for a in range(0, out.shape[0], 128):
+            strip = slice(a, a + 128)
+            r = rows[strip] if rows.shape[0] > 1 else rows
+            c = cols[strip] if cols.shape[0] > 1 else cols
+            out[strip] = self.values(r, c)
+        return out
 
 
 class SineField:
