@@ -244,7 +244,6 @@ def huge_pair(size: int, chunk: int) -> None:
             f"{reads['reference']}+{reads['moving']} of {r['chunks_total']}+{r['chunks_total']}, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB  [{r['method']}]"
         )
-    run("baseline")
     b = results["baseline"]
     print(
         f"baseline {b['crop']}x{b['crop']} in memory: skimage phase_cross_correlation "
@@ -390,6 +389,7 @@ def model_pair(model: str, size: int) -> None:
         f"texture {r['apply_tile_max_grey']:.2f} grey levels of 20), peak RSS "
         f"{r['peak_rss_mb']:.0f} MB"
     )
+    run("baseline")
     run("baseline")
     b = results["baseline"]
     print(
