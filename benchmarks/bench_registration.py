@@ -390,7 +390,6 @@ def model_pair(model: str, size: int) -> None:
         f"{r['peak_rss_mb']:.0f} MB"
     )
     run("baseline")
-    run("baseline")
     b = results["baseline"]
     print(
         f"baseline {b['crop']}x{b['crop']} in memory: register {b['register_s']:.1f} s "
