@@ -149,7 +149,8 @@ class _Boxes:
         values = _read_boxes(self.image, boxes)
         for value in values:
             check_finite(value, self.name)
-        self.data += [np.asarray(v, dtype=np.float32) for v in values]
+        # Copies: a box read from one chunk is a view that would keep the chunk alive.
+        self.data += [np.array(v, dtype=np.float32) for v in values]
         self.lower = np.vstack([self.lower, [[s.start for s in box] for box in boxes]])
         self.upper = np.vstack([self.upper, [[s.stop for s in box] for box in boxes]])
 
