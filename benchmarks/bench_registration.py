@@ -28,8 +28,24 @@ napari-ncc[bench]``) and scikit-image on the same pairs in the same run: the com
 ``benchmarks/bench_transforms.py`` (imported, not repeated here), ending with a table per
 model with each method's time over ours.
 
+With ``--model rigid`` or ``--model deformable`` it runs the transform scenarios instead,
+on a 20000 x 20000 pair (``--size``) generated lazily from ``tests/lazy_pairs.py``'s
+``NoiseTexture`` (value noise over octaves, exact at any coordinate): the moving image is the
+texture at ``G(q)``, a rotation by about a degree and a shift of over a thousand pixels
+(deformable: plus a smooth sinusoidal field of 3 px amplitude, 3000 px wavelength), with
+noise. Printed: the largest and RMS distance between ``moving_coordinates(p)`` and the
+truth on a 41 x 41 grid of interior points (those whose true position lies inside the
+moving image), wall time, peak RSS (each scenario in a fresh process), the blocks read,
+and the time to compute one 1024 x 1024 tile of ``apply(moving)`` alone (a fresh moving
+array, nothing cached). The baseline, in the same run: the in-memory path
+(``register(..., model=...)`` on the largest crop it holds comfortably, 4096 x 4096 for
+"rigid", 1024 x 1024 for "deformable", with ``max_size`` the crop's side)
+and scikit-image's ``phase_cross_correlation`` (translation only) on that crop, with the
+time per pixel ratio.
+
 Run: ``.venv/bin/python benchmarks/bench_registration.py [--size 40000]
 [--only huge|samples|models] [--models-size 384] [--quick]``
+or ``.venv/bin/python benchmarks/bench_registration.py --model rigid [--size 20000]``
 """
 
 from __future__ import annotations
@@ -186,10 +202,19 @@ def main() -> None:
         "--models-size", type=int, default=384, help="side of the pairs of the models part"
     )
     parser.add_argument("--quick", action="store_true", help="models: fewer pairs")
+    parser.add_argument(
+        "--model", choices=["rigid", "deformable"], help="the transform scenarios instead"
+    )
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scenario and args.model:
+        print(json.dumps(run_model_scenario(args.scenario, args.model, args.size)))
+        return
     if args.scenario:
         print(json.dumps(run_scenario(args.scenario, args.size, args.chunk)))
+        return
+    if args.model:
+        model_pair(args.model, 20000 if args.size == 40000 else args.size)
         return
     if args.only in (None, "huge"):
         huge_pair(args.size, args.chunk)
@@ -256,6 +281,153 @@ def huge_pair(size: int, chunk: int) -> None:
     print(
         f"full image vs skimage crop: register reads {size**2 / b['crop'] ** 2:.0f}x "
         f"more pixels in {full['register_s'] / b['skimage_s']:.1f}x skimage's crop time"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Transform models on a huge lazy pair
+# --------------------------------------------------------------------------------------
+
+MODEL_CHUNK = 1024
+MODEL_SHIFT = (1234.56, -1502.3)  # G(q) = R (q - c) + c + shift, at 20000 x 20000
+MODEL_ANGLE = 1.05
+#: The largest crop the in-memory path holds comfortably: its deformable fit interpolates
+#: a tile every 32 px with a dense thin-plate spline (O(tiles^3)), so a smaller one there.
+CROP = {"rigid": 4096, "deformable": 1024}
+
+
+def model_lazy_pair(model: str, size: int):
+    sys.path.insert(0, str(TESTS))
+    from lazy_pairs import LazyPair, SineField, rotation_matrix
+
+    field = SineField(3.0, 3000.0, seed=5) if model == "deformable" else None
+    # Smaller sizes (quick checks) get a proportional shift.
+    shift = np.asarray(MODEL_SHIFT) * min(1.0, size / 20000)
+    matrix = rotation_matrix(MODEL_ANGLE, shift, ((size - 1) / 2,) * 2)
+    return LazyPair((size, size), MODEL_CHUNK, matrix, field, noise=0.5, seed=11)
+
+
+def _model_errors(reg_coordinates, truth_coordinates, size, count=41) -> tuple[float, float]:
+    g = np.linspace(0.05 * (size - 1), 0.95 * (size - 1), count)
+    points = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    truth = truth_coordinates(points)
+    inside = np.all((truth > 0.02 * size) & (truth < 0.98 * size), axis=1)
+    errors = np.linalg.norm(reg_coordinates(points[inside]) - truth[inside], axis=1)
+    return float(errors.max()), float(np.sqrt(np.mean(errors**2)))
+
+
+def run_model_scenario(name: str, model: str, size: int) -> dict:
+    import dask
+
+    from napari_ncc import register
+
+    dask.config.set(scheduler="threads", num_workers=2)
+    pair = model_lazy_pair(model, size)
+    result: dict = {"scenario": name, "model": model, "size": size, "chunk": MODEL_CHUNK}
+    if name == "baseline":
+        from skimage.registration import phase_cross_correlation
+
+        # The central crop of the reference, and the crop of moving where it went.
+        crop = CROP[model]
+        c0 = size // 2 - crop // 2
+        region = (slice(c0, c0 + crop),) * 2
+        centre = np.array([[c0 + crop / 2, c0 + crop / 2]])
+        o = np.round(pair.moving_coordinates(centre)[0] - crop / 2).astype(int)
+        moving_region = tuple(slice(int(a), int(a) + crop) for a in o)
+        reference = pair.texture.block(region)
+        moving = pair.texture.block(moving_region, pair.matrix, pair.field)
+
+        def truth(p):
+            return pair.moving_coordinates(p + c0) - o
+
+        t0 = time.perf_counter()
+        reg = register(reference, moving, model=model, max_size=crop)
+        result["register_s"] = time.perf_counter() - t0
+        result["register_max_px"], result["register_rms_px"] = _model_errors(
+            reg.moving_coordinates, truth, crop
+        )
+        t0 = time.perf_counter()
+        shift, _, _ = phase_cross_correlation(reference, moving, upsample_factor=20)
+        result["skimage_s"] = time.perf_counter() - t0
+        result["skimage_max_px"], result["skimage_rms_px"] = _model_errors(
+            lambda p: p - shift, truth, crop
+        )
+        result["crop"] = crop
+    else:
+        t0 = time.perf_counter()
+        reg = register(pair.reference, pair.moving, model=model)
+        result["register_s"] = time.perf_counter() - t0
+        result["register_max_px"], result["register_rms_px"] = _model_errors(
+            reg.moving_coordinates, pair.moving_coordinates, size
+        )
+        result["reliable"] = reg.reliable
+        result["method"] = reg.method
+        result["notes"] = list(reg.notes)
+        result["tiles"] = len(reg.tiles.centers)
+        result["rejected"] = int(reg.tiles.rejected.sum())
+        result["blocks_read"] = {k: len(v) for k, v in pair.reads.items()}
+        result["blocks_total"] = int(np.prod(pair.reference.numblocks))
+        result["register_rss_mb"] = peak_rss_mb()
+        # One 1024 x 1024 tile of the registered moving image, from a fresh (uncached) pair.
+        fresh = model_lazy_pair(model, size)
+        out = reg.apply(fresh.moving)
+        a = size // 2 - 512
+        t0 = time.perf_counter()
+        tile = out[a : a + 1024, a : a + 1024].compute()
+        result["apply_tile_s"] = time.perf_counter() - t0
+        result["apply_tile_blocks"] = len(fresh.reads["moving"])
+        expected = pair.texture.at(np.indices(tile.shape).reshape(2, -1).T + a)
+        result["apply_tile_max_grey"] = float(np.abs(tile.ravel() - expected).max())
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def model_pair(model: str, size: int) -> None:
+    """The transform scenario and its in-memory baselines, each in a fresh process."""
+    print(
+        f"{model}: virtual pair {size} x {size} float32 ({size**2 * 4 / 1e9:.1f} GB each), "
+        f"chunks {MODEL_CHUNK}, rotation {MODEL_ANGLE} deg, shift {MODEL_SHIFT}"
+        + (", field 3 px / 3000 px" if model == "deformable" else "")
+    )
+    results = {}
+
+    def run(name):
+        command = [sys.executable, __file__, "--scenario", name, "--model", model]
+        out = subprocess.run(
+            [*command, "--size", str(size)], capture_output=True, text=True, check=True
+        )
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    run("huge")
+    r = results["huge"]
+    reads = r["blocks_read"]
+    print(
+        f"huge     register: {r['register_s']:6.1f} s, error max {r['register_max_px']:.3f} px "
+        f"RMS {r['register_rms_px']:.3f} px, reliable {r['reliable']}, {r['tiles']} tiles "
+        f"({r['rejected']} rejected), blocks read {reads['reference']}+{reads['moving']} of "
+        f"{r['blocks_total']}+{r['blocks_total']}, peak RSS {r['register_rss_mb']:.0f} MB "
+        f"[{r['method']}]"
+    )
+    print(
+        f"huge     apply: one 1024x1024 tile in {r['apply_tile_s']:.2f} s "
+        f"({r['apply_tile_blocks']} moving blocks computed, largest difference from the "
+        f"texture {r['apply_tile_max_grey']:.2f} grey levels of 20), peak RSS "
+        f"{r['peak_rss_mb']:.0f} MB"
+    )
+    run("baseline")
+    b = results["baseline"]
+    print(
+        f"baseline {b['crop']}x{b['crop']} in memory: register {b['register_s']:.1f} s "
+        f"(max {b['register_max_px']:.3f} px, RMS {b['register_rms_px']:.3f} px); skimage "
+        f"phase_cross_correlation {b['skimage_s']:.1f} s (translation only: max "
+        f"{b['skimage_max_px']:.2f} px, RMS {b['skimage_rms_px']:.2f} px); "
+        f"peak RSS {b['peak_rss_mb']:.0f} MB"
+    )
+    per_pixel = (r["register_s"] / size**2) / (b["register_s"] / b["crop"] ** 2)
+    print(
+        f"huge vs in-memory crop: {size**2 / b['crop'] ** 2:.0f}x the pixels in "
+        f"{r['register_s'] / b['register_s']:.1f}x the time (time per pixel ratio "
+        f"{per_pixel:.3f})"
     )
 
 

@@ -22,6 +22,9 @@ from ._validation import is_dask
 __all__ = [
     "N_TILES",
     "TILE_ELEMENTS",
+    "block_mean",
+    "block_mean_slabs",
+    "coarse_source",
     "estimate_large",
     "is_large",
     "large_image_steps",
@@ -42,13 +45,21 @@ def is_large(shape, axes, max_size) -> bool:
     return bool(sides) and (max(sides) > max_size or math.prod(sides) > max_size**2)
 
 
-def _coarse_factors(shape, axes, max_size, chunks=None) -> tuple[int, ...]:
+def _coarse_factors(shape, axes, max_size, chunks=None, isotropic=False) -> tuple[int, ...]:
     factors = [1] * len(shape)
     for ax in axes:
         factors[ax] = max(1, math.ceil(shape[ax] / max_size))
     while math.prod(shape[ax] // factors[ax] for ax in axes) > max_size**2:
         for ax in axes:
             factors[ax] += 1
+    if isotropic:
+        # One factor for every axis (rotations need square coarse pixels), preferably one
+        # that divides all the chunks.
+        f = max(factors[ax] for ax in axes)
+        if chunks is not None:
+            inner = [c for ax in axes for c in (chunks[ax][0], *chunks[ax][:-1])]
+            f = next((g for g in range(f, 2 * f + 1) if all(c % g == 0 for c in inner)), f)
+        return tuple(f if ax in axes else 1 for ax in range(len(shape)))
     if chunks is not None:
         # Prefer a factor that divides the chunks (no rechunking), if one is close.
         for ax in axes:
@@ -60,7 +71,7 @@ def _coarse_factors(shape, axes, max_size, chunks=None) -> tuple[int, ...]:
     return tuple(factors)
 
 
-def _block_mean_slabs(image, factors) -> list[tuple[int, int]]:
+def block_mean_slabs(image, factors) -> list[tuple[int, int]]:
     """Row ranges ``[a, b)`` of `image` whose block means are computed one at a time.
 
     Each range is a whole number of blocks along axis 0. For Dask input they also end on
@@ -79,15 +90,15 @@ def _block_mean_slabs(image, factors) -> list[tuple[int, int]]:
     return list(itertools.pairwise([0, *cuts]))
 
 
-def _block_mean(image, factors, on_slab=None) -> np.ndarray:
+def block_mean(image, factors, on_slab=None) -> np.ndarray:
     """Block-mean downsampling (float32), reading the image slab by slab.
 
-    `on_slab` is called after each slab of :func:`_block_mean_slabs`.
+    `on_slab` is called after each slab of :func:`block_mean_slabs`.
     """
     shape = tuple(image.shape)
     out_shape = tuple(n // f for n, f in zip(shape, factors, strict=True))
     out = np.empty(out_shape, dtype=np.float32)
-    for a, b in _block_mean_slabs(image, factors):
+    for a, b in block_mean_slabs(image, factors):
         rows = slice(a // factors[0], b // factors[0])
         if is_dask(image):
             import dask.array as da
@@ -132,11 +143,12 @@ def read_regions(regions):
     return out
 
 
-def _coarse_source(ref_levels, mov_levels, axes, max_size):
+def coarse_source(ref_levels, mov_levels, axes, max_size, *, isotropic=False):
     """Where the coarse estimate of a large pair comes from: ``(level, factors)``.
 
     `level` is the pyramid level read (0: full resolution, no pyramid or none small
-    enough), `factors` the block-mean factors applied to it (None: read as it is).
+    enough), `factors` the block-mean factors applied to it (None: read as it is; with
+    `isotropic`, one factor for all `axes`).
     """
     level = 0
     for i in range(1, min(len(ref_levels), len(mov_levels))):
@@ -149,15 +161,18 @@ def _coarse_source(ref_levels, mov_levels, axes, max_size):
         if not is_large(ref_levels[i].shape, axes, max_size):
             return level, None
     coarse = ref_levels[level]
-    return level, _coarse_factors(coarse.shape, axes, max_size, getattr(coarse, "chunks", None))
+    chunks = getattr(coarse, "chunks", None)
+    if chunks is not None and not isinstance(chunks[0], tuple):
+        chunks = None  # zarr's chunk shape, not Dask's chunks
+    return level, _coarse_factors(coarse.shape, axes, max_size, chunks, isotropic)
 
 
 def large_image_steps(ref_levels, mov_levels, axes, *, max_size, n_tiles) -> int:
     """Progress steps of :func:`estimate_large`: block-mean slabs (or one read), tiles."""
-    level, factors = _coarse_source(ref_levels, mov_levels, axes, max_size)
+    level, factors = coarse_source(ref_levels, mov_levels, axes, max_size)
     if factors is None:
         return 1 + n_tiles
-    slabs = [_block_mean_slabs(x[level], factors) for x in (ref_levels, mov_levels)]
+    slabs = [block_mean_slabs(x[level], factors) for x in (ref_levels, mov_levels)]
     return sum(map(len, slabs)) + n_tiles
 
 
@@ -182,7 +197,7 @@ def estimate_large(
     notes = []
 
     # 1. The coarse pair: a pyramid level small enough, or block means.
-    level, factors = _coarse_source(ref_levels, mov_levels, axes, max_size)
+    level, factors = coarse_source(ref_levels, mov_levels, axes, max_size)
     ref_c, mov_c = ref_levels[level], mov_levels[level]
     scale = np.array([a / b for a, b in zip(shape, ref_c.shape, strict=True)])
     method = [f"pyramid level {level}"] if level else []
@@ -190,8 +205,8 @@ def estimate_large(
         ref_c, mov_c = read_regions([(ref_c, ()), (mov_c, ())])
         on_step()
     else:
-        ref_c = _block_mean(ref_c, factors, on_step)
-        mov_c = _block_mean(mov_c, factors, on_step)
+        ref_c = block_mean(ref_c, factors, on_step)
+        mov_c = block_mean(mov_c, factors, on_step)
         scale = scale * np.array(factors)
         method.append(f"block-mean x{max(factors)}")
     method = " ".join(method)

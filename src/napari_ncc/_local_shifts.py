@@ -35,7 +35,14 @@ from skimage.registration import phase_cross_correlation
 from ._transform import LINEAR_MODELS, AffineTransform, DeformableTransform, Transform
 from ._warp import sample
 
-__all__ = ["TileReport", "fit_deformable", "fit_linear", "measure_tiles", "pearson"]
+__all__ = [
+    "TileReport",
+    "fit_deformable",
+    "fit_linear",
+    "measure_tiles",
+    "pearson",
+    "texture_scores",
+]
 
 #: Default tile side (pixels) and spacing of the tile grid.
 TILE_SIZE = 64
@@ -158,6 +165,16 @@ def _structure_min_eigenvalue(tile: np.ndarray) -> float:
     gradients = np.gradient(ndi.gaussian_filter(tile, SMOOTHING))
     tensor = np.array([[np.mean(a * b) for b in gradients] for a in gradients])
     return float(np.linalg.eigvalsh(tensor)[0])
+
+
+def texture_scores(reference, starts, tile_size: int) -> np.ndarray:
+    """Texture of each tile ``start + [0, tile_size)`` of `reference` (anything sliceable):
+    the smaller eigenvalue of its structure tensor (Shi–Tomasi)."""
+    scores = []
+    for start in starts:
+        box = tuple(slice(s, s + tile_size) for s in start)
+        scores.append(_structure_min_eigenvalue(np.asarray(reference[box], dtype=np.float64)))
+    return np.asarray(scores, dtype=np.float64)
 
 
 def _integer_shift(reference_tile: np.ndarray, moving_tile: np.ndarray) -> np.ndarray:
@@ -392,14 +409,17 @@ def measure_tiles(
     order: int = 3,
     search: bool = True,
     local: bool = False,
+    starts=None,
+    min_texture: float | None = None,
 ) -> TileReport:
     """Measure local shifts of textured tiles of `reference` in `moving`, given a current
     estimate of the transform.
 
     Parameters
     ----------
-    reference : ndarray
-        The reference image (float).
+    reference : array_like
+        The reference image: an ndarray, or with `starts` anything sliceable with a
+        shape and ``ndim`` (only each tile's box, plus a margin of 4 pixels, is read).
     moving : array_like
         The moving image; anything sliceable (only each tile's box is read).
     transform : AffineTransform or DeformableTransform
@@ -417,6 +437,12 @@ def measure_tiles(
     local : bool, optional
         Weight each tile by a Gaussian window (standard deviation ``tile_size /
         LOCAL_WINDOW``): more local measurements, for a deformation.
+    starts : sequence of tuple of int, optional
+        The tiles' origins (default: a grid of `spacing` over the whole image). Each tile
+        and its margin must lie inside `reference`.
+    min_texture : float, optional
+        Tiles whose :func:`texture_scores` is at most this are skipped (default:
+        :data:`MIN_TEXTURE` times the median score of the tiles).
 
     Returns
     -------
@@ -425,17 +451,18 @@ def measure_tiles(
         least :data:`MIN_CONFIDENCE` after alignment (residual NaN, none rejected yet).
     """
     spacing = tile_size // 2 if spacing is None else int(spacing)
-    starts = _tile_starts(reference.shape, tile_size, spacing)
-    scores = []
-    for start in starts:
-        box = tuple(slice(s, s + tile_size) for s in start)
-        scores.append(_structure_min_eigenvalue(np.asarray(reference[box], dtype=np.float64)))
-    scores = np.asarray(scores)
+    if starts is None:
+        starts = _tile_starts(reference.shape, tile_size, spacing)
+    starts = [tuple(int(s) for s in start) for start in starts]
+    scores = texture_scores(reference, starts, tile_size)
     # An in-memory image is spline-filtered once rather than each tile's box every time.
     prefiltered = isinstance(moving, np.ndarray) and order > 1
     if prefiltered:
         moving = ndi.spline_filter(moving.astype(np.float64), order=order, mode="mirror")
-    threshold = MIN_TEXTURE * np.median(scores) if len(scores) else 0.0
+    if min_texture is not None:
+        threshold = float(min_texture)
+    else:
+        threshold = MIN_TEXTURE * np.median(scores) if len(scores) else 0.0
     textured = [start for start, score in zip(starts, scores, strict=True) if score > threshold]
     options = (order, search, prefiltered, local)
     measured = [[], [], [], []]

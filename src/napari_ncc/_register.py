@@ -20,6 +20,7 @@ import numpy as np
 
 from ._estimate_transform import estimate_transform
 from ._large_image import N_TILES, estimate_large, is_large, large_image_steps, read_regions
+from ._large_transform import estimate_large_transform, large_transform_steps
 from ._local_shifts import pearson
 from ._phase_correlation import (
     RELIABLE_QUALITY,
@@ -215,12 +216,15 @@ def register(
         cancel it). Called in the thread that runs :func:`register`.
     model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
         The transform estimated. Other models than "translation" are estimated for 2D
-        images and 3D volumes of at most ``max_size**2`` pixels (Dask input is
-        computed), whole (no `axes` or pyramid levels beyond the first), by
-        :func:`napari_ncc._estimate_transform.estimate_transform`; the result's
-        ``transform`` maps reference to moving pixel coordinates, (row, col) order.
-        With `per_plane`, for each 2D plane of a 3D stack (read one plane at a time):
-        the result's ``transforms`` holds one per plane (see :class:`Registration`).
+        images and 3D volumes, whole (no `axes`): in memory by
+        :func:`napari_ncc._estimate_transform.estimate_transform` up to ``max_size**2``
+        pixels (Dask input is computed); larger 2D images and pyramids without loading
+        them (:mod:`napari_ncc._large_transform`: the coarse level, then a sparse grid of
+        full-resolution tiles; `progress` steps are the block-mean slabs, the coarse
+        estimate, and batches of 64 tiles read or measured); the result's ``transform``
+        maps reference to moving pixel coordinates, (row, col) order. With `per_plane`,
+        for each 2D plane (in memory) of a 3D stack (read one plane at a time): the
+        result's ``transforms`` holds one per plane (see :class:`Registration`).
 
     Returns
     -------
@@ -309,10 +313,14 @@ def register(
     model = _check_model(model)
     if model != "translation":
         _check_model_support(model, plan)
-        if plan.per_plane is None:
-            reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
-        else:
+        if plan.per_plane is not None:
             reg = _register_planes_model(ref_levels[0], mov_levels[0], model, plan, progress)
+        elif len(plan.shape) == 2 and (
+            len(ref_levels) > 1 or is_large(plan.shape, plan.axes, plan.max_size)
+        ):
+            reg = _register_model_large(ref_levels, mov_levels, model, plan, progress)
+        else:
+            reg = _register_model(ref_levels[0], mov_levels[0], model, progress)
     elif plan.per_plane is None:
         reg = _register_whole(ref_levels, mov_levels, plan, progress)
     else:
@@ -344,21 +352,47 @@ def _check_model_support(model: str, plan: RegistrationPlan) -> None:
                 f"{plan.per_plane} of images of shape {plan.shape}, registered axes "
                 f"{plan.axes}; use model='translation'"
             )
+        if is_large(plane_shape, (0, 1), plan.max_size):
+            raise ValueError(
+                f"model={model!r} with per_plane is supported for planes of up to "
+                f"max_size**2 = {plan.max_size**2} pixels, got planes of shape "
+                f"{plane_shape}; use model='translation' or a larger max_size"
+            )
         plan = replace(plan, shape=plane_shape, axes=(0, 1), per_plane=None, reference_plane=None)
-    supported = (
-        f"model={model!r} is supported for single 2D images of at most max_size**2 = "
-        f"{plan.max_size**2} pixels (sides <= {plan.max_size}); use model='translation'"
-    )
-    if plan.per_plane is not None or plan.axes != tuple(range(len(plan.shape))):
-        raise ValueError(f"{supported}, registered whole (no per_plane, all axes)")
+    if plan.axes != tuple(range(len(plan.shape))):
+        raise ValueError(
+            f"model={model!r} is supported for 2D images (any size, pyramids and Dask "
+            "arrays included), 3D volumes and per-plane stacks, registered whole (all "
+            f"axes), got axes {plan.axes}; use model='translation'"
+        )
     if len(plan.shape) not in (2, 3):
         raise ValueError(
             f"model={model!r} is supported for 2D images and 3D volumes (plane, row, "
             f"column), got {len(plan.shape)}D images of shape {plan.shape}; use "
             "model='translation'"
         )
-    if is_large(plan.shape, plan.axes, plan.max_size):
-        raise ValueError(f"{supported}, got images of shape {plan.shape}")
+    if len(plan.shape) == 3 and is_large(plan.shape, plan.axes, plan.max_size):
+        raise ValueError(
+            f"model={model!r} on 3D volumes is supported up to max_size**2 = "
+            f"{plan.max_size**2} voxels, got volumes of shape {plan.shape}; use "
+            "model='translation' or a larger max_size"
+        )
+    # Larger images (and pyramids) take the large-image path: _register_model_large.
+
+
+def _register_model_large(ref_levels, mov_levels, model, plan, progress) -> Registration:
+    """A non-translation `model` for a 2D image too large for memory (or a pyramid)."""
+    steps = large_transform_steps(ref_levels, mov_levels, model, max_size=plan.max_size)
+    tracker = _Progress(progress, steps)
+    reg = estimate_large_transform(
+        ref_levels,
+        mov_levels,
+        model,
+        max_size=plan.max_size,
+        on_step=lambda n=1: tracker.reach(tracker.done + n),
+    )
+    tracker.reach(steps)
+    return reg
 
 
 def _register_model(reference, moving, model: str, progress) -> Registration:
