@@ -28,7 +28,6 @@ from ._estimate_transform import (
     DEFAULT_ROUNDS,
     MAX_MEDIAN_RESIDUAL,
     MAX_REJECTED_FRACTION,
-    ROUNDS,
     estimate_transform,
 )
 from ._large_image import block_mean, block_mean_slabs, coarse_source, read_regions
@@ -94,7 +93,7 @@ def _level_ratio(full_shape, level_shape) -> np.ndarray:
 
 
 def _rounds(model: str) -> int:
-    return ROUNDS.get(model, DEFAULT_ROUNDS)
+    return DEFAULT_ROUNDS
 
 
 def tile_grid(shape, model: str, tile_size: int = TILE_SIZE) -> tuple[list, float]:
