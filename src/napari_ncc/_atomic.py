@@ -17,7 +17,8 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "check_free",
@@ -27,6 +28,7 @@ __all__ = [
     "remove_stale_temporaries",
     "staged",
     "temporary_path",
+    "to_completion",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,3 +191,22 @@ def check_free(path: str, overwrite: bool) -> None:
         raise FileExistsError(
             f"{path} already exists; choose another path or pass overwrite=True to replace it"
         )
+
+
+def to_completion(function: Callable, /, *args, **kwargs):
+    """``function(*args, **kwargs)``, run to its end even if this thread is interrupted.
+
+    zarr 3 writes on an I/O thread of its own while the calling thread waits: an interrupt
+    (Ctrl-C, or the command line's SIGTERM/SIGHUP) raised in the waiting thread would
+    leave that write going on, and it could recreate a temporary that :func:`staged` has
+    just removed. Run in a helper thread and waited for, the write is complete (or failed)
+    before the interrupt reaches the clean-up.
+
+    Examples
+    --------
+    >>> to_completion(max, 3, 4)
+    4
+    """
+    # Leaving the block, by a return or an exception, waits for the function to end.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-ncc-io") as pool:
+        return pool.submit(function, *args, **kwargs).result()

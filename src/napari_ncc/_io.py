@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 import dask.array as da
 import numpy as np
 
-from ._atomic import check_free, remove, staged, temporary_path
+from ._atomic import check_free, remove, staged, temporary_path, to_completion
 from ._confidence import ncc_confidence
 from ._lazy import local_ncc
 from ._read import ATTRS_KEY, TIFF_SUFFIXES, read_image
@@ -311,8 +311,13 @@ def write_zarr(
     with staged(path, overwrite) as tmp:
         chunks = tuple(c[0] for c in array.chunks)
         if hasattr(zarr, "create_array"):
-            target = zarr.create_array(
-                store=tmp, shape=array.shape, chunks=chunks, dtype=array.dtype, attributes=attrs
+            target = to_completion(
+                zarr.create_array,
+                store=tmp,
+                shape=array.shape,
+                chunks=chunks,
+                dtype=array.dtype,
+                attributes=attrs,
             )
         else:  # zarr 2
             target = zarr.open_array(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import dask.array as da
 import numpy as np
 
-from ._atomic import check_free, staged
+from ._atomic import check_free, staged, to_completion
 from ._io import check_attrs, check_scheduler, regular_chunks, store_blocks
 from ._multiscale import PYRAMID_FACTOR, coarsen, plane_axes, pyramid_shapes
 from ._read import ATTRS_KEY, dask_chunks, ncc_attrs, strip_suffixes
@@ -230,16 +230,22 @@ def write_ome_zarr(
     if fmt.zarr_format == 3:
         array_options["dimension_names"] = list(names)
     with staged(path, overwrite) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=fmt.zarr_format)
-        group.attrs.update(attrs)
+        # (main-thread zarr writes run to completion: see to_completion)
+        group = to_completion(zarr.open_group, tmp, mode="w", zarr_format=fmt.zarr_format)
+        to_completion(group.attrs.update, attrs)
         level, previous = array, None
         for k, shape in enumerate(shapes):
             chunks = tuple(min(c, n) for c, n in zip(chunks0, shape, strict=True))
             if k:
                 level = coarsen(previous).rechunk(chunks)
             assert level.shape == shape, (level.shape, shape)
-            target = group.create_array(
-                str(k), shape=shape, chunks=chunks, dtype=level.dtype, **array_options
+            target = to_completion(
+                group.create_array,
+                str(k),
+                shape=shape,
+                chunks=chunks,
+                dtype=level.dtype,
+                **array_options,
             )
             desc = f"writing {base} level {k}/{len(shapes) - 1}"
             store_blocks(level, target, scheduler=scheduler, progress=progress, desc=desc)
@@ -248,8 +254,14 @@ def write_ome_zarr(
             {"path": str(k), "coordinateTransformations": transforms}
             for k, transforms in enumerate(_transformations(shapes, scale, translate))
         ]
-        ome_writer.write_multiscales_metadata(
-            group, datasets, fmt=fmt, axes=list(names), name=name, metadata=_DOWNSCALING
+        to_completion(
+            ome_writer.write_multiscales_metadata,
+            group,
+            datasets,
+            fmt=fmt,
+            axes=list(names),
+            name=name,
+            metadata=_DOWNSCALING,
         )
     return path
 
