@@ -8,7 +8,7 @@ import numpy as np
 
 from napari_ncc import Registration
 from napari_ncc._local_shifts import TileReport
-from napari_ncc._summary import local_shift_vectors
+from napari_ncc._shift_vectors import local_shift_vectors
 from napari_ncc._transform import AffineTransform
 
 

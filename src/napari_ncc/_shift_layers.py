@@ -1,6 +1,6 @@
 """The local shifts of a registration as napari Vectors layers, over the reference layer.
 
-The napari side of :func:`napari_ncc._summary.local_shift_vectors` (which computes the
+The napari side of :func:`napari_ncc._shift_vectors.local_shift_vectors` (which computes the
 arrows): one layer of the tiles the fit kept, coloured by their confidence, and one of the
 tiles it rejected as outliers, in one colour, each named for what it shows.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._read import ATTRS_KEY
-from ._summary import local_shift_vectors
+from ._shift_vectors import local_shift_vectors
 
 if TYPE_CHECKING:
     import napari
