@@ -43,6 +43,19 @@ RADIAL_BAND = (0.03, 0.6)
 #: Scales searched (the moving image's pixel scale relative to the reference's).
 SCALE_RANGE = (0.5, 2.0)
 
+#: Peaks of the log-polar correlation tried (each at its angle and the angle + 180°).
+ROTATION_PEAKS = 3
+
+#: Peaks of the translation's phase correlation tried (each with its circular aliases).
+TRANSLATION_PEAKS = 5
+
+#: Tukey taper's tapered fraction for the translation: mild, so that large shifts keep
+#: their overlap.
+TAPER = 0.2
+
+#: The aligned images must overlap over at least this fraction of the reference.
+MIN_OVERLAP = 0.1
+
 
 @dataclass(frozen=True)
 class CoarseEstimate:
@@ -100,6 +113,50 @@ def _center_square(image: np.ndarray) -> np.ndarray:
     return image[r0 : r0 + n, c0 : c0 + n]
 
 
+def _peaks(correlation: np.ndarray, count: int, radius: int) -> list[np.ndarray]:
+    """The `count` highest local maxima of a circular correlation (at least `radius`
+    samples apart), each refined to subpixel by a parabola per axis."""
+    work = correlation.copy()
+    peaks = []
+    for _ in range(count):
+        k = np.unravel_index(int(np.argmax(work)), work.shape)
+        if not np.isfinite(work[k]):
+            break
+        refined = np.asarray(k, dtype=np.float64)
+        for axis, size in enumerate(work.shape):
+            around = [list(k) for _ in range(3)]
+            for d, index in zip((-1, 0, 1), around, strict=True):
+                index[axis] = (k[axis] + d) % size
+            left, center, right = (correlation[tuple(i)] for i in around)
+            curvature = left - 2 * center + right
+            if curvature < 0:
+                refined[axis] += float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+        peaks.append(refined)
+        windows = [np.arange(k[a] - radius, k[a] + radius + 1) % work.shape[a] for a in (0, 1)]
+        work[np.ix_(*windows)] = -np.inf
+    return peaks
+
+
+def _wrapped(shift: np.ndarray, shape) -> np.ndarray:
+    """A circular shift in ``[-n/2, n/2)`` per axis."""
+    size = np.asarray(shape, dtype=np.float64)
+    return (shift + size / 2) % size - size / 2
+
+
+def _rotation_scale_candidates(reference, moving, count: int) -> list[tuple[float, float]]:
+    """The `count` best (angle modulo 180, scale) pairs of the log-polar correlation."""
+    a, klog = _log_polar_spectrum(_center_square(reference))
+    b, _ = _log_polar_spectrum(_center_square(moving))
+    correlation = np.fft.ifft2(np.fft.fft2(a) * np.fft.fft2(b).conj()).real
+    candidates = []
+    for peak in _peaks(correlation, count, radius=2):
+        shift = _wrapped(peak, correlation.shape)
+        angle = (shift[0] * 360.0 / N_ANGLES + 90.0) % 180.0 - 90.0
+        scale = min(max(math.exp(shift[1] / klog), SCALE_RANGE[0]), SCALE_RANGE[1])
+        candidates.append((float(angle), float(scale)))
+    return candidates
+
+
 def rotation_scale(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
     """Rotation (degrees, modulo 180) and scale of `moving` relative to `reference`.
 
@@ -118,41 +175,79 @@ def rotation_scale(reference: np.ndarray, moving: np.ndarray) -> tuple[float, fl
     Notes
     -----
     Only the central square of the images is used (its spectrum is isotropic in units).
+    The images should overlap over most of that square: :func:`coarse_similarity` tries
+    several peaks and re-estimates on the overlap when the shift is large.
 
     References
     ----------
     B. S. Reddy and B. N. Chatterji, "An FFT-based technique for translation, rotation, and
     scale-invariant image registration", IEEE Trans. Image Process. 5(8), 1996.
+
+    Examples
+    --------
+    >>> from skimage import data
+    >>> from napari_ncc._warp import warp
+    >>> reference = data.camera()[100:356, 100:356].astype(float)
+    >>> truth = AffineTransform.from_rotation(-150.0, center=(127.5, 127.5))
+    >>> angle, scale = rotation_scale(reference, warp(reference, truth.inverse(), order=3))
+    >>> abs(angle - 30.0) < 0.5, abs(scale - 1) < 0.01
+    (True, True)
     """
-    a, klog = _log_polar_spectrum(_center_square(reference))
-    b, _ = _log_polar_spectrum(_center_square(moving))
-    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=20, normalization=None)
-    angle = shift[0] * 360.0 / N_ANGLES
-    angle = (angle + 90.0) % 180.0 - 90.0
-    scale = math.exp(shift[1] / klog)
-    scale = min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
-    return angle, scale
+    return _rotation_scale_candidates(reference, moving, 1)[0]
+
+
+def _overlap_pearson(reference, resampled, mask, shift, min_pixels: int) -> float:
+    """Pearson correlation of ``reference[p]`` and ``resampled[p - shift]`` (integer
+    `shift`) over the pixels where both exist; -1 if fewer than `min_pixels`."""
+    slices_ref, slices_mov = [], []
+    for s, n in zip(shift, reference.shape, strict=True):
+        s = int(s)
+        slices_ref.append(slice(max(s, 0), min(n + s, n)))
+        slices_mov.append(slice(max(-s, 0), min(n - s, n)))
+    inside = mask[tuple(slices_mov)]
+    if inside.sum() < min_pixels:
+        return -1.0
+    return pearson(reference[tuple(slices_ref)][inside], resampled[tuple(slices_mov)][inside])
 
 
 def _with_translation(reference, moving, linear_transform: AffineTransform):
     """Add the translation that best aligns `moving` resampled by `linear_transform`; return
-    the transform and the aligned images' correlation over the covered pixels."""
+    the transform and the aligned images' correlation over the covered pixels.
+
+    The candidates are the highest peaks of the phase correlation (whitened, so that
+    neither the images' low frequencies nor the mild taper pull it towards zero shift),
+    each with its circular aliases; the one whose overlap correlates best wins."""
     resampled = warp(moving, linear_transform, order=1, output_shape=reference.shape)
     mask = covered(linear_transform, reference.shape, moving.shape)
-    taper = window("hann", reference.shape)
-    shift, _, _ = phase_cross_correlation(
-        (reference - reference.mean()) * taper,
-        np.where(mask, resampled - resampled[mask].mean(), 0.0) * taper,
-        upsample_factor=10,
-        normalization=None,
-    )
+    if not mask.any():
+        return linear_transform, 0.0
+    taper = window(("tukey", TAPER), reference.shape)
+    cross = np.fft.fft2((reference - reference.mean()) * taper) * np.fft.fft2(
+        np.where(mask, resampled - resampled[mask].mean(), 0.0) * taper
+    ).conj()
+    magnitude = np.abs(cross)
+    cross /= magnitude + 1e-3 * magnitude.max()
+    correlation = np.fft.ifft2(cross).real
+    min_pixels = int(MIN_OVERLAP * reference.size)
+    best, best_shift = -np.inf, np.zeros(2)
+    for peak in _peaks(correlation, TRANSLATION_PEAKS, radius=3):
+        base = np.round(peak).astype(int)
+        fraction = peak - base
+        for dr in (0, -reference.shape[0], reference.shape[0]):
+            for dc in (0, -reference.shape[1], reference.shape[1]):
+                shift = base + (dr, dc)
+                if np.any(np.abs(shift) >= reference.shape):
+                    continue
+                score = _overlap_pearson(reference, resampled, mask, shift, min_pixels)
+                if score > best:
+                    best, best_shift = score, shift + fraction
     # resampled shifted by `shift` ~ reference: reference p <- resampled p - shift.
     translation = np.eye(3)
-    translation[:2, 2] = -shift
+    translation[:2, 2] = -best_shift
     transform = AffineTransform(linear_transform.matrix @ translation, "similarity")
     aligned = warp(moving, transform, order=1, output_shape=reference.shape)
     inside = covered(transform, reference.shape, moving.shape)
-    if inside.sum() < 0.05 * inside.size:
+    if inside.sum() < min_pixels:
         return transform, 0.0
     return transform, pearson(reference[inside], aligned[inside])
 
@@ -195,16 +290,18 @@ def coarse_similarity(
     if factor > 1:
         reference = downscale_local_mean(reference, factor)
         moving = downscale_local_mean(moving, factor)
-    angle, scale = rotation_scale(reference, moving)
     center = (np.asarray(reference.shape, dtype=np.float64) - 1) / 2
     candidates = []
-    for a in (angle, angle + 180.0):
-        linear = AffineTransform.from_rotation(a, scale=scale, center=center)
-        linear = AffineTransform(linear.matrix, "similarity")
-        transform, correlation = _with_translation(reference, moving, linear)
-        candidates.append((correlation, a, transform))
-    candidates.sort(key=lambda c: c[0], reverse=True)
-    (best, a, transform), (other, _, _) = candidates
+    for angle, scale in _rotation_scale_candidates(reference, moving, ROTATION_PEAKS):
+        pair = []
+        for a in (angle, angle + 180.0):
+            linear = AffineTransform.from_rotation(a, scale=scale, center=center)
+            linear = AffineTransform(linear.matrix, "similarity")
+            transform, correlation = _with_translation(reference, moving, linear)
+            pair.append((correlation, a, scale, transform))
+        pair.sort(key=lambda c: c[0], reverse=True)
+        candidates.append((*pair[0], pair[1][0]))
+    best, a, scale, transform, other = max(candidates, key=lambda c: c[0])
     # Coarse pixel i covers full pixels factor*i ... factor*i + factor - 1: its centre is
     # factor * i + (factor - 1) / 2 on both images.
     to_coarse = np.eye(3)
