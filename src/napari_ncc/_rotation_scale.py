@@ -44,7 +44,7 @@ RADIAL_BAND = (0.03, 0.6)
 SCALE_RANGE = (0.5, 2.0)
 
 #: Peaks of the log-polar correlation tried (each at its angle and the angle + 180°).
-ROTATION_PEAKS = 3
+ROTATION_PEAKS = 6
 
 #: Peaks of the translation's phase correlation tried (each with its circular aliases).
 TRANSLATION_PEAKS = 5
@@ -88,7 +88,7 @@ def _log_polar_spectrum(image: np.ndarray) -> tuple[np.ndarray, float]:
     standardised per radius, so the isotropic parts (noise floor, window) do not pull the
     scale estimate to 1."""
     n = image.shape[0]
-    image = (image - image.mean()) * window("hann", image.shape)
+    image = (image - image.mean()) * window(("tukey", 0.5), image.shape)
     magnitude = np.abs(np.fft.fftshift(np.fft.fft2(image)))
     f = np.fft.fftshift(np.fft.fftfreq(n))
     # Reddy & Chatterji's high-pass emphasis: (1 - X)(2 - X), X = cos(pi fy) cos(pi fx).
