@@ -44,7 +44,10 @@ RADIAL_BAND = (0.03, 0.6)
 SCALE_RANGE = (0.5, 2.0)
 
 #: Peaks of the log-polar correlation tried (each at its angle and the angle + 180°).
-ROTATION_PEAKS = 6
+ROTATION_PEAKS = 3
+
+#: Best peaks of the half-side windows' log-polar correlations tried (large shifts).
+WINDOW_PEAKS = 3
 
 #: Peaks of the translation's phase correlation tried (each with its circular aliases).
 TRANSLATION_PEAKS = 5
@@ -143,18 +146,64 @@ def _wrapped(shift: np.ndarray, shape) -> np.ndarray:
     return (shift + size / 2) % size - size / 2
 
 
+def _log_polar_peaks(a, b, klog: float, count: int) -> list[tuple[float, float, float]]:
+    """The `count` best (height, angle modulo 180, scale) of two log-polar spectra's
+    correlation; the height is a Pearson-like correlation (spectra are standardised)."""
+    correlation = np.fft.ifft2(np.fft.fft2(a) * np.fft.fft2(b).conj()).real / a.size
+    peaks = []
+    for peak in _peaks(correlation, count, radius=2):
+        height = float(correlation[tuple(np.round(peak).astype(int) % correlation.shape)])
+        shift = _wrapped(peak, correlation.shape)
+        angle = (shift[0] * 360.0 / N_ANGLES + 90.0) % 180.0 - 90.0
+        scale = min(max(math.exp(shift[1] / klog), SCALE_RANGE[0]), SCALE_RANGE[1])
+        peaks.append((height, float(angle), float(scale)))
+    return peaks
+
+
 def _rotation_scale_candidates(reference, moving, count: int) -> list[tuple[float, float]]:
     """The `count` best (angle modulo 180, scale) pairs of the log-polar correlation."""
     a, klog = _log_polar_spectrum(_center_square(reference))
     b, _ = _log_polar_spectrum(_center_square(moving))
-    correlation = np.fft.ifft2(np.fft.fft2(a) * np.fft.fft2(b).conj()).real
-    candidates = []
-    for peak in _peaks(correlation, count, radius=2):
-        shift = _wrapped(peak, correlation.shape)
-        angle = (shift[0] * 360.0 / N_ANGLES + 90.0) % 180.0 - 90.0
-        scale = min(max(math.exp(shift[1] / klog), SCALE_RANGE[0]), SCALE_RANGE[1])
-        candidates.append((float(angle), float(scale)))
-    return candidates
+    return [(angle, scale) for _, angle, scale in _log_polar_peaks(a, b, klog, count)]
+
+
+def _windows(image: np.ndarray) -> list[np.ndarray]:
+    """Half-side squares of the central square: at its corners, edge midpoints and centre."""
+    square = _center_square(image)
+    n = square.shape[0]
+    m = n // 2
+    starts = (0, (n - m) // 2, n - m)
+    return [square[r : r + m, c : c + m] for r in starts for c in starts]
+
+
+def _window_candidates(reference, moving, count: int) -> list[tuple[float, float]]:
+    """The `count` best (angle modulo 180, scale) pairs over all pairs of half-side windows
+    of the two images: when the shift is large, some pair holds the same content."""
+    spectra_a = [_log_polar_spectrum(w) for w in _windows(reference)]
+    spectra_b = [_log_polar_spectrum(w)[0] for w in _windows(moving)]
+    peaks = [
+        peak
+        for a, klog in spectra_a
+        for b in spectra_b
+        for peak in _log_polar_peaks(a, b, klog, 1)
+    ]
+    peaks.sort(reverse=True)
+    return _distinct([(angle, scale) for _, angle, scale in peaks], count)
+
+
+def _distinct(candidates, count: int) -> list[tuple[float, float]]:
+    """The first `count` candidates that differ from the earlier ones by more than a
+    degree (modulo 180) or two percent of scale."""
+    kept: list[tuple[float, float]] = []
+    for angle, scale in candidates:
+        if len(kept) == count:
+            break
+        if all(
+            abs((angle - a + 90) % 180 - 90) > 1.0 or abs(math.log(scale / s)) > 0.02
+            for a, s in kept
+        ):
+            kept.append((angle, scale))
+    return kept
 
 
 def rotation_scale(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
@@ -292,7 +341,9 @@ def coarse_similarity(
         moving = downscale_local_mean(moving, factor)
     center = (np.asarray(reference.shape, dtype=np.float64) - 1) / 2
     candidates = []
-    for angle, scale in _rotation_scale_candidates(reference, moving, ROTATION_PEAKS):
+    rotations = _rotation_scale_candidates(reference, moving, ROTATION_PEAKS)
+    rotations += _window_candidates(reference, moving, WINDOW_PEAKS)
+    for angle, scale in _distinct(rotations, len(rotations)):
         pair = []
         for a in (angle, angle + 180.0):
             linear = AffineTransform.from_rotation(a, scale=scale, center=center)
