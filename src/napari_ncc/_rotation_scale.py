@@ -56,6 +56,9 @@ TRANSLATION_PEAKS = 5
 #: their overlap.
 TAPER = 0.2
 
+#: Overlap squares smaller than this (pixels a side) are not used to refine the estimate.
+MIN_REFINE_SIDE = 64
+
 #: The aligned images must overlap over at least this fraction of the reference.
 MIN_OVERLAP = 0.1
 
@@ -301,6 +304,35 @@ def _with_translation(reference, moving, linear_transform: AffineTransform):
     return transform, pearson(reference[inside], aligned[inside])
 
 
+def _refine_on_overlap(reference, moving, transform, angle, scale):
+    """Rotation and scale re-estimated on squares of the two images around the overlap
+    that `transform` finds (when the shift is large, the central squares share little);
+    None when the overlap is the whole image, too small, or the new estimate is far off."""
+    inside = covered(transform, reference.shape, moving.shape)
+    if inside.mean() > 0.95 or not inside.any():
+        return None
+    rows, cols = np.nonzero(inside)
+    p0 = np.array([rows.mean(), cols.mean()])
+    q0 = transform.moving_coordinates(p0[None])[0]
+    side = min(np.ptp(rows), np.ptp(cols)) + 1
+    for image, c in ((reference, p0), (moving, q0)):
+        side = min(side, 2 * min(c.min(), (np.asarray(image.shape) - 1 - c).min()))
+    side = int(side)
+    if side < MIN_REFINE_SIDE:
+        return None
+    squares = []
+    for image, c in ((reference, p0), (moving, q0)):
+        r, k = (np.round(c - side / 2).astype(int)).clip(0)
+        squares.append(image[r : r + side, k : k + side])
+    if squares[0].shape != squares[1].shape:
+        return None
+    new_angle, new_scale = rotation_scale(*squares)
+    new_angle += 180.0 * round((angle - new_angle) / 180.0)
+    if abs(new_angle - angle) > 2.0 or abs(math.log(new_scale / scale)) > 0.05:
+        return None
+    return new_angle, new_scale
+
+
 def _downsampling_factor(shape, max_size: int) -> int:
     return max(1, math.ceil(max(shape) / max_size))
 
@@ -353,6 +385,13 @@ def coarse_similarity(
         pair.sort(key=lambda c: c[0], reverse=True)
         candidates.append((*pair[0], pair[1][0]))
     best, a, scale, transform, other = max(candidates, key=lambda c: c[0])
+    refined = _refine_on_overlap(reference, moving, transform, a, scale)
+    if refined is not None:
+        linear = AffineTransform.from_rotation(refined[0], scale=refined[1], center=center)
+        linear = AffineTransform(linear.matrix, "similarity")
+        new_transform, correlation = _with_translation(reference, moving, linear)
+        if correlation > best:
+            best, (a, scale), transform = correlation, refined, new_transform
     # Coarse pixel i covers full pixels factor*i ... factor*i + factor - 1: its centre is
     # factor * i + (factor - 1) / 2 on both images.
     to_coarse = np.eye(3)
