@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ncc._rotation_scale import coarse_similarity, rotation_scale
 from lazy_pairs import NoiseTexture
+from napari_ncc._rotation_scale import coarse_similarity, rotation_scale
 from transform_pairs import interior_points, linear_matrix, linear_pair, picture
 
 

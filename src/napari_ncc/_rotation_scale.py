@@ -2,11 +2,17 @@
 
 The magnitude of an image's Fourier transform does not change when the image is shifted,
 and it rotates and scales (inversely) with the image. In log-polar coordinates that
-rotation and scaling become a shift, found by phase correlation
-(``skimage.transform.warp_polar(..., scaling="log")`` and
-``skimage.registration.phase_cross_correlation``). The magnitude is symmetric, so the angle
-is known modulo 180°: both candidates are tried, each followed by a translation estimate,
-and the one whose aligned images correlate better in real space wins.
+rotation and scaling become a shift, found by correlation
+(``skimage.transform.warp_polar(..., scaling="log")``). The magnitude is symmetric, so the
+angle is known modulo 180°: both candidates are tried, each followed by a translation
+estimate, and the one whose aligned images correlate better in real space wins.
+
+Large shifts (a quarter to a third of the side) leave the central squares sharing about
+half their content, so several candidates are tried: the best peaks of the central
+squares' log-polar correlation and of all pairs of half-side windows. The translation is
+the best of several peaks of a whitened, mildly tapered phase correlation (with their
+circular aliases), scored by the Pearson correlation over the overlap, and the winner's
+rotation and scale are re-estimated on squares around the overlap.
 
 This is the coarse stage of :func:`napari_ncc._estimate_transform.estimate_transform`: it
 works on a downsampled copy (at most :data:`COARSE_SIZE` pixels a side) and is accurate to
@@ -21,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from skimage.filters import window
-from skimage.registration import phase_cross_correlation
 from skimage.transform import downscale_local_mean, warp_polar
 
 from ._local_shifts import pearson
@@ -274,9 +279,10 @@ def _with_translation(reference, moving, linear_transform: AffineTransform):
     if not mask.any():
         return linear_transform, 0.0
     taper = window(("tukey", TAPER), reference.shape)
-    cross = np.fft.fft2((reference - reference.mean()) * taper) * np.fft.fft2(
-        np.where(mask, resampled - resampled[mask].mean(), 0.0) * taper
-    ).conj()
+    cross = (
+        np.fft.fft2((reference - reference.mean()) * taper)
+        * np.fft.fft2(np.where(mask, resampled - resampled[mask].mean(), 0.0) * taper).conj()
+    )
     magnitude = np.abs(cross)
     cross /= magnitude + 1e-3 * magnitude.max()
     correlation = np.fft.ifft2(cross).real
@@ -287,7 +293,7 @@ def _with_translation(reference, moving, linear_transform: AffineTransform):
         fraction = peak - base
         for dr in (0, -reference.shape[0], reference.shape[0]):
             for dc in (0, -reference.shape[1], reference.shape[1]):
-                shift = base + (dr, dc)
+                shift = base + np.array((dr, dc))
                 if np.any(np.abs(shift) >= reference.shape):
                     continue
                 score = _overlap_pearson(reference, resampled, mask, shift, min_pixels)
