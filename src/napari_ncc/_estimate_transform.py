@@ -45,7 +45,7 @@ from ._rotation_scale import CoarseEstimate, coarse_similarity
 from ._transform import MODELS, AffineTransform, DeformableTransform, Transform
 from ._validation import check_image
 
-__all__ = ["TransformEstimate", "estimate_transform"]
+__all__ = ["TransformEstimate", "estimate_transform", "fit_notes"]
 
 #: The fit is suspect when the median residual of the kept tiles exceeds this (pixels) ...
 MAX_MEDIAN_RESIDUAL = 0.5
@@ -122,6 +122,22 @@ def _fallback(coarse: AffineTransform, shape, model: str) -> Transform:
     return DeformableTransform(
         linear, np.zeros((ndim,) + (2,) * ndim), (0.0,) * ndim, tuple(float(s) for s in shape)
     )
+
+
+def fit_notes(tiles: TileReport, model: str) -> list[str]:
+    """Why a fit of `model` to `tiles` is suspect: a large median residual of the kept
+    tiles, or most tiles rejected (empty when neither)."""
+    notes = []
+    kept = ~tiles.rejected
+    median = float(np.median(tiles.residual[kept]))
+    if median > MAX_MEDIAN_RESIDUAL:
+        notes.append(
+            f"the {model!r} fit leaves a median residual of {median:.2f} px on the "
+            "tiles: the images may need another model"
+        )
+    if tiles.rejected.mean() > MAX_REJECTED_FRACTION:
+        notes.append(f"{tiles.rejected.sum()} of {len(kept)} tiles were rejected as outliers")
+    return notes
 
 
 def estimate_transform(
@@ -234,15 +250,7 @@ def estimate_transform(
     if notes:
         transform = _fallback(coarse.transform, reference.shape, model)
     else:
-        kept = ~tiles.rejected
-        median = float(np.median(tiles.residual[kept]))
-        if median > MAX_MEDIAN_RESIDUAL:
-            notes.append(
-                f"the {model!r} fit leaves a median residual of {median:.2f} px on the "
-                "tiles: the images may need another model"
-            )
-        if tiles.rejected.mean() > MAX_REJECTED_FRACTION:
-            notes.append(f"{tiles.rejected.sum()} of {len(kept)} tiles were rejected as outliers")
+        notes += fit_notes(tiles, model)
     for note in notes:
         warnings.warn(note, RegistrationWarning, stacklevel=2)
     if tiles is None:  # rounds == 0

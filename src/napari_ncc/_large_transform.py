@@ -26,9 +26,8 @@ import numpy as np
 from ._estimate_transform import (
     CONVERGED,
     DEFAULT_ROUNDS,
-    MAX_MEDIAN_RESIDUAL,
-    MAX_REJECTED_FRACTION,
     estimate_transform,
+    fit_notes,
 )
 from ._large_image import block_mean, block_mean_slabs, coarse_source, read_regions
 from ._local_shifts import (
@@ -362,16 +361,8 @@ def estimate_large_transform(
             )
         quality = 0.0
     else:
-        kept = ~tiles.rejected
-        quality = float(np.median(tiles.confidence[kept]))
-        median = float(np.median(tiles.residual[kept]))
-        if median > MAX_MEDIAN_RESIDUAL:
-            notes.append(
-                f"the {model!r} fit leaves a median residual of {median:.2f} px on the "
-                "tiles: the images may need another model"
-            )
-        if tiles.rejected.mean() > MAX_REJECTED_FRACTION:
-            notes.append(f"{tiles.rejected.sum()} of {len(kept)} tiles were rejected as outliers")
+        quality = float(np.median(tiles.confidence[~tiles.rejected]))
+        notes += fit_notes(tiles, model)
         if abs(quality) < RELIABLE_QUALITY:
             notes.append(f"low correlation of the tiles after alignment ({quality:.3f})")
     misses = ref_boxes.misses + mov_boxes.misses
