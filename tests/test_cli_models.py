@@ -15,7 +15,7 @@ import tifffile
 import zarr
 
 from napari_ncc import Registration
-from test_cli import run
+from test_cli import assert_one_line_error, run
 from transform_pairs import (
     SmoothWarp,
     interior_points,
@@ -139,3 +139,10 @@ def test_translation_has_no_transform_figures(rotated_pair, tmp_path):
     )
     assert printed["transform"] is None
     assert printed["registration"]["model"] == "translation"
+
+
+def test_model_with_no_register_is_a_one_line_error(rotated_pair, tmp_path):
+    out = tmp_path / "ncc.zarr"
+    result = run("compare", *rotated_pair, "-o", out, "--no-register", "--model", "rigid")
+    assert_one_line_error(result, 1, "--model rigid", "--no-register")
+    assert not out.exists()

@@ -94,6 +94,18 @@ def test_bad_model_and_unsupported_inputs_raise_clear_errors(rng):
         Registration(shift=(0.0, 0.0), model="rigid")
 
 
+def test_a_model_that_would_be_ignored_is_an_error(rng):
+    image = rng.normal(size=(32, 32))
+    with pytest.raises(ValueError, match="register=False compares the images as they are"):
+        ncc_confidence(image, image, register=False, model="rigid")
+    given = Registration(shift=(0.0, 0.0))
+    with pytest.raises(ValueError, match="the given registration is a 'translation' one"):
+        ncc_confidence(image, image, registration=given, model="affine")
+    # The registration's own model (or none asked) is fine.
+    ncc, reg = ncc_confidence(image, image, registration=given, model="translation")
+    assert reg is given and ncc.shape == image.shape
+
+
 def test_rigid_confidence_on_a_rotated_picture_matches_a_noise_only_pair(rng):
     reference, moving, _ = _pair(rng, angle=5.0)
     ncc, reg = ncc_confidence(reference, moving, radius=4, model="rigid")

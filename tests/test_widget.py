@@ -245,6 +245,10 @@ def test_widget_without_registration_correlates_the_raw_pair(make_napari_viewer,
     np.testing.assert_allclose(
         np.asarray(layer.data), brute_force_ncc(reference, moving, 3), atol=1e-4
     )
+    # No registration, so no transform to choose: the choice is greyed out, and back.
+    assert not widget.model.enabled and not widget.show_shifts.enabled
+    widget.register.value = True
+    assert widget.model.enabled and widget.show_shifts.enabled
 
 
 def test_rgb_layers_are_compared_by_luminance(make_napari_viewer, qtbot):

@@ -203,6 +203,9 @@ def _confidence_map(ref_levels: list, mov_levels: list, args, mask=None):
     reference, moving = (ref_levels, mov_levels) if pyramids else (ref_levels[0], mov_levels[0])
     shape = ref_levels[0].shape
     hint = _stack_hint(shape, args.radius, args.per_plane)
+    model = getattr(args, "model", "translation")
+    if not args.register and model != "translation":
+        raise CLIError(f"--model {model} registers the images: it cannot go with --no-register")
     try:
         # Arguments that do not fit the images fail now, not after a long registration.
         per_plane = check_per_plane(args.per_plane, len(shape))
@@ -226,7 +229,7 @@ def _confidence_map(ref_levels: list, mov_levels: list, args, mask=None):
         per_plane=per_plane,
         reference_plane=args.reference_plane,
         upsample_factor=args.upsample_factor,
-        model=getattr(args, "model", "translation"),
+        model=model,
         chunks=getattr(args, "chunks", None) or None,
         mask=mask,
         min_fraction=args.min_fraction,

@@ -87,7 +87,8 @@ def ncc_confidence(
         Blocks of the lazy map (Dask input only), as in :func:`napari_ncc.local_ncc`.
     model : {"translation", "rigid", "similarity", "affine", "deformable"}, optional
         The transform registered (see :func:`napari_ncc.register` for the images each
-        model supports).
+        model supports). Only with ``register=True`` (an error with ``register=False``,
+        or with a `registration` of another model).
 
     Returns
     -------
@@ -173,6 +174,16 @@ def ncc_confidence(
                 f"{type(registration).__name__}"
             )
         registration.check_shape(reference.shape, "reference")
+        if model != "translation" and model != registration.model:
+            raise ValueError(
+                f"model={model!r} asks for a registration to be estimated, but the given "
+                f"registration is a {registration.model!r} one: pass one or the other"
+            )
+    elif not register and model != "translation":
+        raise ValueError(
+            f"model={model!r} asks for a registration, but register=False compares the "
+            "images as they are: pass register=True, or leave model out"
+        )
     elif register:
         registered_axes = tuple(ax for ax in normalize_axes(axes, ndim) if ax != per_plane) or None
         registration = _register(

@@ -208,6 +208,11 @@ class NCCConfidenceWidget(FunctionGui):
         self.reference.changed.connect(self.per_plane.reset_choices)
         self.reference.changed.connect(self._choose_moving)
         self._choose_moving()
+        # Without registration there is no transform to choose (nor its local shifts).
+        self.register.changed.connect(self._follow_register)
+
+    def _follow_register(self, register: bool) -> None:
+        self.model.enabled = self.show_shifts.enabled = bool(register)
 
     def _update_radius_label(self, radius: int) -> None:
         self.radius.label = _radius_label(radius)
