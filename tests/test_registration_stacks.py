@@ -387,8 +387,23 @@ def test_widget_transform_choice_on_a_stack(make_napari_viewer, qtbot, rigid_cas
     ref_layer = viewer.add_image(reference.astype(np.float32), name="reference")
     mov_layer = viewer.add_image(moving.astype(np.float32), name="moving")
     widget = _open(viewer)
-    layer = _run(qtbot, widget, reference=ref_layer, moving=mov_layer, model="rigid", per_plane=0)
+    layer = _run(
+        qtbot,
+        widget,
+        reference=ref_layer,
+        moving=mov_layer,
+        model="rigid",
+        per_plane=0,
+        show_shifts=True,
+    )
     back = Registration.from_dict(layer.metadata["napari_ncc"]["registration"])
+    # The local shifts of every plane, each arrow at its plane index (none along it).
+    arrows = [lay for lay in viewer.layers if lay.name.startswith("local shifts")]
+    assert arrows, [lay.name for lay in viewer.layers]
+    data = np.concatenate([np.asarray(lay.data) for lay in arrows])
+    assert data.shape[1:] == (2, 3)
+    assert set(np.unique(data[:, 0, 0]).tolist()) == set(range(PLANES))
+    assert np.all(data[:, 1, 0] == 0)
     assert back.model == "rigid" and len(back.transforms) == PLANES
     points = interior_points(N, count=5)
     mapped = back.moving_coordinates(_stack_points(3, points))[:, 1:]

@@ -60,3 +60,30 @@ def test_no_arrows_for_a_translation_or_without_tiles():
     # Saved and read back, a registration keeps its transform but not its tiles.
     back = Registration.from_dict(json.loads(json.dumps(registration.to_dict())))
     assert local_shift_vectors(back) is None
+
+
+def test_per_plane_arrows_sit_at_their_plane_index():
+    # Two planes of a (t, y, x) stack, each with its own rotation; plane 1's tiles are found
+    # (0.4, -0.2) px beyond the linear part, plane 0's exactly on it.
+    transforms = (AffineTransform.from_rotation(1.0), AffineTransform.from_rotation(-2.0))
+    centers = np.array([[40.0, 40.0], [40.0, 120.0], [120.0, 80.0]])
+    offset = np.array([0.4, -0.2])
+    tiles = tuple(
+        _tiles(centers, t.moving_coordinates(centers) + k * offset, [False] * 3)
+        for k, t in enumerate(transforms)
+    )
+    registration = Registration(
+        (0.0, 0.0, 0.0),
+        shifts=np.zeros((2, 3)),
+        per_plane=0,
+        transforms=transforms,
+        tiles=tiles,
+    )
+    vectors = local_shift_vectors(registration)
+    assert vectors.data.shape == (6, 2, 3)
+    np.testing.assert_allclose(vectors.data[:, 0, 0], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(vectors.data[:, 0, 1:], np.concatenate([centers, centers]))
+    expected = np.zeros((6, 3))
+    expected[3:, 1:] = offset
+    np.testing.assert_allclose(vectors.data[:, 1], expected, atol=1e-9)
+    assert "per plane" in vectors.description

@@ -42,7 +42,7 @@ def add_local_shift_layers(
     vectors = local_shift_vectors(registration)
     if vectors is None:
         return []
-    tile = registration.tiles.tile_size
+    tile = vectors.tile_size
     common = {
         "scale": scale,
         "translate": translate,

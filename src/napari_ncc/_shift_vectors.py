@@ -37,12 +37,15 @@ class ShiftVectors:
         so that the longest kept arrow spans at most about half a tile.
     description : str
         What the arrows show, in a sentence.
+    tile_size : int
+        Side of the tiles the shifts were measured on (pixels; per plane: the largest).
     """
 
     data: np.ndarray
     features: dict
     exaggeration: int
     description: str
+    tile_size: int = 64
 
     @property
     def rejected(self) -> np.ndarray:
@@ -66,8 +69,9 @@ def local_shift_vectors(registration) -> ShiftVectors | None:
     Returns
     -------
     ShiftVectors or None
-        None for a translation, a per-plane registration, or one without measured tiles
-        (such as one read back with :meth:`Registration.from_dict`).
+        None for a translation, or a registration without measured tiles (such as one
+        read back with :meth:`Registration.from_dict`). Per plane, every plane's arrows
+        at its plane index (no displacement along the plane axis).
 
     Examples
     --------
@@ -85,6 +89,51 @@ def local_shift_vectors(registration) -> ShiftVectors | None:
     >>> vectors.data[:, 1].tolist(), vectors.rejected.tolist(), vectors.exaggeration
     ([[1.0, 0.0], [0.0, 0.5]], [False, True], 20)
     """
+    transforms = getattr(registration, "transforms", None)
+    if transforms is not None:  # per plane: each plane's arrows, at its plane index
+        axis = registration.per_plane
+        planes = []
+        for t in range(len(transforms)):
+            arrows = _arrows(registration.plane_registration(t))
+            if arrows is not None:
+                centers, displacement, features = arrows
+                centers = np.insert(centers, axis, float(t), axis=1)
+                displacement = np.insert(displacement, axis, 0.0, axis=1)
+                planes.append((centers, displacement, features))
+        if not planes:
+            return None
+        centers = np.concatenate([p[0] for p in planes])
+        displacement = np.concatenate([p[1] for p in planes])
+        features = {k: np.concatenate([p[2][k] for p in planes]) for k in planes[0][2]}
+        model = transforms[0].model
+        tile_size = max(int(r.tile_size) for r in registration.tiles if r is not None)
+    else:
+        arrows = _arrows(registration)
+        if arrows is None:
+            return None
+        centers, displacement, features = arrows
+        model = registration.transform.model
+        tile_size = int(registration.tiles.tile_size)
+    rejected = features["rejected"]
+    kept = features["length"][~rejected]
+    longest = float(kept.max()) if kept.size else 0.0
+    fitting = [k for k in _EXAGGERATIONS if k * longest <= tile_size / 2]
+    exaggeration = fitting[-1] if fitting else 1
+    part = "the field" if model == "deformable" else "the fit's residual"
+    planes_note = " (per plane)" if transforms is not None else ""
+    description = (
+        f"local shifts of {len(centers)} tiles ({tile_size} px){planes_note} beyond the "
+        f"linear part of the {model} transform ({part}): arrow from the tile centre, "
+        f"moving position minus the affine part's, drawn {exaggeration}x its length"
+    )
+    return ShiftVectors(
+        np.stack([centers, displacement], axis=1), features, exaggeration, description, tile_size
+    )
+
+
+def _arrows(registration) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """A single image's (or plane's) tile centres, displacements beyond the affine part
+    and features; None without a transform or measured tiles."""
     tiles = getattr(registration, "tiles", None)
     transform = getattr(registration, "transform", None)
     if transform is None or tiles is None or len(tiles.centers) == 0:
@@ -93,25 +142,11 @@ def local_shift_vectors(registration) -> ShiftVectors | None:
     displacement = np.asarray(tiles.positions, dtype=np.float64) - (
         transform.affine.moving_coordinates(centers)
     )
-    lengths = np.linalg.norm(displacement, axis=1)
-    rejected = np.asarray(tiles.rejected, dtype=bool)
-    kept = lengths[~rejected]
-    longest = float(kept.max()) if kept.size else 0.0
-    fitting = [k for k in _EXAGGERATIONS if k * longest <= tiles.tile_size / 2]
-    exaggeration = fitting[-1] if fitting else 1
     features = {
         "confidence": np.asarray(tiles.confidence, dtype=np.float64),
         "sigma": np.asarray(tiles.sigma, dtype=np.float64),
         "residual": np.asarray(tiles.residual, dtype=np.float64),
-        "length": lengths,
-        "rejected": rejected,
+        "length": np.linalg.norm(displacement, axis=1),
+        "rejected": np.asarray(tiles.rejected, dtype=bool),
     }
-    part = "the field" if transform.model == "deformable" else "the fit's residual"
-    description = (
-        f"local shifts of {len(centers)} tiles ({tiles.tile_size} px) beyond the linear "
-        f"part of the {transform.model} transform ({part}): arrow from the tile centre, "
-        f"moving position minus the affine part's, drawn {exaggeration}x its length"
-    )
-    return ShiftVectors(
-        np.stack([centers, displacement], axis=1), features, exaggeration, description
-    )
+    return centers, displacement, features
