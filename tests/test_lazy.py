@@ -22,7 +22,7 @@ import zarr
 from scipy import ndimage
 
 import napari_ncc
-from napari_ncc import _lazy, _sources
+from napari_ncc import _chunk_cache, _lazy, _sources
 from napari_ncc._lazy import local_ncc
 from napari_ncc._ncc import local_ncc as core_ncc
 from napari_ncc._shift import shift_lazy
@@ -290,7 +290,7 @@ def test_a_view_of_a_computed_input_computes_only_its_chunks(shift):
     # and no layer of the map's graph is materialized whole.
     counts = []
     for size in (4096, 65536):
-        _sources.COMPUTED_CHUNKS.clear()
+        _chunk_cache.COMPUTED_CHUNKS.clear()
         calls: list = []
         ref, mov = _generated(size, 256, 0, calls), _generated(size, 256, 1, calls)
         ncc = local_ncc(ref, mov, radius=3, moving_shift=shift)
@@ -430,7 +430,7 @@ def test_a_view_after_the_viewers_own_computes_each_input_chunk_at_most_once():
     # and the map's blocks hug the view, so it computes few chunks beyond it.
     from dask.cache import Cache
 
-    _sources.COMPUTED_CHUNKS.clear()
+    _chunk_cache.COMPUTED_CHUNKS.clear()
     calls: list = []
     ref, mov = _generated(8192, 1024, 0, calls), _generated(8192, 1024, 1, calls)
     ncc = local_ncc(ref, mov, radius=3, moving_shift=(2.5, -1.25))
@@ -441,12 +441,12 @@ def test_a_view_after_the_viewers_own_computes_each_input_chunk_at_most_once():
         mov[view].compute()
     on_screen = len(calls)
     assert on_screen == 2 * 2 * 2  # (2 x 2 chunks under the view, for each input)
-    _sources.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
+    _chunk_cache.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
     try:
         out = ncc[view].compute()
     finally:
-        _sources.COMPUTED_CHUNKS.share(None)
-        _sources.COMPUTED_CHUNKS.clear()
+        _chunk_cache.COMPUTED_CHUNKS.share(None)
+        _chunk_cache.COMPUTED_CHUNKS.clear()
     assert len(calls) == len(set(calls))  # each input chunk computed at most once
     # (the halo reaches at most one ring of chunks around the view, and not all of it)
     assert len(calls) - on_screen < 2 * (4 * 4 - 2 * 2)
@@ -469,7 +469,7 @@ def test_region_reads_only_the_input_chunks_its_windows_touch(rng):
     out[32:48, 48:64].compute()
     assert produced == {(i, j) for i in (1, 2, 3) for j in (2, 3, 4)}
     produced.clear()
-    _sources.COMPUTED_CHUNKS.clear()  # (else the chunks read just now are not computed again)
+    _chunk_cache.COMPUTED_CHUNKS.clear()  # (else the chunks read just now are not computed again)
     out[0:16, 80:96].compute()  # a corner: reflect reads nothing beyond the image
     assert produced == {(i, j) for i in (0, 1) for j in (4, 5)}
 

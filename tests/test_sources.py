@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_ncc import _sources
+from napari_ncc import _chunk_cache, _sources
 from napari_ncc._sources import (
     ChunkedSource,
     DaskSource,
@@ -144,7 +144,7 @@ def test_computed_arrays_are_read_through_their_graph(image, chunks):
     assert isinstance(source, DaskSource)
     expected = None if chunks[1] == (7, 23) else chunks
     assert storage_chunks(source, 3) == expected
-    _sources.COMPUTED_CHUNKS.clear()
+    _chunk_cache.COMPUTED_CHUNKS.clear()
     calls.clear()
     np.testing.assert_array_equal(source[1:2, 9:12, 2:5], image[1:2, 9:12, 2:5] + 1)
     assert len(calls) == 1  # just the chunk holding the box
@@ -165,18 +165,18 @@ def test_a_chunk_two_threads_read_at_once_is_computed_once(image, monkeypatch):
         assert b_waiting.wait(timeout=60)
         return block + 1
 
-    wait = _sources._ChunkCache.wait
+    wait = _chunk_cache.ChunkCache.wait
 
     def waiting(pending):
         b_waiting.set()
         return wait(pending)
 
-    monkeypatch.setattr(_sources._ChunkCache, "wait", staticmethod(waiting))
+    monkeypatch.setattr(_chunk_cache.ChunkCache, "wait", staticmethod(waiting))
     meta = np.empty((0,) * image.ndim, image.dtype)  # (no call to infer it)
     x = da.from_array(image, chunks=(2, 8, 9)).map_blocks(generate, dtype=image.dtype, meta=meta)
     source = find_source(x)[1]  # (found_source would compute x)
     assert isinstance(source, DaskSource)
-    _sources.COMPUTED_CHUNKS.clear()
+    _chunk_cache.COMPUTED_CHUNKS.clear()
     results = {}
     a = threading.Thread(target=lambda: results.update(a=source[0:1, 0:4, 0:4]))
     b = threading.Thread(target=lambda: results.update(b=source[1:2, 2:6, 3:7]))
@@ -192,7 +192,7 @@ def test_a_chunk_two_threads_read_at_once_is_computed_once(image, monkeypatch):
 
 def test_a_failed_chunk_is_computed_by_the_thread_that_waited_for_it(image):
     # The claiming thread fails; the waiter is woken and computes the chunk itself.
-    cache = _sources._ChunkCache()
+    cache = _chunk_cache.ChunkCache()
     key = ("x", 0)
     mine, theirs = cache.claim([key])
     assert mine == [key] and theirs == {}
@@ -225,8 +225,8 @@ def test_chunks_a_viewer_computed_are_read_not_computed_again(image):
         x[box].compute()
     computed_by_viewer = sorted(calls)
     assert computed_by_viewer == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
-    _sources.COMPUTED_CHUNKS.clear()
-    _sources.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
+    _chunk_cache.COMPUTED_CHUNKS.clear()
+    _chunk_cache.COMPUTED_CHUNKS.share(viewer_cache.cache.data)
     try:
         calls.clear()
         np.testing.assert_array_equal(source[box], image[box] + 1)
@@ -234,8 +234,8 @@ def test_chunks_a_viewer_computed_are_read_not_computed_again(image):
         np.testing.assert_array_equal(source[0:2, 3:12, 4:20], image[0:2, 3:12, 4:20] + 1)
         assert sorted(calls) == [(0, 0, 2), (0, 1, 2)]  # only those the viewer has not
     finally:
-        _sources.COMPUTED_CHUNKS.share(None)
-        _sources.COMPUTED_CHUNKS.clear()
+        _chunk_cache.COMPUTED_CHUNKS.share(None)
+        _chunk_cache.COMPUTED_CHUNKS.clear()
 
 
 @computed_reads

@@ -9,7 +9,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from . import _multiscale
-from ._sources import COMPUTED_CHUNKS
+from ._chunk_cache import COMPUTED_CHUNKS
 
 __all__ = [
     "display_limits",

@@ -27,11 +27,22 @@ from dask.highlevelgraph import HighLevelGraph
 from . import _multiscale
 from ._sources import compute_isolated
 
-__all__ = ["OVERVIEW_CHUNK", "SUMMARIES", "Overview", "overview_of"]
+__all__ = [
+    "KEPT_OVERVIEWS",
+    "OVERVIEW_CHUNK",
+    "SUMMARIES",
+    "Overview",
+    "OverviewCache",
+    "fill_steps",
+    "overview_of",
+]
 
 #: How a coarse level summarises 2 x 2 pixels of the level below: "mean" (the default: the
 #: average score of the region) or "min" (its worst score: one bad pixel shows at any zoom).
 SUMMARIES = ("mean", "min")
+
+#: Overview caches kept per pair of inputs (each one the size of the map, on disk).
+KEPT_OVERVIEWS = 4
 
 #: Side of the blocks (plane axes) in which the full-resolution map is computed and cached.
 OVERVIEW_CHUNK = 2048
@@ -388,3 +399,41 @@ def overview_of(
         chunks=tuple(OVERVIEW_CHUNK if ax in plane else 1 for ax in range(reference.ndim)),
     )
     return Overview(preview_levels, full, summary=summary, directory=directory)
+
+
+class OverviewCache:
+    """The overviews of one pair of inputs, reused while the inputs and parameters are the
+    same: the newest :data:`KEPT_OVERVIEWS` are kept (their caches removed beyond that, and
+    all of them when the inputs change)."""
+
+    def __init__(self) -> None:
+        self._inputs = None
+        self._kept: dict = {}
+
+    def get(self, inputs, reference, moving, ncc, *, registration, **params) -> Overview:
+        """The overview of `ncc` for `params` (as :func:`overview_of` takes them): the one
+        kept, or a new one. `inputs` is any key that is equal for the same input images."""
+        if self._inputs != inputs:
+            for old in self._kept.values():
+                old.remove()
+            self._kept = {}
+        self._inputs = inputs
+        key = (
+            tuple(sorted(params.items())),
+            None if registration is None else repr(registration.to_dict()),
+        )
+        overview = self._kept.pop(key, None)
+        if overview is None:
+            overview = overview_of(reference, moving, ncc, registration=registration, **params)
+        self._kept[key] = overview  # (now the newest)
+        while len(self._kept) > KEPT_OVERVIEWS:
+            self._kept.pop(next(iter(self._kept))).remove()
+        return overview
+
+
+def fill_steps(overview: Overview, progress):
+    """Fill `overview`'s cache, calling ``progress(done, total)`` and yielding ``(done,
+    total)`` after each batch (a worker thread's generator; `progress` may raise to stop)."""
+    for done, total in overview.iter_fill():
+        progress(done, total)
+        yield done, total

@@ -51,9 +51,6 @@ RESULT_HINT = "not run yet"
 
 PREVIEW_LEVELS = "preview: NCC of the coarsened inputs at the same radius"
 
-#: Overview caches kept per pair of inputs (each one the size of the map, on disk).
-KEPT_OVERVIEWS = 4
-
 
 def _radius_label(radius: int) -> str:
     side = 2 * int(radius) + 1
@@ -106,8 +103,7 @@ class NCCConfidenceWidget(FunctionGui):
         self._undo: list = []  # how to take back what a run's preview changed
         # Overview caches of the current inputs, by parameters (oldest first), and the
         # background job filling one in.
-        self._overviews: dict = {}
-        self._overview_inputs = None
+        self._overviews = _overview.OverviewCache()
         self._overview_activity: Activity | None = None
         self._showing = weakref.WeakKeyDictionary()  # layer -> the overview it shows
         self._pending_overview = None  # (layer, result, params) of a run finishing
@@ -574,42 +570,16 @@ class NCCConfidenceWidget(FunctionGui):
         self._viewer.layers.selection.active = layer
 
     # --- overview ------------------------------------------------------------------------
-    def _overview_for(self, result: Result, params) -> _overview.Overview:
-        """The overview cache of these inputs and parameters: the one kept, or a new one."""
-        inputs = self._cache_key
-        if self._overview_inputs is None or self._overview_inputs[0] != inputs[0]:
-            for old in self._overviews.values():
-                old.remove()
-            self._overviews = {}
-        self._overview_inputs = inputs
-        registration = result.registration
-        key = (
-            params["radius"],
-            params["window"],
-            params["per_plane"],
-            params["summary"],
-            None if registration is None else repr(registration.to_dict()),
-        )
-        overview = self._overviews.pop(key, None)
-        if overview is None:
-            overview = _overview.overview_of(
-                result.reference[0],
-                result.moving[0],
-                result.ncc,
-                radius=params["radius"],
-                registration=registration,
-                window=params["window"],
-                per_plane=params["per_plane"],
-                summary=params["summary"],
-            )
-        self._overviews[key] = overview  # (now the newest)
-        while len(self._overviews) > KEPT_OVERVIEWS:
-            self._overviews.pop(next(iter(self._overviews))).remove()
-        return overview
-
     def _start_overview(self, layer: Image, result: Result, params) -> None:
         """Fill in the full-resolution map's summary under the preview, in the background."""
-        overview = self._overview_for(result, params)
+        overview = self._overviews.get(
+            self._cache_key[0],
+            result.reference[0],
+            result.moving[0],
+            result.ncc,
+            registration=result.registration,
+            **{k: params[k] for k in ("radius", "window", "per_plane", "summary")},
+        )
         activity = Activity("NCC overview")
         self._overview_activity = activity
         layer_ref = _weak(layer)
@@ -656,7 +626,7 @@ class NCCConfidenceWidget(FunctionGui):
         # Closing the viewer (or the widget) stops it too.
         self.native.destroyed.connect(activity.cancel)
         activity.start(
-            _fill_overview,
+            _overview.fill_steps,
             overview,
             activity.callback("full-resolution map (blocks)"),
             connect={"yielded": step, "finished": finished},
@@ -700,10 +670,3 @@ class NCCConfidenceWidget(FunctionGui):
         if self._overview_activity is not None:
             self._overview_activity.cancel()
             self._overview_activity = None
-
-
-def _fill_overview(overview, progress):
-    """The overview job (worker thread): fill the cache, yielding after each batch."""
-    for done, total in overview.iter_fill():
-        progress(done, total)  # raises Cancelled once cancelled
-        yield done, total
