@@ -92,6 +92,7 @@ class Activity:
         self._stage = None
         self._numbers = itertools.count()
         self._latest = Step("", 0, 0, -1)
+        self._drawn = self._latest
         self._drawing = False
         self._closed = False
         self.worker = None
@@ -174,6 +175,7 @@ class Activity:
             self._drawing = False
 
     def _draw(self, step: Step) -> None:
+        self._drawn = step
         bar = self._bar
         if (step.desc, step.total) != self._stage:
             self._stage = (step.desc, step.total)
@@ -185,6 +187,10 @@ class Activity:
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._drawn is not self._latest:
+                # The last step came while a draw was under way (its Qt events bring the
+                # job's end here before that draw could show it): show it now.
+                self._draw(self._latest)
             self._bar.close()
             # Qt's connections hold their slots, which hold this activity: let go of the
             # worker and its job (a cycle through Qt that Python's gc cannot see).
